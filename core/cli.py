@@ -1,0 +1,30 @@
+"""The ``streamrec`` command.
+
+Each package contributes its own subcommands through the ``streamrec.commands`` entry-point
+group (see pyproject.toml): an entry names a ``register(app: typer.Typer) -> None`` function.
+That keeps imports pointing one way: ``core`` never imports the packages above it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import typer
+
+app = typer.Typer(
+    name="streamrec",
+    help="An event-driven streaming recommender: Kafka in, Redis/Qdrant/SQL state, FastAPI out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register_plugins() -> None:
+    for entry in sorted(entry_points(group="streamrec.commands"), key=lambda e: e.name):
+        entry.load()(app)
+
+
+def main() -> None:
+    _register_plugins()
+    app()

