@@ -53,11 +53,3 @@ def create_db_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create every table that is not there yet (all models register on ``Base.metadata``)."""
-    import core.ids  # noqa: F401  (registers the id registry table)
-    import stores.catalog  # noqa: F401  (registers catalog and archive tables)
-
-    Base.metadata.create_all(engine)

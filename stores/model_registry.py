@@ -1,0 +1,1 @@
+"""Model registry: versioned artifacts on disk, indexed in SQL (owned by the trainer work)."""
