@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr | None = Field(None, description="Key for admin calls.")
 
     topic_partitions: Annotated[int, Field(ge=1, le=256)] = 4
+    topic_replication: Annotated[int, Field(ge=1, le=5)] = 1
     consumer_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     consumer_batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
     recent_items_cap: Annotated[int, Field(ge=1, le=10_000)] = 200

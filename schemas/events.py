@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -156,3 +156,13 @@ def describe_validation_error(exc: ValidationError) -> str:
         location = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{location}: {error['msg']} ({error['type']})")
     return "; ".join(parts)
+
+
+class SourcedEvent(NamedTuple):
+    """A valid event with the log coordinates it was read from."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    published_ms: int = 0  # the Kafka record timestamp (producer time), for freshness

@@ -29,7 +29,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base
-from schemas.events import ClickEvent, Event, ImpressionEvent, ItemEvent, RatingEvent
+from schemas.events import (
+    ClickEvent,
+    Event,
+    ImpressionEvent,
+    ItemEvent,
+    RatingEvent,
+    SourcedEvent,
+)
 
 
 class ItemRow(Base):
@@ -87,15 +94,15 @@ class Archive:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def write_batch(self, events: Sequence[tuple[Event, str, int, int]]) -> int:
-        """Insert (event, topic, partition, offset) tuples in one transaction.
+    def write_batch(self, events: Sequence[SourcedEvent]) -> int:
+        """Insert events and their log coordinates in one transaction.
 
         Returns the number of interaction rows actually inserted (duplicates are skipped).
         """
         interactions: list[dict[str, Any]] = []
         items: dict[str, dict[str, Any]] = {}
         users: dict[str, dict[str, Any]] = {}
-        for event, topic, partition, offset in events:
+        for event, topic, partition, offset, _published_ms in events:
             if isinstance(event, ItemEvent):
                 items[event.item_id] = {
                     "item_id": event.item_id,

@@ -1,0 +1,45 @@
+"""Consumer group ``streamrec-features``: events → Redis feature state (stores.features)."""
+
+from __future__ import annotations
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from consumers.decode import decode_batch
+from consumers.dlq import DeadLetterSink
+from consumers.policy import batch_subscriber_options, event_topics, with_backoff
+from core.metrics import Metrics
+from core.settings import Settings
+from schemas.topics import ConsumerGroup
+from stores.features import FeatureStore
+
+GROUP = ConsumerGroup.FEATURES.value
+
+
+def register(
+    broker: KafkaBroker,
+    store: FeatureStore,
+    dead_letters: DeadLetterSink,
+    metrics: Metrics,
+    settings: Settings,
+) -> None:
+    """Subscribe the features group to every event topic."""
+
+    @broker.subscriber(*event_topics(settings), **batch_subscriber_options(settings, GROUP))
+    async def apply_events_to_features(body: list[bytes | None], msg: KafkaMessage) -> None:
+        batch = decode_batch(msg.raw_message, GROUP)
+        await dead_letters.send(batch.dead)
+        with metrics.batch_seconds.labels(GROUP).time():
+            result = await with_backoff(
+                lambda: store.apply_batch(GROUP, batch.events, batch.positions),
+                what="applying a batch to Redis",
+            )
+        for sourced in batch.events:
+            metrics.events_consumed.labels(GROUP, sourced.topic).inc()
+        if result.redelivered:
+            metrics.events_skipped.labels(GROUP, "redelivered").inc(result.redelivered)
+        if result.duplicates:
+            metrics.events_skipped.labels(GROUP, "duplicate_event_id").inc(result.duplicates)
+        histogram = metrics.event_to_state_seconds.labels(GROUP)
+        for lag in result.lag_seconds:
+            histogram.observe(lag)

