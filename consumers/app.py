@@ -51,6 +51,7 @@ def build_consumer_broker(
     if ConsumerGroup.FEATURES in groups:
         features.register(broker, feature_store(services), dead_letters, metrics, settings)
     if ConsumerGroup.ARCHIVE in groups:
-        archive.register(broker, Archive(services.engine), services.ids, dead_letters, metrics,
-                         settings)  # fmt: skip
+        archive.register(
+            broker, Archive(services.engine), services.ids, dead_letters, metrics, settings
+        )
     return broker

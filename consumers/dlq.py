@@ -29,10 +29,14 @@ class DeadLetterSink:
                 headers={"content-type": "application/json"},
             )
             kind = dead_letter_kind(letter)
-            self._metrics.dead_letters.labels(letter.consumer_group, letter.source_topic,
-                                              kind).inc()  # fmt: skip
+            self._metrics.dead_letters.labels(
+                letter.consumer_group, letter.source_topic, kind
+            ).inc()
             log.warning(
                 "dead letter from %s[%d]@%d (%s): %s",
-                letter.source_topic, letter.source_partition, letter.source_offset,
-                letter.consumer_group, letter.error,
-            )  # fmt: skip
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                letter.consumer_group,
+                letter.error,
+            )

@@ -1,4 +1,4 @@
-"""Consumer lag per group, topic and partition: end offset − committed offset.
+"""Consumer lag per group, topic and partition: end offset - committed offset.
 
 Computed from ``committed()`` and ``end_offsets()``, which both the librdkafka mock cluster and
 real Kafka serve (the mock does not serve ListGroups/DescribeGroups). Lag in seconds is the age
@@ -130,9 +130,7 @@ async def consumer_lag(
     topics: Sequence[str] = tuple(t.value for t in EVENT_TOPICS),
     with_seconds: bool = True,
 ) -> LagReport:
-    reports = await asyncio.gather(
-        *(group_lag(bootstrap, g, topics, with_seconds) for g in groups)
-    )
+    reports = await asyncio.gather(*(group_lag(bootstrap, g, topics, with_seconds) for g in groups))
     return LagReport(
         groups=list(reports), total_lag=sum(g.total_lag for g in reports), measured_at=time.time()
     )

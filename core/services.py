@@ -33,6 +33,7 @@ class Services:
 
     settings: Settings
     kafka_bootstrap: list[str]
+    redis_url: str
     redis: aioredis.Redis
     engine: Engine
     ids: IdRegistry
@@ -75,9 +76,11 @@ async def open_services(
     """
     async with AsyncExitStack() as stack:
         embedded: list[str] = []
-        attached = _attached_addresses(settings) if attach and (
-            settings.embedded_kafka or settings.embedded_redis
-        ) else None
+        attached = (
+            _attached_addresses(settings)
+            if attach and (settings.embedded_kafka or settings.embedded_redis)
+            else None
+        )
 
         kafka: EmbeddedKafka | None = None
         if settings.embedded_kafka and attached is None:
@@ -111,6 +114,7 @@ async def open_services(
         yield Services(
             settings=settings,
             kafka_bootstrap=bootstrap,
+            redis_url=redis_url,
             redis=client,
             engine=engine,
             ids=IdRegistry(engine),

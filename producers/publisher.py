@@ -67,6 +67,10 @@ class EventPublisher:
         )
         self._started = False
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def start(self) -> None:
         await self._producer.start()
         self._started = True
@@ -81,9 +85,11 @@ class EventPublisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         await self.stop()
 
     async def publish(self, event: Event) -> None:
@@ -101,8 +107,13 @@ class EventPublisher:
                 return written
             if attempt == self._retries:
                 break
-            log.warning("%d events not acknowledged, retry %d/%d in %.2fs",
-                        len(failed), attempt + 1, self._retries, delay)  # fmt: skip
+            log.warning(
+                "%d events not acknowledged, retry %d/%d in %.2fs",
+                len(failed),
+                attempt + 1,
+                self._retries,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay *= 2
             pending = failed
@@ -139,8 +150,9 @@ class SyncEventPublisher:
 
     def __init__(self, bootstrap_servers: Sequence[str], **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="streamrec-publisher")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="streamrec-publisher"
+        )
         self._thread.start()
         self._publisher = self._run(self._create(bootstrap_servers, options))
 

@@ -13,12 +13,12 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
-    ValidationError,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
 )
 
 from schemas.topics import Topic

@@ -121,9 +121,11 @@ class Archive:
                 stmt = _insert(self._engine, ItemRow.__table__)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["item_id"],
-                    set_={c: stmt.excluded[c] for c in ("title", "genres", "year", "text",
-                                                         "updated_at")},
-                )  # fmt: skip
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in ("title", "genres", "year", "text", "updated_at")
+                    },
+                )
                 conn.execute(stmt, list(items.values()))
             if users:
                 stmt = _insert(self._engine, UserRow.__table__).on_conflict_do_nothing()

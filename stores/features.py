@@ -18,7 +18,8 @@ Key layout (all under ``sr:``):
 =========================  ======  ===================================================
 ``sr:u:{user}``            hash    ratings, rating_sum, clicks, impressions, last_ts,
                                    updated_ms (when the state last changed)
-``sr:u:{user}:seq``        list    recent item ids, newest first, capped
+``sr:u:{user}:seq``        zset    recent distinct items scored by event time, capped
+                                   (event time, not arrival: topics are fetched apart)
 ``sr:u:{user}:seen``       set     every item the user rated or clicked
 ``sr:u:{user}:genres``     hash    genre -> affinity (ratings centred at 2.5, clicks +1)
 ``sr:i:{item}``            hash    title, genres ("|"-joined), year, ratings, rating_sum,
@@ -106,7 +107,7 @@ class _Aggregate:
     user_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     user_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     user_last_ts: dict[str, float] = field(default_factory=dict)
-    user_seq: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    user_seq: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     user_genres: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     item_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     item_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -153,7 +154,9 @@ class FeatureStore:
                 return await self._apply_once(group, events, high)
             except WatchError:
                 continue  # another consumer moved one of our partitions: re-read, re-apply
-        raise WatchError(f"offsets of group {group} kept changing during {_MAX_WATCH_RETRIES} tries")
+        raise WatchError(
+            f"offsets of group {group} kept changing during {_MAX_WATCH_RETRIES} tries"
+        )
 
     async def _apply_once(
         self,
@@ -221,9 +224,10 @@ class FeatureStore:
             position = 3
         genres = {
             item: raw.split("|") if raw else []
-            for item, raw in zip(item_ids, replies[position : position + len(item_ids)],
-                                 strict=True)
-        }  # fmt: skip
+            for item, raw in zip(
+                item_ids, replies[position : position + len(item_ids)], strict=True
+            )
+        }
         landmark_raw = replies[-1]
         return offsets, seen, genres, float(landmark_raw) if landmark_raw else None
 
@@ -276,7 +280,8 @@ class FeatureStore:
             agg.variants[f"{event.model}|{event.variant}|impressions"] += 1
             return
         item = event.item_id
-        agg.user_seq[user].append(item)
+        seq = agg.user_seq[user]
+        seq[item] = max(seq.get(item, ts), ts)
         weight = 2.0 ** ((ts - landmark) / self._half_life) if landmark is not None else 1.0
         agg.popularity[item] += weight
         if isinstance(event, RatingEvent):
@@ -305,9 +310,9 @@ class FeatureStore:
         for user, last_ts in agg.user_last_ts.items():
             tx.hset(user_key(user), mapping={"last_ts": last_ts, "updated_ms": updated_ms})
         for user, items in agg.user_seq.items():
-            # LPUSH a b c leaves c first: newest first, as the sequence arrived in log order.
-            tx.lpush(user_seq_key(user), *items)
-            tx.ltrim(user_seq_key(user), 0, self._recent_cap - 1)
+            # GT: an item seen again moves to its latest time; an older event never moves it back.
+            tx.zadd(user_seq_key(user), items, gt=True)
+            tx.zremrangebyrank(user_seq_key(user), 0, -self._recent_cap - 1)
             tx.sadd(user_seen_key(user), *items)
         for user, affinities in agg.user_genres.items():
             for genre, value in affinities.items():
@@ -327,8 +332,8 @@ class FeatureStore:
     # ------------------------------------------------------------------ reads
 
     async def recent_items(self, user_id: str, n: int = 50) -> list[str]:
-        """The user's most recent items, newest first."""
-        return await self._redis.lrange(user_seq_key(user_id), 0, max(n, 1) - 1)
+        """The user's most recent distinct items, newest first (by event time)."""
+        return await self._redis.zrevrange(user_seq_key(user_id), 0, max(n, 1) - 1)
 
     async def user_stats(self, user_id: str) -> dict[str, str]:
         return await self._redis.hgetall(user_key(user_id))
@@ -342,7 +347,9 @@ class FeatureStore:
         results: list[tuple[str, float]] = []
         start, page = 0, max(4 * k, 50)
         while len(results) < k:
-            chunk = await self._redis.zrevrange(POPULARITY, start, start + page - 1, withscores=True)
+            chunk = await self._redis.zrevrange(
+                POPULARITY, start, start + page - 1, withscores=True
+            )
             if not chunk:
                 break
             items = [item for item, _ in chunk]

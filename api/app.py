@@ -1,0 +1,111 @@
+"""The FastAPI app factory. Connections, publisher and (optionally) consumers are created in
+the lifespan and handed to routes through ``app.state.runtime`` (see ``api.deps``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from api.errors import install_error_handlers
+from api.routers import events, ops, users
+from api.runtime import Runtime
+from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
+from core.embedded import EmbeddedAddresses
+from core.metrics import Metrics
+from core.services import open_services
+from core.settings import Settings
+from producers.publisher import EventPublisher
+from stores.catalog import Archive
+from stores.schema import create_schema
+
+log = logging.getLogger(__name__)
+
+StartupHook = Callable[[Runtime], Awaitable[None]]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_consumers: bool = False,
+    on_started: StartupHook | None = None,
+) -> FastAPI:
+    """Build the API. ``run_consumers=True`` also runs the consumer groups in this process
+    (the embedded deployment, ``streamrec up``); ``on_started`` runs once everything is up."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.require_api_keys()
+        async with AsyncExitStack() as stack:
+            services = await stack.enter_async_context(open_services(settings))
+            await asyncio.to_thread(create_schema, services.engine)
+            metrics = Metrics()
+            publisher = EventPublisher(
+                services.kafka_bootstrap, metrics=metrics, client_id="streamrec-api"
+            )
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+            runtime = Runtime(
+                settings=settings,
+                services=services,
+                metrics=metrics,
+                publisher=publisher,
+                features=feature_store(services),
+                archive=Archive(services.engine),
+            )
+            if run_consumers:
+                runtime.consumers = build_consumer_broker(services, metrics, DEFAULT_GROUPS)
+                await runtime.consumers.start()
+                stack.push_async_callback(runtime.consumers.stop)
+            if services.embedded:
+                EmbeddedAddresses(
+                    kafka_bootstrap=services.kafka_bootstrap[0],
+                    redis_url=services.redis_url,
+                    pid=os.getpid(),
+                ).write(settings.var_dir)
+                stack.callback(EmbeddedAddresses.remove, settings.var_dir)
+            app.state.runtime = runtime
+            stack.push_async_callback(_drain, runtime)
+            if on_started is not None:
+                await on_started(runtime)
+            yield
+
+    app = FastAPI(
+        title="streamrec",
+        version="0.1.0",
+        summary="Real-time recommendations from a Kafka event log.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(events.router)
+    app.include_router(users.router)
+    app.include_router(ops.router)
+
+    @app.middleware("http")
+    async def time_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.request_seconds.labels(path, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    return app
+
+
+async def _drain(runtime: Runtime) -> None:
+    """Let in-flight background publishes (impressions) finish before the publisher stops."""
+    if runtime.background:
+        await asyncio.wait(runtime.background, timeout=5)

@@ -1,0 +1,67 @@
+"""Dependencies of the routes, as ``Annotated`` aliases (one place to see what a route uses)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
+
+from api.runtime import Runtime
+from producers.publisher import EventPublisher
+from stores.features import FeatureStore
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The ingest or admin key"
+)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_features(runtime: RuntimeDep) -> FeatureStore:
+    return runtime.features
+
+
+def get_publisher(runtime: RuntimeDep) -> EventPublisher:
+    return runtime.publisher
+
+
+FeaturesDep = Annotated[FeatureStore, Depends(get_features)]
+PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]
+
+
+def _matches(given: str | None, *keys: object) -> bool:
+    if not given:
+        return False
+    return any(
+        key is not None and secrets.compare_digest(given.encode(), key.get_secret_value().encode())  # type: ignore[attr-defined]
+        for key in keys
+    )
+
+
+def require_ingest_key(runtime: RuntimeDep, key: str | None = Security(_api_key_header)) -> None:
+    """Writes need the ingest key (the admin key also works)."""
+    settings = runtime.settings
+    if not _matches(key, settings.ingest_api_key, settings.admin_api_key):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid API key: send the ingest key in the X-API-Key header",
+        )
+
+
+def require_admin_key(runtime: RuntimeDep, key: str | None = Security(_api_key_header)) -> None:
+    if not _matches(key, runtime.settings.admin_api_key):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or invalid API key: send the admin key in the X-API-Key header",
+        )
+
+
+IngestKey = Depends(require_ingest_key)
+AdminKey = Depends(require_admin_key)

@@ -1,0 +1,107 @@
+"""Map the domain error tree to HTTP, here and only here. Every error body is JSON:
+
+    {"error": "<code>", "message": "<what went wrong and how to fix it>"}
+
+No stack trace ever reaches a client: unexpected errors are logged with their trace and
+answered with a 500 and a request id to find it in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import (
+    ConfigurationError,
+    InvalidInput,
+    NotFound,
+    PublishError,
+    ServiceUnavailable,
+    StreamrecError,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[StreamrecError], int, str]] = [
+    (NotFound, status.HTTP_404_NOT_FOUND, "not_found"),
+    (InvalidInput, status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_input"),
+    (ServiceUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE, "service_unavailable"),
+    (PublishError, status.HTTP_503_SERVICE_UNAVAILABLE, "publish_failed"),
+    (ConfigurationError, status.HTTP_500_INTERNAL_SERVER_ERROR, "configuration_error"),
+]
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
+def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
+    return {"error": code, "message": message, **extra}
+
+
+def _describe(errors: list[dict]) -> str:
+    parts = []
+    for error in errors:
+        location = ".".join(str(p) for p in error.get("loc", ())) or "request"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    for kind, code, name in _STATUS:
+        if isinstance(exc, kind):
+            return JSONResponse(error_body(name, str(exc)), status_code=code)
+    return JSONResponse(error_body("error", str(exc)), status_code=500)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(
+        error_body("invalid_input", _describe(errors), details=errors),
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    request_id = uuid.uuid4().hex[:12]
+    log.exception(
+        "unhandled error %s on %s %s", request_id, request.method, request.url.path, exc_info=exc
+    )
+    return JSONResponse(
+        error_body("internal_error", f"internal error (id {request_id}); see the server log"),
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StreamrecError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,42 @@
+"""What the API process holds while it runs: created in the lifespan, passed down via deps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from faststream.kafka import KafkaBroker
+
+from core.metrics import Metrics
+from core.services import Services
+from core.settings import Settings
+from producers.publisher import EventPublisher
+from stores.catalog import Archive
+from stores.features import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    services: Services
+    metrics: Metrics
+    publisher: EventPublisher
+    features: FeatureStore
+    archive: Archive
+    consumers: KafkaBroker | None = None
+    background: set[asyncio.Task] = field(default_factory=set)
+
+    def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        """Run work after the response; keep a reference and log failures, never lose them."""
+        task = asyncio.create_task(coroutine, name=name)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed: %s", task.get_name(), task.exception())
