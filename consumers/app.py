@@ -15,7 +15,8 @@ from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
 from stores.features import FeatureStore
 
-log = logging.getLogger("streamrec.consumers")
+# FastStream logs partition assignments at INFO; core.logs quiets this logger to WARNING.
+broker_log = logging.getLogger("streamrec.consumers.broker")
 
 DEFAULT_GROUPS = (ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE)
 
@@ -39,7 +40,7 @@ def build_consumer_broker(
     broker = KafkaBroker(
         services.kafka_bootstrap,
         client_id="streamrec-consumers",
-        logger=log,
+        logger=broker_log,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at DEBUG
     )
     dead_letters = DeadLetterSink(broker, metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -58,5 +59,5 @@ def register(
                 lambda: asyncio.to_thread(archive_events, archive, ids, batch.events),
                 what="archiving a batch to SQL",
             )
-        for sourced in batch.events:
-            metrics.events_consumed.labels(GROUP, sourced.topic).inc()
+        for topic, n in Counter(s.topic for s in batch.events).items():
+            metrics.events_consumed.labels(GROUP, topic).inc(n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -10,10 +12,26 @@ from consumers.dlq import DeadLetterSink
 from consumers.policy import batch_subscriber_options, event_topics, with_backoff
 from core.metrics import Metrics
 from core.settings import Settings
+from schemas.events import SourcedEvent
 from schemas.topics import ConsumerGroup
-from stores.features import FeatureStore
+from stores.features import ApplyResult, FeatureStore
 
 GROUP = ConsumerGroup.FEATURES.value
+
+
+def record_batch_metrics(
+    metrics: Metrics, group: str, events: list[SourcedEvent], result: ApplyResult
+) -> None:
+    """Once per batch, not per event: label lookups cost more than the increments."""
+    for topic, n in Counter(s.topic for s in events).items():
+        metrics.events_consumed.labels(group, topic).inc(n)
+    if result.redelivered:
+        metrics.events_skipped.labels(group, "redelivered").inc(result.redelivered)
+    if result.duplicates:
+        metrics.events_skipped.labels(group, "duplicate_event_id").inc(result.duplicates)
+    histogram = metrics.event_to_state_seconds.labels(group)
+    for lag in result.lag_seconds:
+        histogram.observe(lag)
 
 
 def register(
@@ -34,12 +52,4 @@ def register(
                 lambda: store.apply_batch(GROUP, batch.events, batch.positions),
                 what="applying a batch to Redis",
             )
-        for sourced in batch.events:
-            metrics.events_consumed.labels(GROUP, sourced.topic).inc()
-        if result.redelivered:
-            metrics.events_skipped.labels(GROUP, "redelivered").inc(result.redelivered)
-        if result.duplicates:
-            metrics.events_skipped.labels(GROUP, "duplicate_event_id").inc(result.duplicates)
-        histogram = metrics.event_to_state_seconds.labels(GROUP)
-        for lag in result.lag_seconds:
-            histogram.observe(lag)
+        record_batch_metrics(metrics, GROUP, batch.events, result)

@@ -88,6 +88,8 @@ def batch_subscriber_options(settings: Settings, group: str) -> dict[str, Any]:
         "max_records": settings.consumer_batch_size,
         "batch_timeout_ms": settings.consumer_batch_timeout_ms,
         "auto_offset_reset": "earliest",
+        # aiokafka waits up to 500 ms for a fetch to fill by default: too long for freshness.
+        "fetch_max_wait_ms": settings.consumer_fetch_max_wait_ms,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "decoder": raw_values,
     }

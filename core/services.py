@@ -65,6 +65,14 @@ def _attached_addresses(settings: Settings) -> EmbeddedAddresses:
     return found
 
 
+def kafka_bootstrap_for(settings: Settings) -> list[str]:
+    """Kafka servers for a client-only process (replay, lag): the configured ones, or those of
+    the running ``streamrec up`` when Kafka is embedded."""
+    if settings.embedded_kafka:
+        return [_attached_addresses(settings).kafka_bootstrap]
+    return _bootstrap_list(settings.kafka_bootstrap)
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings, *, attach: bool = False, create_topics: bool = True

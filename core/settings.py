@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigurationError
@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     topic_replication: Annotated[int, Field(ge=1, le=5)] = 1
     consumer_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     consumer_batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
+    consumer_fetch_max_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
     recent_items_cap: Annotated[int, Field(ge=1, le=10_000)] = 200
     popularity_half_life_days: Annotated[float, Field(gt=0)] = 7.0
     dedup_window_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
@@ -49,6 +50,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("ingest_api_key", "admin_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
+        # `STREAMREC_ADMIN_API_KEY=` in an .env file must not become an empty, guessable key.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -3,12 +3,13 @@
 Per batch, ``FeatureStore.apply_batch``:
 
 1. WATCHes the last-applied-offset keys of the partitions in the batch;
-2. reads (one pipeline) those offsets, the recent event-id sets, and the genres of the items
-   the batch touches;
+2. reads (one pipeline) those offsets, the recent event-id sets and the decay landmark;
 3. drops events at or below their partition's applied offset (re-delivery after a crash) and
    events whose ``event_id`` was seen in the de-duplication window (an app sending twice);
-4. aggregates what is left (one HINCRBY per user and field, not per event) and writes it in
-   ONE MULTI/EXEC together with the new offsets and event ids.
+4. aggregates what is left (one increment per user and field, not per event) and writes it
+   in ONE MULTI/EXEC together with the new offsets and event ids. The aggregate is applied by
+   a Lua script (``apply_features.lua``) inside that transaction: one payload instead of a
+   Python-side command per key, which is where a plain pipeline spends its time.
 
 If another consumer touched the same partitions in between (a rebalance zombie), EXEC fails
 on the WATCH and the batch is re-read and re-applied from scratch.
@@ -39,17 +40,20 @@ rescaled once with ZUNIONSTORE and the landmark moves.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from schemas.events import (
     ClickEvent,
+    Event,
     ImpressionEvent,
     ItemEvent,
     RatingEvent,
@@ -62,6 +66,8 @@ LANDMARK = f"{PREFIX}:popularity:landmark"
 VARIANTS = f"{PREFIX}:variants"
 _REBASE_AFTER_HALF_LIVES = 64.0  # 2**64 is far from float overflow and keeps precision
 _MAX_WATCH_RETRIES = 5
+_APPLY_SCRIPT = (Path(__file__).parent / "apply_features.lua").read_text()
+_READ_SCRIPT = (Path(__file__).parent / "read_state.lua").read_text()
 
 
 def user_key(user_id: str) -> str:
@@ -101,19 +107,50 @@ class ApplyResult:
 
 
 @dataclass
-class _Aggregate:
-    """A batch folded into per-key increments: one command per key and field, not per event."""
+class _UserUpdate:
+    counts: Counter[str] = field(default_factory=Counter)
+    rating_sum: float = 0.0
+    last_ts: float = 0.0
+    recent: dict[str, float] = field(default_factory=dict)  # item -> latest event time
+    affinity: list[tuple[str, float]] = field(default_factory=list)  # (item, weight)
 
-    user_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    user_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    user_last_ts: dict[str, float] = field(default_factory=dict)
-    user_seq: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
-    user_genres: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    item_counts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    item_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    item_meta: dict[str, dict[str, str]] = field(default_factory=dict)
+
+@dataclass
+class _ItemUpdate:
+    counts: Counter[str] = field(default_factory=Counter)
+    rating_sum: float = 0.0
+
+
+@dataclass
+class _Aggregate:
+    """A batch folded into per-key increments: one update per key and field, not per event."""
+
+    users: dict[str, _UserUpdate] = field(default_factory=lambda: defaultdict(_UserUpdate))
+    items: dict[str, _ItemUpdate] = field(default_factory=lambda: defaultdict(_ItemUpdate))
+    meta: dict[str, dict[str, str]] = field(default_factory=dict)
     popularity: Counter[str] = field(default_factory=Counter)
     variants: Counter[str] = field(default_factory=Counter)
+    event_ids: list[str] = field(default_factory=list)
+
+    def payload(self) -> str:
+        """The JSON the apply script reads (see apply_features.lua for the layout)."""
+        return json.dumps(
+            {
+                "meta": self.meta,
+                "users": [
+                    [user, u.counts, u.rating_sum, u.last_ts, list(u.recent.items()), u.affinity]
+                    for user, u in self.users.items()
+                ],
+                "items": [[item, i.counts, i.rating_sum] for item, i in self.items.items()],
+                "pop": self.popularity,
+                "variants": self.variants,
+                "ids": self.event_ids,
+            },
+            separators=(",", ":"),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.items or self.meta or self.event_ids)
 
 
 class FeatureStore:
@@ -131,6 +168,8 @@ class FeatureStore:
         self._recent_cap = recent_cap
         self._half_life = half_life_days * 86_400.0
         self._dedup_bucket = dedup_window_hours * 3600
+        self._apply_script = redis.register_script(_APPLY_SCRIPT)
+        self._read_script = redis.register_script(_READ_SCRIPT)
 
     # ------------------------------------------------------------------ writes
 
@@ -154,9 +193,7 @@ class FeatureStore:
                 return await self._apply_once(group, events, high)
             except WatchError:
                 continue  # another consumer moved one of our partitions: re-read, re-apply
-        raise WatchError(
-            f"offsets of group {group} kept changing during {_MAX_WATCH_RETRIES} tries"
-        )
+        raise WatchError(f"offsets of {group} kept changing during {_MAX_WATCH_RETRIES} tries")
 
     async def _apply_once(
         self,
@@ -166,168 +203,118 @@ class FeatureStore:
     ) -> ApplyResult:
         partitions = sorted(high)
         offset_keys = [offset_key(group, t, p) for t, p in partitions]
-        now = time.time()
-        bucket = int(now // self._dedup_bucket)
+        bucket = int(time.time() // self._dedup_bucket)
+        ids = [str(s.event.event_id) for s in events]
         async with self._redis.pipeline(transaction=True) as tx:
             await tx.watch(*offset_keys)
-            applied_offsets, seen_ids, genres, landmark = await self._read_state(
-                group, bucket, offset_keys, events
+            applied_offsets, seen, landmark = await self._read_state(
+                group, bucket, offset_keys, ids
             )
             done = dict(zip(partitions, applied_offsets, strict=True))
-            fresh, redelivered, duplicates = _select_fresh(events, done, seen_ids)
-            agg, landmark_now, rebase = self._aggregate(fresh, genres, landmark)
+            fresh, redelivered, duplicates = _select_fresh(events, ids, done, seen)
+            agg, landmark_now, rebase = self._aggregate([events[i] for i in fresh], landmark)
+            agg.event_ids = [ids[i] for i in fresh]
 
             tx.multi()
             if rebase:
                 tx.zunionstore(POPULARITY, {POPULARITY: rebase})
             if landmark_now != landmark:
                 tx.set(LANDMARK, repr(landmark_now))
-            self._queue_writes(tx, agg, now)
-            if fresh:
-                ids_key = dedup_key(group, bucket)
-                tx.sadd(ids_key, *[str(s.event.event_id) for s in fresh])
-                tx.expire(ids_key, 2 * self._dedup_bucket)
+            if agg:
+                now_ms = int(time.time() * 1000)  # just before EXEC: when the state changes
+                args = [
+                    agg.payload(),
+                    self._recent_cap,
+                    now_ms,
+                    PREFIX,
+                    dedup_key(group, bucket),
+                    2 * self._dedup_bucket,
+                ]
+                await self._apply_script(args=args, client=tx)  # queued, runs at EXEC
             for (topic, partition), key in zip(partitions, offset_keys, strict=True):
                 tx.set(key, high[(topic, partition)])
             await tx.execute()
         committed = time.time()
-        lags = [committed - s.published_ms / 1000.0 for s in fresh if s.published_ms]
+        lags = [
+            committed - events[i].published_ms / 1000.0 for i in fresh if events[i].published_ms
+        ]
         return ApplyResult(len(fresh), redelivered, duplicates, lags)
 
     async def _read_state(
-        self,
-        group: str,
-        bucket: int,
-        offset_keys: list[str],
-        events: Sequence[SourcedEvent],
-    ) -> tuple[list[int], set[str], dict[str, list[str]], float | None]:
-        ids = [str(s.event.event_id) for s in events]
-        item_ids = sorted(
-            {s.event.item_id for s in events if isinstance(s.event, RatingEvent | ClickEvent)}
-        )
-        # A separate, non-transactional pipeline: reads in one round trip while WATCH holds.
-        async with self._redis.pipeline(transaction=False) as reads:
-            reads.mget(offset_keys)
-            if ids:
-                reads.smismember(dedup_key(group, bucket), ids)
-                reads.smismember(dedup_key(group, bucket - 1), ids)
-            for item in item_ids:
-                reads.hget(item_key(item), "genres")
-            reads.get(LANDMARK)
-            replies = await reads.execute()
-        offsets = [int(v) if v is not None else -1 for v in replies[0]]
-        position = 1
-        seen: set[str] = set()
-        if ids:
-            now_hits, before_hits = replies[1], replies[2]
-            seen = {i for i, a, b in zip(ids, now_hits, before_hits, strict=True) if a or b}
-            position = 3
-        genres = {
-            item: raw.split("|") if raw else []
-            for item, raw in zip(
-                item_ids, replies[position : position + len(item_ids)], strict=True
-            )
-        }
-        landmark_raw = replies[-1]
-        return offsets, seen, genres, float(landmark_raw) if landmark_raw else None
+        self, group: str, bucket: int, offset_keys: list[str], ids: list[str]
+    ) -> tuple[list[int], str, float | None]:
+        """Applied offsets, which ids were applied already ("0"/"1" per id), the landmark."""
+        keys = [LANDMARK, dedup_key(group, bucket), dedup_key(group, bucket - 1), *offset_keys]
+        reply = await self._read_script(keys=keys, args=[",".join(ids)])
+        landmark, seen, offsets = reply[0], reply[1] or "", reply[2:]
+        # Redis drops trailing nils from a Lua table: missing offsets are "never applied".
+        offsets = [int(v) if v is not None else -1 for v in offsets]
+        offsets += [-1] * (len(offset_keys) - len(offsets))
+        return offsets, seen, float(landmark) if landmark else None
 
     def _aggregate(
-        self,
-        fresh: Iterable[SourcedEvent],
-        genres: dict[str, list[str]],
-        landmark: float | None,
+        self, fresh: list[SourcedEvent], landmark: float | None
     ) -> tuple[_Aggregate, float | None, float]:
-        agg = _Aggregate()
         events = [s.event for s in fresh]
-        times = [e.ts.timestamp() for e in events if not isinstance(e, ItemEvent)]
-        rebase = 0.0
-        if times and landmark is None:
-            landmark = min(times)
-        if times and landmark is not None:
-            half_lives = (max(times) - landmark) / self._half_life
-            if half_lives > _REBASE_AFTER_HALF_LIVES:
-                shift = math.floor(half_lives) - 1
-                rebase = 2.0**-shift
-                landmark += shift * self._half_life
+        landmark, rebase = self._move_landmark(events, landmark)
+        agg = _Aggregate()
         for event in events:
             if isinstance(event, ItemEvent):
                 meta = {"title": event.title, "genres": "|".join(event.genres)}
                 if event.year is not None:
                     meta["year"] = str(event.year)
-                agg.item_meta[event.item_id] = meta
-                genres[event.item_id] = list(event.genres)
-        for event in events:
-            self._fold(agg, event, genres, landmark)
+                agg.meta[event.item_id] = meta
+            elif isinstance(event, ImpressionEvent):
+                self._fold_impression(agg, event)
+            else:
+                self._fold_interaction(agg, event, landmark)
         return agg, landmark, rebase
 
-    def _fold(
-        self,
-        agg: _Aggregate,
-        event: object,
-        genres: dict[str, list[str]],
-        landmark: float | None,
+    def _move_landmark(
+        self, events: list[Event], landmark: float | None
+    ) -> tuple[float | None, float]:
+        """Set the forward-decay landmark on first use; move it when exponents grow large."""
+        times = [e.ts.timestamp() for e in events if not isinstance(e, ItemEvent)]
+        if not times:
+            return landmark, 0.0
+        if landmark is None:
+            return min(times), 0.0
+        half_lives = (max(times) - landmark) / self._half_life
+        if half_lives <= _REBASE_AFTER_HALF_LIVES:
+            return landmark, 0.0
+        shift = math.floor(half_lives) - 1
+        return landmark + shift * self._half_life, 2.0**-shift
+
+    @staticmethod
+    def _fold_impression(agg: _Aggregate, event: ImpressionEvent) -> None:
+        user = agg.users[event.user_id]
+        user.counts["impressions"] += 1
+        user.last_ts = max(user.last_ts, event.ts.timestamp())
+        for item in event.item_ids:
+            agg.items[item].counts["impressions"] += 1
+        agg.variants[f"{event.model}|{event.variant}|impressions"] += 1
+
+    def _fold_interaction(
+        self, agg: _Aggregate, event: RatingEvent | ClickEvent, landmark: float | None
     ) -> None:
-        if isinstance(event, ItemEvent):
-            return
-        assert isinstance(event, RatingEvent | ClickEvent | ImpressionEvent)
         ts = event.ts.timestamp()
-        user = event.user_id
-        agg.user_last_ts[user] = max(agg.user_last_ts.get(user, ts), ts)
-        if isinstance(event, ImpressionEvent):
-            agg.user_counts[user]["impressions"] += 1
-            for item in event.item_ids:
-                agg.item_counts[item]["impressions"] += 1
-            agg.variants[f"{event.model}|{event.variant}|impressions"] += 1
-            return
-        item = event.item_id
-        seq = agg.user_seq[user]
-        seq[item] = max(seq.get(item, ts), ts)
+        user, item = agg.users[event.user_id], agg.items[event.item_id]
+        user.last_ts = max(user.last_ts, ts)
+        user.recent[event.item_id] = max(user.recent.get(event.item_id, ts), ts)
         weight = 2.0 ** ((ts - landmark) / self._half_life) if landmark is not None else 1.0
-        agg.popularity[item] += weight
+        agg.popularity[event.item_id] += weight
         if isinstance(event, RatingEvent):
-            agg.user_counts[user]["ratings"] += 1
-            agg.user_sums[user] += event.rating
-            agg.item_counts[item]["ratings"] += 1
-            agg.item_sums[item] += event.rating
-            affinity = (event.rating - 2.5) / 2.5
+            user.counts["ratings"] += 1
+            user.rating_sum += event.rating
+            item.counts["ratings"] += 1
+            item.rating_sum += event.rating
+            user.affinity.append((event.item_id, (event.rating - 2.5) / 2.5))
         else:
-            agg.user_counts[user]["clicks"] += 1
-            agg.item_counts[item]["clicks"] += 1
+            user.counts["clicks"] += 1
+            item.counts["clicks"] += 1
             if event.model:
                 agg.variants[f"{event.model}|{event.variant or 'default'}|clicks"] += 1
-            affinity = 1.0
-        for genre in genres.get(item, ()):
-            agg.user_genres[user][genre] += affinity
-
-    def _queue_writes(self, tx: aioredis.client.Pipeline, agg: _Aggregate, now: float) -> None:
-        updated_ms = int(now * 1000)
-        for user, counts in agg.user_counts.items():
-            key = user_key(user)
-            for name, value in counts.items():
-                tx.hincrby(key, name, value)
-            if user in agg.user_sums:
-                tx.hincrbyfloat(key, "rating_sum", agg.user_sums[user])
-        for user, last_ts in agg.user_last_ts.items():
-            tx.hset(user_key(user), mapping={"last_ts": last_ts, "updated_ms": updated_ms})
-        for user, items in agg.user_seq.items():
-            # GT: an item seen again moves to its latest time; an older event never moves it back.
-            tx.zadd(user_seq_key(user), items, gt=True)
-            tx.zremrangebyrank(user_seq_key(user), 0, -self._recent_cap - 1)
-            tx.sadd(user_seen_key(user), *items)
-        for user, affinities in agg.user_genres.items():
-            for genre, value in affinities.items():
-                tx.hincrbyfloat(user_genres_key(user), genre, value)
-        for item, meta in agg.item_meta.items():
-            tx.hset(item_key(item), mapping=meta)
-        for item, counts in agg.item_counts.items():
-            for name, value in counts.items():
-                tx.hincrby(item_key(item), name, value)
-            if item in agg.item_sums:
-                tx.hincrbyfloat(item_key(item), "rating_sum", agg.item_sums[item])
-        for item, score in agg.popularity.items():
-            tx.zincrby(POPULARITY, score, item)
-        for name, value in agg.variants.items():
-            tx.hincrby(VARIANTS, name, value)
+            user.affinity.append((event.item_id, 1.0))
 
     # ------------------------------------------------------------------ reads
 
@@ -380,20 +367,20 @@ class FeatureStore:
 
 def _select_fresh(
     events: Sequence[SourcedEvent],
+    ids: list[str],
     done: dict[tuple[str, int], int],
-    seen_ids: set[str],
-) -> tuple[list[SourcedEvent], int, int]:
-    fresh: list[SourcedEvent] = []
+    seen: str,
+) -> tuple[list[int], int, int]:
+    """Indices of the events to apply: not redelivered, not already applied, not repeated."""
+    fresh: list[int] = []
     redelivered = duplicates = 0
     batch_ids: set[str] = set()
-    for sourced in events:
+    for i, sourced in enumerate(events):
         if sourced.offset <= done.get((sourced.topic, sourced.partition), -1):
             redelivered += 1
-            continue
-        event_id = str(sourced.event.event_id)
-        if event_id in seen_ids or event_id in batch_ids:
+        elif seen[i] == "1" or ids[i] in batch_ids:
             duplicates += 1
-            continue
-        batch_ids.add(event_id)
-        fresh.append(sourced)
+        else:
+            batch_ids.add(ids[i])
+            fresh.append(i)
     return fresh, redelivered, duplicates
