@@ -26,7 +26,7 @@ from typing import Any, Self, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from core.errors import PublishError
+from core.errors import PublishError, ServiceUnavailable
 from core.metrics import Metrics
 from schemas.events import Event
 
@@ -72,7 +72,13 @@ class EventPublisher:
         return self._started
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise ServiceUnavailable(
+                f"Kafka at {','.join(self._bootstrap)} did not answer: {exc}"
+            ) from exc
         self._started = True
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
 )
@@ -44,8 +45,8 @@ def _aware(value: datetime) -> datetime:
 
 ExternalId = Annotated[
     str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s]+$"),
     BeforeValidator(_stringify_id),
-    Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s]+$"),
 ]
 EventTime = Annotated[datetime, AfterValidator(_aware)]
 

@@ -131,9 +131,14 @@ class Archive:
                 stmt = _insert(self._engine, UserRow.__table__).on_conflict_do_nothing()
                 conn.execute(stmt, list(users.values()))
             if interactions:
-                stmt = _insert(self._engine, InteractionRow.__table__).on_conflict_do_nothing()
-                result = conn.execute(stmt, interactions)
-                inserted = max(result.rowcount, 0)
+                # RETURNING counts what was really inserted; executemany rowcount does not on
+                # every driver (psycopg reports 0 for batched INSERT ... ON CONFLICT).
+                stmt = (
+                    _insert(self._engine, InteractionRow.__table__)
+                    .on_conflict_do_nothing()
+                    .returning(InteractionRow.__table__.c.event_id)
+                )
+                inserted = len(conn.execute(stmt, interactions).all())
         return inserted
 
     def count_interactions(self, type_: str | None = None) -> int:

@@ -1,0 +1,45 @@
+"""The streamrec command: help, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from core.cli import _register_plugins, app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def commands() -> None:
+    _register_plugins()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "serve", "consume", "lag", "replay"):
+        assert command in result.output
+
+
+def test_replay_without_a_running_system_explains_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_VAR_DIR", str(tmp_path))
+    monkeypatch.delenv("STREAMREC_KAFKA_BOOTSTRAP", raising=False)
+    result = runner.invoke(app, ["replay", "synthetic", "--events", "10"])
+    assert result.exit_code == 2
+    assert "streamrec up" in result.output and "Traceback" not in result.output
+
+
+def test_replay_of_a_missing_folder_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["replay", "/no/such/folder"])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_serve_refuses_embedded_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMREC_KAFKA_BOOTSTRAP", raising=False)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "streamrec up" in result.output
