@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from consumers.decode import decode_batch, dead_letter_kind
+from consumers.decode import dead_letter_kind, decode_batch
 from schemas.events import RatingEvent
 
 

@@ -46,7 +46,7 @@ def test_ml1m_layout(tmp_path: Path) -> None:
 
 
 def test_a_folder_without_ratings_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="expected ratings.csv"):
+    with pytest.raises(InvalidInput, match=r"expected ratings\.csv"):
         load_movielens(tmp_path)
     with pytest.raises(InvalidInput, match="does not exist"):
         load_movielens(tmp_path / "missing")
