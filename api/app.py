@@ -23,6 +23,7 @@ from core.settings import Settings
 from producers.publisher import EventPublisher
 from stores.catalog import Archive
 from stores.schema import create_schema
+from stores.vectors import open_vector_store
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ def create_app(
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
+            # Qdrant Edge (embedded) opens its shards lazily; a server is reached over HTTP.
+            vectors = await asyncio.to_thread(open_vector_store, settings)
+            stack.callback(vectors.close)
             runtime = Runtime(
                 settings=settings,
                 services=services,
@@ -58,6 +62,7 @@ def create_app(
                 publisher=publisher,
                 features=feature_store(services),
                 archive=Archive(services.engine),
+                vectors=vectors,
             )
             if run_consumers:
                 runtime.consumers = build_consumer_broker(services, metrics, DEFAULT_GROUPS)

@@ -14,6 +14,7 @@ from core.settings import Settings
 from producers.publisher import EventPublisher
 from stores.catalog import Archive
 from stores.features import FeatureStore
+from stores.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Runtime:
     publisher: EventPublisher
     features: FeatureStore
     archive: Archive
+    vectors: VectorStore
     consumers: KafkaBroker | None = None
     background: set[asyncio.Task] = field(default_factory=set)
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import RuntimeDep
 from consumers.lag import LagReport, consumer_lag
+from core.errors import ServiceUnavailable
 from schemas.api import Health
 
 router = APIRouter(tags=["ops"])
@@ -38,7 +39,7 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": Health}})
 async def readyz(runtime: RuntimeDep) -> Response:
-    """Readiness: Redis and SQL answer and the Kafka publisher is connected."""
+    """Readiness: Redis, SQL and Qdrant answer and the Kafka publisher is connected."""
     checks: dict[str, str] = {}
     try:
         await runtime.services.redis.ping()
@@ -56,6 +57,11 @@ async def readyz(runtime: RuntimeDep) -> Response:
     except SQLAlchemyError as exc:
         checks["sql"] = f"down: {type(exc).__name__}"
     checks["kafka"] = "ok" if runtime.publisher.started else "down: publisher not started"
+    try:
+        await asyncio.to_thread(runtime.vectors.list_collections)
+        checks["qdrant"] = "ok"
+    except ServiceUnavailable as exc:
+        checks["qdrant"] = f"down: {exc}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         Health(status="ready" if ready else "not ready", checks=checks).model_dump(),

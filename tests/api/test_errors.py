@@ -97,6 +97,6 @@ async def test_health_ready_and_metrics(api_client) -> None:  # type: ignore[no-
     assert (await api_client.get("/healthz")).json()["status"] == "ok"
     ready = await api_client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"redis": "ok", "sql": "ok", "kafka": "ok"}
+    assert ready.json()["checks"] == {"redis": "ok", "sql": "ok", "kafka": "ok", "qdrant": "ok"}
     metrics = await api_client.get("/metrics")
     assert "streamrec_http_request_seconds" in metrics.text
