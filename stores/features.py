@@ -18,11 +18,11 @@ Key layout (all under ``sr:``):
 
 =========================  ======  ===================================================
 ``sr:u:{user}``            hash    ratings, rating_sum, clicks, impressions, last_ts,
-                                   updated_ms (when the state last changed)
+                                   updated_ms (when the state last changed), and
+                                   g:{genre} -> affinity (ratings centred at 2.5, clicks +1)
 ``sr:u:{user}:seq``        zset    recent distinct items scored by event time, capped
                                    (event time, not arrival: topics are fetched apart)
 ``sr:u:{user}:seen``       set     every item the user rated or clicked
-``sr:u:{user}:genres``     hash    genre -> affinity (ratings centred at 2.5, clicks +1)
 ``sr:i:{item}``            hash    title, genres ("|"-joined), year, ratings, rating_sum,
                                    clicks, impressions
 ``sr:popularity``          zset    item -> forward-decayed popularity
@@ -66,6 +66,7 @@ LANDMARK = f"{PREFIX}:popularity:landmark"
 VARIANTS = f"{PREFIX}:variants"
 _REBASE_AFTER_HALF_LIVES = 64.0  # 2**64 is far from float overflow and keeps precision
 _MAX_WATCH_RETRIES = 5
+_GENRE = "g:"  # prefix of genre-affinity fields in the user hash
 _APPLY_SCRIPT = (Path(__file__).parent / "apply_features.lua").read_text()
 _READ_SCRIPT = (Path(__file__).parent / "read_state.lua").read_text()
 
@@ -80,10 +81,6 @@ def user_seq_key(user_id: str) -> str:
 
 def user_seen_key(user_id: str) -> str:
     return f"{PREFIX}:u:{user_id}:seen"
-
-
-def user_genres_key(user_id: str) -> str:
-    return f"{PREFIX}:u:{user_id}:genres"
 
 
 def item_key(item_id: str) -> str:
@@ -323,11 +320,17 @@ class FeatureStore:
         return await self._redis.zrevrange(user_seq_key(user_id), 0, max(n, 1) - 1)
 
     async def user_stats(self, user_id: str) -> dict[str, str]:
-        return await self._redis.hgetall(user_key(user_id))
+        """Counters and times of a user (genre affinities left out: see genre_affinity)."""
+        raw = await self._redis.hgetall(user_key(user_id))
+        return {name: value for name, value in raw.items() if not name.startswith(_GENRE)}
 
     async def genre_affinity(self, user_id: str) -> dict[str, float]:
-        raw = await self._redis.hgetall(user_genres_key(user_id))
-        return {genre: float(value) for genre, value in raw.items()}
+        raw = await self._redis.hgetall(user_key(user_id))
+        return {
+            name.removeprefix(_GENRE): float(value)
+            for name, value in raw.items()
+            if name.startswith(_GENRE)
+        }
 
     async def popular(self, k: int, exclude_seen_of: str | None = None) -> list[tuple[str, float]]:
         """Top-k items by decayed popularity, without the items a user has already seen."""
