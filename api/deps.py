@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from api.runtime import Runtime
 from producers.publisher import EventPublisher
@@ -36,11 +37,13 @@ FeaturesDep = Annotated[FeatureStore, Depends(get_features)]
 PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]
 
 
-def _matches(given: str | None, *keys: object) -> bool:
+def _matches(given: str | None, *keys: SecretStr | None) -> bool:
+    """Constant-time comparison against every configured key."""
     if not given:
         return False
+    offered = given.encode()
     return any(
-        key is not None and secrets.compare_digest(given.encode(), key.get_secret_value().encode())  # type: ignore[attr-defined]
+        key is not None and secrets.compare_digest(offered, key.get_secret_value().encode())
         for key in keys
     )
 

@@ -14,7 +14,7 @@ from consumers.policy import batch_subscriber_options, event_topics, with_backof
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
-from schemas.events import ItemEvent, SourcedEvent
+from schemas.events import ImpressionEvent, ItemEvent, SourcedEvent
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
 
@@ -23,14 +23,16 @@ GROUP = ConsumerGroup.ARCHIVE.value
 
 def archive_events(archive: Archive, ids: IdRegistry, events: list[SourcedEvent]) -> int:
     """Register new ids (in log order, so indices follow first appearance), then archive."""
-    users = [s.event.user_id for s in events if not isinstance(s.event, ItemEvent)]
+    users: list[str] = []
     items: list[str] = []
     for sourced in events:
         event = sourced.event
-        if isinstance(event, ItemEvent) or hasattr(event, "item_id"):
-            items.append(event.item_id)  # type: ignore[union-attr]
+        if isinstance(event, ImpressionEvent):
+            items.extend(event.item_ids)
         else:
-            items.extend(event.item_ids)  # type: ignore[union-attr]
+            items.append(event.item_id)
+        if not isinstance(event, ItemEvent):  # an item event's user_id is its publisher
+            users.append(event.user_id)
     if users:
         ids.assign(IdKind.USER, users)
     if items:
