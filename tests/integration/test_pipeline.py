@@ -36,6 +36,15 @@ async def _lag(services, group: str) -> int:  # type: ignore[no-untyped-def]
     return report.total_lag
 
 
+async def _wait_drained(services, timeout: float = 30.0, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the features group has consumed everything in the topics."""
+
+    async def drained() -> bool:
+        return await _lag(services, FEATURES) == 0
+
+    await wait_until(drained, timeout=timeout, interval=interval)
+
+
 async def test_http_and_sdk_events_reach_redis_and_sql(app_client) -> None:  # type: ignore[no-untyped-def]
     app, client = app_client
     runtime = app.state.runtime
@@ -103,10 +112,7 @@ async def test_movielens_replay_matches_ratings_csv(services, ml100k) -> None:  
             summary = await replay(data, publisher)
         assert summary.events == len(data.ratings) + len(data.items)
 
-        async def drained() -> bool:
-            return await _lag(services, FEATURES) == 0
-
-        await wait_until(drained, timeout=240, interval=0.5)
+        await _wait_drained(services, timeout=240, interval=0.5)
     finally:
         await broker.stop()
     truth = Counter(r.user_id for r in data.ratings)
@@ -165,11 +171,7 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
     second = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
     await second.start()
     try:
-
-        async def drained() -> bool:
-            return await _lag(services, FEATURES) == 0
-
-        await wait_until(drained, timeout=60)
+        await _wait_drained(services, timeout=60)
     finally:
         await second.stop()
     for user, n in truth.items():
@@ -191,10 +193,7 @@ async def test_duplicate_event_ids_are_applied_once(services) -> None:  # type: 
             await publisher.publish(event)
             await publisher.publish(RatingEvent(user_id="dup", item_id="y", rating=5))
 
-        async def drained() -> bool:
-            return await _lag(services, FEATURES) == 0
-
-        await wait_until(drained)
+        await _wait_drained(services)
     finally:
         await broker.stop()
     assert await _user_counter(services, "dup", "ratings") == 2
@@ -252,11 +251,7 @@ async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services)
     broker = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
     await broker.start()
     try:
-
-        async def drained() -> bool:
-            return await _lag(services, FEATURES) == 0
-
-        await wait_until(drained)
+        await _wait_drained(services)
     finally:
         await broker.stop()
     assert await _user_counter(services, "dl", "ratings") == 2
@@ -299,11 +294,7 @@ async def test_lag_counts_unconsumed_events_and_returns_to_zero(services) -> Non
     broker = build_consumer_broker(services, Metrics(), [ConsumerGroup.FEATURES])
     await broker.start()
     try:
-
-        async def drained() -> bool:
-            return await _lag(services, FEATURES) == 0
-
-        await wait_until(drained)
+        await _wait_drained(services)
     finally:
         await broker.stop()
     report = await consumer_lag(services.kafka_bootstrap, groups=[FEATURES])
