@@ -105,6 +105,7 @@ async def wait_applied(client: aioredis.Redis, expected: int, timeout: float) ->
 
 
 def start_consumer(bootstrap: str, redis_url: str, workdir: Path) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "STREAMREC_KAFKA_BOOTSTRAP": bootstrap,
@@ -120,17 +121,23 @@ def start_consumer(bootstrap: str, redis_url: str, workdir: Path) -> subprocess.
     )
 
 
-async def end_to_end(bootstrap: str, client: aioredis.Redis, events: list[RatingEvent]) -> dict:
+async def end_to_end(
+    bootstrap: str, client: aioredis.Redis, events: list[RatingEvent], consumers: int
+) -> dict:
     async with EventPublisher([bootstrap]) as publisher:
-        warm = RatingEvent(user_id="warmup", item_id="warmup", rating=3)
-        await publisher.publish(warm)
-        await wait_applied(client, 1, timeout=60)  # the consumer has joined and is applying
+        warm = [RatingEvent(user_id=f"warmup{n}", item_id="warmup", rating=3) for n in range(16)]
+        await publisher.publish_many(warm)
+        await wait_applied(client, len(warm), timeout=60)  # consumers joined and applying
+        if consumers > 1:
+            # Each process joining rebalances the group; the mock cluster serves no
+            # DescribeGroups to watch it settle, so wait out its rebalance delay (3 s).
+            await asyncio.sleep(6)
         started = time.perf_counter()
         chunk = 5000
         for i in range(0, len(events), chunk):
             await publisher.publish_many(events[i : i + chunk])
         published = time.perf_counter()
-        done = await wait_applied(client, len(events) + 1, timeout=600)
+        done = await wait_applied(client, len(events) + len(warm), timeout=600)
     return {
         "events": len(events),
         "publish_seconds": published - started,
@@ -181,6 +188,9 @@ async def main() -> int:
     parser.add_argument("--fresh-rate", type=float, default=1000.0)
     parser.add_argument("--fresh-seconds", type=float, default=10.0)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--consumers", type=int, default=1, help="features consumer processes in the group"
+    )
     args = parser.parse_args()
 
     events = rating_events(args.events)
@@ -191,15 +201,20 @@ async def main() -> int:
     client = aioredis.from_url(args.redis_url, decode_responses=True)
     await client.flushdb()
     with tempfile.TemporaryDirectory() as workdir:
-        consumer = start_consumer(kafka.bootstrap, args.redis_url, Path(workdir))
+        consumers = [
+            start_consumer(kafka.bootstrap, args.redis_url, Path(workdir) / str(n))
+            for n in range(args.consumers)
+        ]
         try:
-            e2e = await end_to_end(kafka.bootstrap, client, events)
+            e2e = await end_to_end(kafka.bootstrap, client, events, args.consumers)
             fresh = await freshness(
-                kafka.bootstrap, client, args.fresh_rate, args.fresh_seconds, args.events + 1
+                kafka.bootstrap, client, args.fresh_rate, args.fresh_seconds, args.events + 16
             )
         finally:
-            consumer.terminate()
-            consumer.wait(timeout=30)
+            for consumer in consumers:
+                consumer.terminate()
+            for consumer in consumers:
+                consumer.wait(timeout=30)
     await client.flushdb()
     await client.aclose()
     kafka.close()
@@ -235,6 +250,7 @@ async def main() -> int:
         "freshness_p99_ms": fresh["p99_ms"],
         "freshness_rate": fresh["achieved_rate"],
         "events": args.events,
+        "consumer_processes": args.consumers,
     }
     print(
         json.dumps(
