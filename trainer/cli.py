@@ -1,7 +1,252 @@
-"""CLI commands of trainer."""
+"""``streamrec train`` and ``streamrec eval``: train a model into the registry, judge a version.
+
+Both read the database URL and the var dir from ``core.settings.Settings`` (``--var-dir``
+overrides the latter). Failures end with a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine
+
+from core.datasets import InteractionData, load_movielens, synthetic
+from core.db import create_db_engine
+from core.errors import StreamrecError
+from core.ids import IdRegistry
+from core.settings import Settings
+from stores.model_registry import ModelRegistry
+from stores.schema import create_schema
+
+log = logging.getLogger(__name__)
+console = Console()
+
+
+class ModelName(StrEnum):
+    mf = "mf"
+    bpr = "bpr"
+    ncf = "ncf"
+    wide_deep = "wide_deep"
+    sasrec = "sasrec"
+    doc2vec = "doc2vec"
+
+
+class Protocol(StrEnum):
+    loo_full = "loo-full"
+    loo_sampled = "loo-sampled"
+    random_split = "random-split"
+
+
+MODEL_OPT = typer.Option("--model", "-m", help="Which model to train or evaluate.")
+DATA_OPT = typer.Option(
+    "--data", "-d",
+    help="A MovieLens folder (ratings.csv, u.data or ratings.dat layout), 'synthetic' "
+    "(generated, seeded) or 'archive' (the SQL interactions archive).",
+)  # fmt: skip
+VAR_OPT = typer.Option("--var-dir", help="State directory (default: STREAMREC_VAR_DIR or var).")
+SEEN_OPT = typer.Option(
+    "--exclude-seen/--keep-seen",
+    help="Hide items the user already interacted with from the ranking (RecBole hides them "
+    "for general models, not for SASRec).",
+)
+PROTOCOL_OPT = typer.Option(
+    "--protocol", "-p",
+    help="loo-full: time-ordered leave-one-out over all items; loo-sampled: the same against "
+    "100 sampled negatives; random-split: RecBole's per-user 80/10/10.",
+)  # fmt: skip
+
+
+def _services(var_dir: Path | None) -> tuple[Engine, ModelRegistry]:
+    settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
+    engine = create_db_engine(settings.database_url)
+    create_schema(engine)
+    return engine, ModelRegistry(engine, settings.var_dir / "models")
+
+
+def _load_data(source: str, engine: Engine, seed: int) -> InteractionData:
+    if source == "synthetic":
+        return synthetic(seed=seed)
+    if source == "archive":
+        from trainer.data import from_archive
+
+        return from_archive(engine)
+    return load_movielens(source)
+
+
+def _fail(error: Exception) -> typer.BadParameter:
+    return typer.BadParameter(str(error))
+
+
+def train(
+    model: Annotated[ModelName, MODEL_OPT],
+    data: Annotated[str, DATA_OPT],
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits, sampling and initial weights.")] = 0,
+    protocol: Annotated[Protocol, PROTOCOL_OPT] = Protocol.loo_full,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Adam learning rate.")] = None,
+    patience: Annotated[int | None, typer.Option(min=1, help="Epochs without improvement.")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: half the cores).")] = 0,
+    exclude_seen: Annotated[bool, SEEN_OPT] = True,
+    activate: Annotated[bool, typer.Option(help="Make the new version the active one.")] = True,
+    var_dir: Annotated[Path | None, VAR_OPT] = None,
+) -> None:
+    """Train a model on a dataset and register it as a new version (var/models/<name>/vN)."""
+    try:
+        engine, models = _services(var_dir)
+        raw = _load_data(data, engine, seed)
+        ids = IdRegistry(engine)
+        if model == ModelName.doc2vec:
+            version = _train_doc2vec(raw, ids, models, seed, activate)
+        else:
+            opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+                    "seed": seed, "threads": threads}  # fmt: skip
+            version = _train_torch(model.value, raw, ids, models, protocol.value, opts,
+                                   exclude_seen, activate)  # fmt: skip
+    except (StreamrecError, OSError, ValueError) as error:
+        raise _fail(error) from None
+    console.print(f"registered [bold]{version.name} v{version.version}[/]"
+                  f"{' (active)' if version.active else ''} at {version.path}")  # fmt: skip
+    test = version.metrics.get("test", {})
+    if test:
+        console.print(_metric_table({f"{version.name} v{version.version}": test}))
+
+
+def _train_doc2vec(raw: InteractionData, ids: IdRegistry, models: ModelRegistry, seed: int,
+                   activate: bool) -> Any:  # fmt: skip
+    from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+
+    if not raw.items:
+        raise typer.BadParameter("this dataset has no item catalog to learn text vectors from")
+    d2v = Doc2VecModel(Doc2VecConfig(seed=seed)).fit(raw.items, ids)
+    return models.register("doc2vec", d2v, {"items": len(raw.items)}, n_items=d2v.config.n_items,
+                           activate=activate)  # fmt: skip
+
+
+def _train_torch(
+    name: str, raw: InteractionData, ids: IdRegistry, models: ModelRegistry, protocol: str,
+    opts: dict[str, Any], exclude_seen: bool, activate: bool,
+) -> Any:  # fmt: skip
+    from trainer.data import build
+    from trainer.evaluate import evaluate, make_validator, protocol_split
+    from trainer.loop import fit
+    from trainer.models import build_model, train_config
+
+    inter = build(raw, ids)
+    split = protocol_split(inter, protocol, seed=opts["seed"], click=name == "wide_deep")
+    net = build_model(name, inter, seed=opts["seed"])
+    config = train_config(name, **opts)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
+        history = fit(net, inter.subset(split.train), validate, config, progress)
+    test = evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
+    metrics = {"protocol": protocol, "dataset": raw.name, "exclude_seen": exclude_seen,
+               "test": test, **history.as_dict()}  # fmt: skip
+    window = {"start_ts": inter.window[0], "end_ts": inter.window[1], "events": len(inter)}
+    return models.register(name, net, metrics, inter.n_users, inter.n_items, window, activate)
+
+
+def evaluate_cmd(
+    model: Annotated[ModelName, MODEL_OPT],
+    data: Annotated[str, DATA_OPT],
+    protocol: Annotated[Protocol, PROTOCOL_OPT] = Protocol.loo_full,
+    version: Annotated[int | None, typer.Option(min=1, help="Version (default: active).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and sampled negatives.")] = 0,
+    exclude_seen: Annotated[bool, SEEN_OPT] = True,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    var_dir: Annotated[Path | None, VAR_OPT] = None,
+) -> None:
+    """Evaluate a registered version on the test part of a protocol's split.
+
+    Use the same data, protocol and seed as ``train`` to judge a model on data it did not see.
+    """
+    if model == ModelName.doc2vec:
+        raise typer.BadParameter("doc2vec has no ranking evaluation; it gives content vectors")
+    try:
+        engine, models = _services(var_dir)
+        metrics, found = _evaluate_version(engine, models, model.value, data, protocol.value,
+                                           version, seed, exclude_seen)  # fmt: skip
+    except (StreamrecError, OSError, ValueError) as error:
+        raise _fail(error) from None
+    label = f"{found.name} v{found.version}"
+    console.print(_metric_table({label: metrics}))
+    if report is not None:
+        report.write_text(_html_report(label, protocol.value, metrics, found.metrics))
+        console.print(f"report written to {report}")
+
+
+def _evaluate_version(
+    engine: Engine, models: ModelRegistry, name: str, data: str, protocol: str,
+    version: int | None, seed: int, exclude_seen: bool,
+) -> tuple[dict[str, float], Any]:  # fmt: skip
+    from trainer.data import build
+    from trainer.evaluate import evaluate, protocol_split
+
+    net = models.load(name, version)
+    found = models.get(name, version) if version is not None else models.active(name)
+    inter = build(_load_data(data, engine, seed), IdRegistry(engine))
+    net.adapt(inter)  # ids registered after training get fresh rows
+    split = protocol_split(inter, protocol, seed=seed, click=name == "wide_deep")
+    return evaluate(net, inter, split, protocol, exclude_seen=exclude_seen), found
+
+
+def _metric_table(rows: dict[str, dict[str, float]]) -> Table:
+    keys = sorted({k for values in rows.values() for k in values})
+    table = Table("model", *keys)
+    for label, values in rows.items():
+        table.add_row(label, *(f"{values[k]:.4f}" if k in values else "" for k in keys))
+    return table
+
+
+def _svg_curve(title: str, values: list[float], width: int = 360, height: int = 180) -> str:
+    """A line chart as inline SVG (no plotting dependency)."""
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    step = (width - 40) / max(len(values) - 1, 1)
+    points = " ".join(
+        f"{30 + i * step:.1f},{height - 25 - (v - lo) / span * (height - 50):.1f}"
+        for i, v in enumerate(values)
+    )
+    return (
+        f'<figure><svg width="{width}" height="{height}" role="img">'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{points}"/>'
+        f'<text x="30" y="15">{html.escape(title)}: {lo:.4f} … {hi:.4f}</text>'
+        f'<text x="30" y="{height - 5}">epoch 1 … {len(values)}</text></svg></figure>'
+    )
+
+
+def _html_report(label: str, protocol: str, metrics: dict[str, float],
+                 trained: dict[str, Any]) -> str:  # fmt: skip
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
+                   for k, v in sorted(metrics.items()))  # fmt: skip
+    epochs = trained.get("epochs", [])
+    curves = "".join(
+        _svg_curve(key, [float(e[key]) for e in epochs if key in e])
+        for key in ("loss", "ndcg@10", "hr@10", "auc")
+    )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>streamrec evaluation</title>"
+        f"<h1>{html.escape(label)}</h1><p>protocol: {html.escape(protocol)}</p>"
+        f"<table border='1'><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+        f"<h2>training curves (validation)</h2>{curves or '<p>no training history</p>'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the streamrec CLI."""
+    app.command("train")(train)
+    app.command("eval")(evaluate_cmd)

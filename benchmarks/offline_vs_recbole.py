@@ -1,0 +1,264 @@
+"""Offline quality and training time: streamrec against RecBole 1.2.1, same data, same run.
+
+    python benchmarks/offline_vs_recbole.py                   # both sides (installs RecBole)
+    python benchmarks/offline_vs_recbole.py --ours-only       # streamrec only, no install
+    python benchmarks/offline_vs_recbole.py --models bpr,pop  # a subset
+
+Pairs and protocols (RecBole's defaults for ml-100k, see /work/shared/peers/recbole.md):
+
+* Pop vs Pop, BPR vs BPR, NCF vs NeuMF: each user's interactions shuffled and split 80/10/10,
+  full ranking, items seen in earlier parts hidden, every held-out interaction a positive.
+* Wide & Deep vs WideDeep: label rating >= 4, random 80/10/10 over all interactions, AUC and
+  log loss. RecBole's WideDeep also sees user age/gender/occupation and item year; ours sees
+  ids, genres and user x genre crosses.
+* SASRec vs SASRec: time-ordered leave-one-out, max length 50, full ranking, seen items not
+  hidden. A full RecBole SASRec run takes over an hour here (~145 s/epoch), so by default the
+  script times ``--recbole-sasrec-epochs`` epochs side by side and takes RecBole's final quality
+  from the cached full run recorded in recbole.md (the table says "cached").
+* Our SASRec on the sampled protocol (100 negatives) next to the paper's ML-1M figures, for
+  orientation only (different data).
+
+Both sides split with their own random generator, so the rows in each part differ while the
+protocol is the same. Training seconds include per-epoch validation on both sides.
+
+RecBole lives in its own virtual environment under benchmarks/peers/ (it needs numpy<2 and
+old setuptools); torch is installed there from the CPU wheel index before RecBole so nothing
+pulls CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.datasets import load_movielens  # noqa: E402
+from core.db import create_db_engine  # noqa: E402
+from core.ids import IdRegistry  # noqa: E402
+from stores.schema import create_schema  # noqa: E402
+from trainer.data import Interactions, build  # noqa: E402
+from trainer.evaluate import evaluate, make_validator, protocol_split  # noqa: E402
+from trainer.loop import fit  # noqa: E402
+from trainer.models import build_model, train_config  # noqa: E402
+from trainer.models.base import Query, Recommender  # noqa: E402
+
+PEERS = ROOT / "benchmarks" / "peers"
+VENV = PEERS / "recbole-venv"
+RECBOLE_PINS = [
+    "recbole==1.2.1", "setuptools>=77.0.3,<81", "numpy<2", "pandas<2.3", "scipy<1.14",
+    "scikit-learn<1.6", "ray==2.6.3",
+]  # fmt: skip
+# RecBole's full SASRec run on this machine (recbole.md): best valid at epoch 17, stopped at 28.
+CACHED_RECBOLE_SASREC = {"ndcg@10": 0.0609, "hr@10": 0.1251, "recall@10": 0.1251,
+                         "mrr@10": 0.0417, "seconds_per_epoch": 145.0}  # fmt: skip
+PAPER_SASREC_ML1M = {"hr@10": 0.8245, "ndcg@10": 0.5905}
+
+PAIRS = {  # ours → (RecBole model, protocol, key metric)
+    "pop": ("Pop", "random-split", "ndcg@10"),
+    "bpr": ("BPR", "random-split", "ndcg@10"),
+    "ncf": ("NeuMF", "random-split", "ndcg@10"),
+    "wide_deep": ("WideDeep", "random-split", "auc"),
+    "sasrec": ("SASRec", "loo-full", "ndcg@10"),
+}
+
+
+class Popularity(Recommender):
+    """Items ranked by their number of training interactions (the same for every user)."""
+
+    input_kind = "none"
+
+    def __init__(self, train: Interactions) -> None:
+        from dataclasses import dataclass
+
+        @dataclass(frozen=True)
+        class _Cfg:
+            n_users: int
+            n_items: int
+
+        super().__init__(_Cfg(train.n_users, train.n_items))
+        counts = np.bincount(train.items, minlength=train.n_items).astype(np.float32)
+        self.register_buffer("counts", torch.from_numpy(counts))
+
+    def full_scores(self, query: Query) -> Tensor:
+        return self.counts.expand(len(query.users), -1)
+
+
+def run_ours(name: str, inter: Interactions, seed: int, threads: int) -> dict[str, Any]:
+    _, protocol, _ = PAIRS[name]
+    click = name == "wide_deep"
+    exclude_seen = name != "sasrec"  # RecBole hides seen items for general models only
+    split = protocol_split(inter, protocol, seed=seed, click=click)
+    train = inter.subset(split.train)
+    started = time.perf_counter()
+    if name == "pop":
+        model: Recommender = Popularity(train)
+        epochs = 0
+    else:
+        model = build_model(name, inter, seed=seed)
+        validate = make_validator(model, inter, split, protocol, exclude_seen=exclude_seen)
+        history = fit(model, train, validate, train_config(name, seed=seed, threads=threads))
+        epochs = len(history.epochs)
+    seconds = time.perf_counter() - started
+    result = evaluate(model, inter, split, protocol, exclude_seen=exclude_seen)
+    out = {"metrics": result, "seconds": seconds, "epochs": epochs}
+    if name == "sasrec":
+        out["sampled"] = evaluate(model, inter, split, "loo-sampled")
+    return out
+
+
+# --- RecBole side -----------------------------------------------------------------------------
+
+RUNNER = r"""
+import json, sys, time
+from recbole.quick_start import run_recbole
+model, config = sys.argv[1], json.loads(sys.argv[2])
+started = time.perf_counter()
+result = run_recbole(model=model, dataset="ml-100k", config_dict=config, saved=False)
+seconds = time.perf_counter() - started
+print("RESULT " + json.dumps({"test": {k: float(v) for k, v in result["test_result"].items()},
+                              "seconds": seconds}))
+"""
+
+
+def ensure_recbole() -> Path:
+    python = VENV / "bin" / "python"
+    if python.exists():
+        probe = subprocess.run([python, "-c", "import recbole"], capture_output=True)
+        if probe.returncode == 0:
+            return python
+    PEERS.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    # CPU torch first, from the CPU index, so RecBole's requirement is already satisfied.
+    subprocess.run([*pip, "torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu"],
+                   check=True)  # fmt: skip
+    subprocess.run([*pip, *RECBOLE_PINS], check=True)
+    return python
+
+
+def recbole_config(model: str, epochs: int | None, threads: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"use_gpu": False, "seed": 2020, "reproducibility": True,
+                              "epochs": epochs or (30 if model == "SASRec" else 50),
+                              "worker": 0, "show_progress": False}  # fmt: skip
+    if model == "SASRec":
+        config["train_neg_sample_args"] = None  # cross-entropy over all items
+    if model == "WideDeep":
+        config["metrics"] = ["AUC", "LogLoss"]
+        config["valid_metric"] = "AUC"
+    else:
+        config["metrics"] = ["Recall", "MRR", "NDCG", "Hit"]
+        config["topk"] = [10]
+    return config
+
+
+def run_recbole(python: Path, model: str, epochs: int | None, threads: int) -> dict[str, Any]:
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+           "OMP_NUM_THREADS": str(threads)}  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:  # RecBole writes logs into the cwd
+        proc = subprocess.run(
+            [str(python), "-c", RUNNER, model, json.dumps(recbole_config(model, epochs, threads))],
+            capture_output=True, text=True, cwd=workdir, env=env,
+        )  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"RecBole {model} failed:\n{proc.stderr[-2000:]}")
+    raw = json.loads(lines[-1].removeprefix("RESULT "))
+    names = {"ndcg@10": "ndcg@10", "hit@10": "hr@10", "recall@10": "recall@10",
+             "mrr@10": "mrr@10", "auc": "auc", "logloss": "logloss"}  # fmt: skip
+    metrics = {names[k.lower()]: v for k, v in raw["test"].items() if k.lower() in names}
+    return {"metrics": metrics, "seconds": raw["seconds"]}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _row(pair: str, metric: str, ours: dict[str, Any], theirs: dict[str, Any] | None,
+         note: str = "") -> str:  # fmt: skip
+    mine = ours["metrics"].get(metric, float("nan"))
+    if theirs is None:
+        return f"{pair:<24} {metric:<9} {mine:>8.4f} {'-':>8} {'-':>6} {ours['seconds']:>8.1f}"
+    other = theirs["metrics"].get(metric, float("nan"))
+    # Log loss: lower is better, so the ratio is inverted to keep ">= 1.0 means we win".
+    ratio = other / mine if metric == "logloss" else mine / other if other else float("nan")
+    return (f"{pair:<24} {metric:<9} {mine:>8.4f} {other:>8.4f} {ratio:>6.3f} "
+            f"{ours['seconds']:>8.1f} {theirs['seconds']:>8.1f} {note}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
+    parser.add_argument("--models", default=",".join(PAIRS))
+    parser.add_argument("--ours-only", action="store_true", help="skip RecBole")
+    parser.add_argument(
+        "--recbole-sasrec-epochs",
+        type=int,
+        default=2,
+        help="epochs of RecBole SASRec to time (0: full 30-epoch run)",
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=2020)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.models.split(",") if n]
+    unknown = set(names) - set(PAIRS)
+    if unknown:
+        parser.error(f"unknown models: {', '.join(sorted(unknown))}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_db_engine(f"sqlite:///{tmp}/bench.db")
+        create_schema(engine)
+        inter = build(load_movielens(args.data), IdRegistry(engine))
+        ours = {name: run_ours(name, inter, args.seed, args.threads) for name in names}
+
+    theirs: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
+    notes: dict[str, str] = {}
+    if not args.ours_only:
+        python = ensure_recbole()
+        for name in names:
+            peer = PAIRS[name][0]
+            epochs = args.recbole_sasrec_epochs or None if peer == "SASRec" else None
+            result = run_recbole(python, peer, epochs, args.threads)
+            if peer == "SASRec" and args.recbole_sasrec_epochs:
+                per_epoch = result["seconds"] / args.recbole_sasrec_epochs
+                result = {
+                    "metrics": CACHED_RECBOLE_SASREC,
+                    "seconds": per_epoch * 28,
+                }  # cached run's 28 epochs at today's speed
+                notes[name] = (f"RecBole quality cached (recbole.md), its time = 28 epochs x "
+                               f"{per_epoch:.0f} s measured now")  # fmt: skip
+            theirs[name] = result
+
+    print(f"{'pair':<24} {'metric':<9} {'ours':>8} {'RecBole':>8} {'ratio':>6} "
+          f"{'ours_s':>8} {'theirs_s':>8}")  # fmt: skip
+    for name in names:
+        peer, _, key = PAIRS[name]
+        pair = f"{name} vs {peer}"
+        metrics = ("auc", "logloss") if key == "auc" else ("ndcg@10", "hr@10", "recall@10",
+                                                            "mrr@10")  # fmt: skip
+        for metric in metrics:
+            print(_row(pair, metric, ours[name], theirs[name],
+                       notes.get(name, "") if metric == key else ""))  # fmt: skip
+        print(f"{'':<24} epochs run: {ours[name]['epochs']}")
+    if "sasrec" in ours:
+        sampled = ours["sasrec"]["sampled"]
+        paper = PAPER_SASREC_ML1M
+        print(f"\nSASRec, 100 sampled negatives (orientation only: paper figures are ML-1M): "
+              f"HR@10 {sampled['hr@10']:.4f} (paper {paper['hr@10']}), "
+              f"NDCG@10 {sampled['ndcg@10']:.4f} (paper {paper['ndcg@10']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Fixtures for the trainer tests: SQL engines, a tiny synthetic dataset, fast configs.
+
+``engine`` runs on SQLite always and also on PostgreSQL when STREAMREC_TEST_DATABASE_URL is
+set, inside a dedicated schema (test_trainer) so other suites on ``public`` are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import Engine, text
+
+from core.datasets import InteractionData, synthetic
+from core.db import create_db_engine
+from core.ids import IdRegistry
+from stores.schema import create_schema
+from trainer.data import Interactions, build
+
+PG_URL = os.environ.get("STREAMREC_TEST_DATABASE_URL", "")
+PG_SCHEMA = "test_trainer"
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+
+torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from more threads
+
+
+def _postgres_engine() -> Engine:
+    admin = create_db_engine(PG_URL)
+    with admin.begin() as conn:  # our own schema only: never touch tables on public
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
+    admin.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return create_db_engine(f"{PG_URL}{sep}options=-csearch_path%3D{PG_SCHEMA}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if PG_URL else ["sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    eng = (
+        create_db_engine(f"sqlite:///{tmp_path}/t.db")
+        if request.param == "sqlite"
+        else _postgres_engine()
+    )
+    create_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = create_db_engine(f"sqlite:///{tmp_path}/t.db")
+    create_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def registry(sqlite_engine: Engine) -> IdRegistry:
+    return IdRegistry(sqlite_engine)
+
+
+def tiny_data(seed: int = 1) -> InteractionData:
+    """Small enough to train in about a second, structured enough to learn (genre clusters)."""
+    return synthetic(n_users=120, n_items=150, n_events=4000, n_genres=4, seed=seed,
+                     cluster_affinity=0.9)  # fmt: skip
+
+
+@pytest.fixture
+def tiny_raw() -> InteractionData:
+    return tiny_data()
+
+
+@pytest.fixture
+def tiny(registry: IdRegistry) -> Interactions:
+    return build(tiny_data(), registry)
+
+
+@pytest.fixture
+def ml100k_path() -> Path:
+    if not (ML100K / "ratings.csv").is_file():
+        pytest.skip(f"MovieLens 100K not found at {ML100K}")
+    return ML100K

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from trainer.cli import register
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("STREAMREC_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(app, [*args, "--var-dir", str(tmp_path / "var")])
+
+    return invoke
+
+
+def test_train_then_eval_with_report(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run("train", "--model", "bpr", "--data", "synthetic", "--epochs", "2",
+                 "--threads", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "bpr v1 (active)" in result.output
+    assert (tmp_path / "var" / "models" / "bpr" / "v1" / "weights.pt").is_file()
+    report = tmp_path / "out.html"
+    result = run("eval", "--model", "bpr", "--data", "synthetic", "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert "ndcg@10" in result.output
+    text = report.read_text()
+    assert "<svg" in text and "ndcg@10" in text
+
+
+def test_doc2vec_trains_from_the_catalog(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run("train", "--model", "doc2vec", "--data", "synthetic")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "var" / "models" / "doc2vec" / "v1" / "arrays.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "--model", "bpr", "--data", "/no/such/folder"), "does not exist"),
+        (("train", "--model", "nope", "--data", "synthetic"), "nope"),
+        (("eval", "--model", "sasrec", "--data", "synthetic"), "no active version"),
+        (("eval", "--model", "doc2vec", "--data", "synthetic"), "no ranking evaluation"),
+    ],
+)
+def test_errors_are_one_line_messages(run, args: tuple[str, ...], message: str) -> None:  # type: ignore[no-untyped-def]
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output

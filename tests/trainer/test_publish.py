@@ -1,0 +1,138 @@
+"""Publishing item vectors: versioned collections, alias swap, payloads, rollback, the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from core.datasets import InteractionData, synthetic
+from core.db import create_db_engine
+from core.ids import IdKind, IdRegistry
+from schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from stores.catalog import Archive
+from stores.model_registry import ModelRegistry
+from stores.schema import create_schema
+from stores.vectors import EdgeVectorStore
+from trainer.data import build
+from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from trainer.models import build_model
+from trainer.publish import item_matrix, publish_item_vectors, register, sql_payloads
+
+
+def small_data() -> InteractionData:
+    return synthetic(n_users=20, n_items=30, n_events=200, n_genres=3, seed=2)
+
+
+def fill(engine: Engine, data: InteractionData) -> IdRegistry:
+    """Register ids, write the catalog and one rating of item i0 (its popularity)."""
+    ids = IdRegistry(engine)
+    build(data, ids)
+    events = [
+        SourcedEvent(ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres),
+                               year=i.year), "streamrec.items", 0, n)
+        for n, i in enumerate(data.items.values())
+    ]  # fmt: skip
+    events.append(SourcedEvent(RatingEvent(user_id="u0", item_id="i0", rating=4), "r", 0, 0))
+    Archive(engine).write_batch(events)
+    return ids
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/t.db")
+    create_schema(engine)
+    data = small_data()
+    ids = fill(engine, data)
+    store = EdgeVectorStore(tmp_path / "qdrant")
+    yield {"engine": engine, "ids": ids, "data": data, "store": store,
+           "models": ModelRegistry(engine, tmp_path / "models"), "tmp": tmp_path}  # fmt: skip
+    store.close()
+    engine.dispose()
+
+
+def _publish(world: dict[str, Any], model: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    return publish_item_vectors(world["models"], world["store"], world["ids"],
+                                sql_payloads(world["engine"]), model, **kwargs)  # fmt: skip
+
+
+def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any]) -> None:
+    ids, store, models = world["ids"], world["store"], world["models"]
+    inter = build(world["data"], ids)
+    first = build_model("mf", inter, dim=4)
+    models.register("mf", first, activate=True)
+    progress: list[tuple[int, int]] = []
+    done = _publish(world, "mf", checkpoint_dir=world["tmp"] / "ckpt",
+                    on_progress=lambda n, t: progress.append((n, t)))  # fmt: skip
+    assert (done.collection, done.alias, done.previous) == ("items_mf__v1", "items_mf", None)
+    assert done.points == store.count("items_mf__v1") == 30
+    assert progress[-1] == (30, 30)
+    assert (world["tmp"] / "ckpt" / "items_mf__v1.json").is_file()
+
+    i0 = ids.lookup(IdKind.ITEM, ["i0"])["i0"]
+    record = store.retrieve("items_mf", [i0])[0]
+    item = world["data"].items["i0"]
+    assert record.payload == {"item_id": "i0", "title": item.title, "genres": list(item.genres),
+                              "year": item.year, "popularity": 1.0}  # fmt: skip
+    np.testing.assert_allclose(record.vector, item_matrix(first)[i0], rtol=1e-5)
+
+    models.register("mf", build_model("mf", inter, dim=4, seed=1), activate=True)
+    second = _publish(world, "mf")
+    assert (second.collection, second.previous) == ("items_mf__v2", "items_mf__v1")
+    assert store.resolve_alias("items_mf") == "items_mf__v2"
+    assert store.rollback_alias("items_mf") == "items_mf__v1"  # v1 was kept
+    assert _publish(world, "mf", version=2).previous == "items_mf__v1"  # an explicit version
+
+
+def test_content_publishes_doc2vec_rows_of_registered_items_only(world: dict[str, Any]) -> None:
+    ids, store = world["ids"], world["store"]
+    d2v = Doc2VecModel(Doc2VecConfig(vector_size=8, epochs=2)).fit(world["data"].items, ids)
+    world["models"].register("doc2vec", d2v, activate=True)
+    ids.assign(IdKind.ITEM, ["newer-than-the-model"])  # no row in the model: left out
+    done = _publish(world, "content")
+    assert (done.alias, done.collection) == ("items_content", "items_content__v1")
+    assert store.count("items_content") == len(world["data"].items)
+    hits = store.query("items_content", d2v.item_vectors()[0], 3)
+    assert hits[0].payload["item_id"] == ids.external_ids(IdKind.ITEM)[0]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("STREAMREC_DATABASE_URL", raising=False)
+    monkeypatch.delenv("STREAMREC_QDRANT_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env from the repo
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(app, ["vectors", "publish", *args, "--var-dir", str(tmp_path / "var")])
+
+    return invoke
+
+
+def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for args, message in [(("--model", "nope"), "unknown model 'nope'"),
+                          (("--model", "mf"), "no active version"),
+                          (("--model", "mf", "--version", "3"), "has no version 3")]:  # fmt: skip
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+    var = tmp_path / "var"
+    var.mkdir(exist_ok=True)
+    engine = create_db_engine(f"sqlite:///{var}/streamrec.db")
+    create_schema(engine)
+    ids = fill(engine, small_data())
+    inter = build(small_data(), ids)
+    ModelRegistry(engine, var / "models").register("mf", build_model("mf", inter, dim=4),
+                                                   activate=True)  # fmt: skip
+    engine.dispose()
+    result = cli("--model", "mf")
+    assert result.exit_code == 0, result.output
+    assert "items_mf → items_mf__v1: 30 items" in result.output

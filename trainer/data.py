@@ -1,0 +1,362 @@
+"""Interaction data as index arrays through the one id registry, the splits evaluation uses,
+and the training batches each kind of model consumes.
+
+Every user and item index here comes from ``core.ids.IdRegistry``: a model trained today and
+one retrained next week with more items agree on what row 17 is. Table sizes are the registry
+sizes at build time, so rows may exist for items a given dataset never mentions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, select
+
+from core.datasets import InteractionData, Item, Rating
+from core.errors import InvalidInput
+from core.ids import IdKind, IdRegistry
+from stores.catalog import InteractionRow, ItemRow
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Interactions:
+    """Parallel arrays, one row per interaction, in event-time order."""
+
+    users: np.ndarray  # (N,) int64 registry user index
+    items: np.ndarray  # (N,) int64 registry item index
+    ratings: np.ndarray  # (N,) float32
+    ts: np.ndarray  # (N,) int64 unix seconds
+    n_users: int  # user registry size when built
+    n_items: int  # item registry size when built
+    genres: tuple[str, ...]  # genre vocabulary (sorted)
+    item_genres: np.ndarray  # (n_items, n_genres) float32 multi-hot
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, idx: np.ndarray) -> Interactions:
+        """Rows ``idx`` (kept in time order) with the same sizes and catalog."""
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return replace(
+            self, users=self.users[idx], items=self.items[idx],
+            ratings=self.ratings[idx], ts=self.ts[idx],
+        )  # fmt: skip
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """First and last event time seen, recorded with every model version."""
+        if len(self) == 0:
+            return (0, 0)
+        return (int(self.ts.min()), int(self.ts.max()))
+
+
+def build(data: InteractionData, registry: IdRegistry) -> Interactions:
+    """Map ``data`` through the id registry (registering new ids at the end)."""
+    if not data.ratings:
+        raise InvalidInput(f"dataset {data.name!r} has no interactions")
+    # Catalog order first so unrated catalog items also get a row (cold-start content vectors).
+    item_map = registry.assign(IdKind.ITEM, [*data.items, *(r.item_id for r in data.ratings)])
+    user_map = registry.assign(IdKind.USER, (r.user_id for r in data.ratings))
+    n_users, n_items = registry.size(IdKind.USER), registry.size(IdKind.ITEM)
+    genres = tuple(sorted({g for item in data.items.values() for g in item.genres}))
+    return Interactions(
+        users=np.fromiter((user_map[r.user_id] for r in data.ratings), np.int64, len(data)),
+        items=np.fromiter((item_map[r.item_id] for r in data.ratings), np.int64, len(data)),
+        ratings=np.fromiter((r.rating for r in data.ratings), np.float32, len(data)),
+        ts=np.fromiter((r.ts for r in data.ratings), np.int64, len(data)),
+        n_users=n_users,
+        n_items=n_items,
+        genres=genres,
+        item_genres=item_genre_matrix(data.items, item_map, genres, n_items),
+    )
+
+
+def item_genre_matrix(
+    items: dict[str, Item], item_map: dict[str, int], genres: tuple[str, ...], n_items: int
+) -> np.ndarray:
+    """(n_items, n_genres) multi-hot; genres outside the vocabulary are ignored."""
+    column = {g: j for j, g in enumerate(genres)}
+    matrix = np.zeros((n_items, len(genres)), dtype=np.float32)
+    for item_id, item in items.items():
+        row = item_map.get(item_id)
+        if row is None:
+            continue
+        for genre in item.genres:
+            if genre in column:
+                matrix[row, column[genre]] = 1.0
+    return matrix
+
+
+def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> InteractionData:
+    """The SQL interactions archive (and items catalog) as ``InteractionData``.
+
+    Only rating events by default; clicks (``types=("rating", "click")``) count as a rating of
+    5.0 so implicit models see them as positives.
+    """
+    query = (
+        select(InteractionRow.user_id, InteractionRow.item_id, InteractionRow.rating,
+               InteractionRow.ts, InteractionRow.type)
+        .where(InteractionRow.type.in_(types), InteractionRow.item_id.is_not(None))
+        .order_by(InteractionRow.ts, InteractionRow.offset)
+    )  # fmt: skip
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        catalog = conn.execute(select(ItemRow.__table__)).mappings().all()
+    ratings = [
+        Rating(u, i, float(r) if r is not None else 5.0, _unix(ts)) for u, i, r, ts, _ in rows
+    ]
+    items = {
+        row["item_id"]: Item(row["item_id"], row["title"] or "", tuple(row["genres"] or ()),
+                             row["year"], row["text"] or "")
+        for row in catalog
+    }  # fmt: skip
+    return InteractionData(name="archive", ratings=ratings, items=items)
+
+
+def _unix(ts: datetime) -> int:
+    # SQLite hands back naive datetimes; the archive writes UTC.
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return int(ts.timestamp())
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """Row indices into one ``Interactions`` for each part."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def _user_groups(users: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+    """Row indices per user, keeping the order given by ``order``."""
+    ordered = order[np.argsort(users[order], kind="stable")]
+    bounds = np.flatnonzero(np.diff(users[ordered])) + 1
+    return np.split(ordered, bounds) if len(ordered) else []
+
+
+def leave_one_out(inter: Interactions) -> Split:
+    """Per user by time: last → test, second last → valid, the rest → train.
+
+    Users with fewer than three interactions stay entirely in train.
+    """
+    train, valid, test = [], [], []
+    for rows in _user_groups(inter.users, np.arange(len(inter))):
+        if len(rows) < 3:
+            train.append(rows)
+            continue
+        train.append(rows[:-2])
+        valid.append(rows[-2:-1])
+        test.append(rows[-1:])
+    return Split(*(_concat(p) for p in (train, valid, test)))
+
+
+def split_counts(total: int, ratios: tuple[float, ...]) -> list[int]:
+    """RecBole's ``_calc_split_ids``: floor every part, give the rest to the first, then move one
+    row to each small part whose share would have been a fraction of a row."""
+    counts = [int(r * total) for r in ratios]
+    counts[0] = total - sum(counts[1:])
+    for i in range(1, len(ratios)):
+        if counts[0] <= 1:
+            break
+        if 0 < ratios[-i] * total < 1:
+            counts[-i] += 1
+            counts[0] -= 1
+    return counts
+
+
+def random_split(
+    inter: Interactions,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 2020,
+    by_user: bool = True,
+) -> Split:
+    """RecBole's random ordering split (RO): shuffle, then cut each user's rows (or all rows
+    when ``by_user`` is false, as RecBole does for context-aware models) 80/10/10."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(inter))
+    groups = _user_groups(inter.users, order) if by_user else [order]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for rows in groups:
+        bounds = np.cumsum(split_counts(len(rows), ratios))[:-1]
+        for part, chunk in zip(parts, np.split(rows, bounds), strict=True):
+            part.append(chunk)
+    return Split(*(_concat(p) for p in parts))
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(chunks)) if chunks else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class EvalSet:
+    """The users judged on one part, their targets, what to hide and their history."""
+
+    users: np.ndarray  # (U,)
+    targets: list[np.ndarray]  # positives per user
+    seen: list[np.ndarray]  # items to hide from the ranking (earlier parts)
+    history: list[np.ndarray]  # time-ordered item indices before the target (sequential input)
+
+
+def eval_set(inter: Interactions, split: Split, part: str) -> EvalSet:
+    """``part`` is "valid" (history = train) or "test" (history = train + valid)."""
+    if part not in ("valid", "test"):
+        raise InvalidInput(f"part must be 'valid' or 'test', not {part!r}")
+    target_rows = split.valid if part == "valid" else split.test
+    before = split.train if part == "valid" else np.concatenate([split.train, split.valid])
+    before_groups = {int(inter.users[g[0]]): g for g in _user_groups(inter.users, np.sort(before))}
+    users, targets, seen, history = [], [], [], []
+    for rows in _user_groups(inter.users, np.sort(target_rows)):
+        user = int(inter.users[rows[0]])
+        prior = before_groups.get(user, np.zeros(0, dtype=np.int64))
+        users.append(user)
+        targets.append(np.unique(inter.items[rows]))
+        seen.append(np.unique(inter.items[prior]))
+        history.append(inter.items[prior])  # rows are time-ordered
+    return EvalSet(np.asarray(users, dtype=np.int64), targets, seen, history)
+
+
+def sequences(inter: Interactions) -> dict[int, np.ndarray]:
+    """Time-ordered item indices per user."""
+    return {
+        int(inter.users[g[0]]): inter.items[g]
+        for g in _user_groups(inter.users, np.arange(len(inter)))
+    }
+
+
+def pad_sequences(seqs: list[np.ndarray], max_len: int) -> torch.Tensor:
+    """(B, max_len) of item index + 1, left-padded with 0, keeping the most recent items."""
+    out = torch.zeros((len(seqs), max_len), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        tail = seq[-max_len:]
+        if len(tail):
+            out[row, max_len - len(tail) :] = torch.as_tensor(tail + 1, dtype=torch.long)
+    return out
+
+
+# --- training batches -------------------------------------------------------------------------
+
+
+def iter_batches(
+    kind: str, train: Interactions, batch_size: int, rng: np.random.Generator, **opts: float
+) -> Iterator[Batch]:
+    """Shuffled mini-batches in the form a model's ``input_kind`` asks for."""
+    if kind == "ratings":
+        yield from _rating_batches(train, batch_size, rng)
+    elif kind == "pairwise":
+        yield from _pairwise_batches(train, batch_size, rng)
+    elif kind == "pointwise":
+        yield from _pointwise_batches(train, batch_size, rng, int(opts.get("neg", 0)),
+                                      opts.get("label_threshold"))  # fmt: skip
+    elif kind == "sequence":
+        yield from _sequence_batches(train, batch_size, rng, int(opts["max_len"]),
+                                     int(opts.get("stride", 0)))  # fmt: skip
+    else:
+        raise InvalidInput(f"unknown input kind {kind!r}")
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _rating_batches(train: Interactions, size: int, rng: np.random.Generator) -> Iterator[Batch]:
+    order = rng.permutation(len(train))
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        yield {"users": _tensor(train.users[rows]), "items": _tensor(train.items[rows]),
+               "ratings": _tensor(train.ratings[rows])}  # fmt: skip
+
+
+def sample_negatives(
+    train: Interactions, users: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(len(users), n) uniform items each user has not interacted with in ``train``.
+
+    Rejection sampling against the sorted set of user·n_items + item keys; only clashing draws
+    are redrawn, so rounds get cheap fast. A user who has seen every item keeps a clash.
+    """
+    known = np.unique(train.users * train.n_items + train.items)
+    neg = rng.integers(0, train.n_items, size=(len(users), n))
+    for _ in range(100):
+        keys = users[:, None] * train.n_items + neg
+        clash = np.isin(keys, known)
+        if not clash.any():
+            break
+        neg[clash] = rng.integers(0, train.n_items, size=int(clash.sum()))
+    return neg
+
+
+def _pairwise_batches(train: Interactions, size: int, rng: np.random.Generator) -> Iterator[Batch]:
+    order = rng.permutation(len(train))
+    neg = sample_negatives(train, train.users[order], 1, rng)[:, 0]
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        yield {"users": _tensor(train.users[rows]), "pos": _tensor(train.items[rows]),
+               "neg": _tensor(neg[start : start + size])}  # fmt: skip
+
+
+def _pointwise_batches(
+    train: Interactions, size: int, rng: np.random.Generator, neg: int, threshold: float | None
+) -> Iterator[Batch]:
+    """Observed pairs (label 1, or rating >= threshold) plus ``neg`` sampled negatives each."""
+    labels = (
+        np.ones(len(train), dtype=np.float32)
+        if threshold is None
+        else (train.ratings >= threshold).astype(np.float32)
+    )
+    users, items = train.users, train.items
+    if neg > 0:
+        sampled = sample_negatives(train, train.users, neg, rng)
+        users = np.concatenate([users, np.repeat(train.users, neg)])
+        items = np.concatenate([items, sampled.reshape(-1)])
+        labels = np.concatenate([labels, np.zeros(len(train) * neg, dtype=np.float32)])
+    order = rng.permutation(len(users))
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        yield {"users": _tensor(users[rows]), "items": _tensor(items[rows]),
+               "labels": _tensor(labels[rows])}  # fmt: skip
+
+
+def sequence_windows(
+    inter: Interactions, max_len: int, stride: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's sequence cut from the end into windows of max_len + 1 items, shifted into
+    (inputs, targets) of item index + 1 with 0 padding on the left.
+
+    Predicting every next item inside a window trains on all prefixes at once, which is what
+    RecBole's per-prefix augmentation does at a fraction of the cost. A target whose input is
+    padding (the first item, predicted from nothing) is masked to 0 as well. A ``stride``
+    below max_len overlaps the windows, so more targets are predicted from a long context.
+    """
+    step = stride if 0 < stride < max_len else max_len
+    inputs, targets = [], []
+    for seq in sequences(inter).values():
+        for end in range(len(seq), 1, -step):
+            window = seq[max(0, end - max_len - 1) : end] + 1
+            pad = max_len + 1 - len(window)
+            window = np.concatenate([np.zeros(pad, dtype=np.int64), window])
+            inputs.append(window[:-1])
+            targets.append(np.where(window[:-1] > 0, window[1:], 0))
+    if not inputs:
+        raise InvalidInput("no user has two or more interactions to learn a sequence from")
+    return np.stack(inputs), np.stack(targets)
+
+
+def _sequence_batches(
+    train: Interactions, size: int, rng: np.random.Generator, max_len: int, stride: int
+) -> Iterator[Batch]:
+    inputs, targets = sequence_windows(train, max_len, stride)
+    order = rng.permutation(len(inputs))
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        yield {"seqs": _tensor(inputs[rows]), "targets": _tensor(targets[rows])}

@@ -1,0 +1,160 @@
+"""The one interface every torch recommender implements.
+
+A model is a small ``nn.Module`` built from a config dataclass (nanoGPT style). Rows of every
+user and item table are id-registry indices, so ``grow`` only appends rows: index 17 means
+the same item before and after a retrain that added new items.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import Tensor, nn
+
+from core.errors import InvalidInput
+from trainer.data import Batch, Interactions
+
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class Query:
+    """Who to score: user indices and, for sequential models, their recent items."""
+
+    users: Tensor  # (B,) registry user indices
+    seqs: Tensor | None = None  # (B, L) item index + 1, left-padded with 0
+
+
+class Recommender(nn.Module):
+    """Base class: subclasses set ``input_kind``, the table names and implement ``loss``,
+    ``user_vectors`` and ``item_vectors``; ``full_scores`` defaults to their dot product."""
+
+    input_kind: ClassVar[str]  # which batches trainer.data.iter_batches yields for it
+    user_tables: ClassVar[tuple[str, ...]] = ()  # nn.Embedding attributes with a row per user
+    item_tables: ClassVar[tuple[str, ...]] = ()  # ... with a row per item (plus any offset)
+    init_std: ClassVar[float] = 0.05
+    sequential: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def config_from_data(cls, config_cls: type, inter: Interactions, **overrides: Any) -> Any:
+        """A config sized for ``inter``; subclasses add data-derived fields."""
+        return config_cls(**{"n_users": inter.n_users, "n_items": inter.n_items, **overrides})
+
+    def adapt(self, inter: Interactions) -> None:
+        """Prepare for (re)training on ``inter``: grow to its registry sizes."""
+        self.grow(inter.n_users, inter.n_items)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.config.n_users)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.config.n_items)
+
+    # -- the interface ------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def user_vectors(self, query: Query) -> Tensor:
+        """(B, d) query vectors: retrieval is the dot product with ``item_vectors``."""
+        raise NotImplementedError
+
+    def item_vectors(self) -> Tensor:
+        """(n_items, d), row = registry item index."""
+        raise NotImplementedError
+
+    def full_scores(self, query: Query) -> Tensor:
+        """(B, n_items) scores of every item for every query (higher = better)."""
+        return self.user_vectors(query) @ self.item_vectors().T
+
+    def score(self, query: Query, items: Tensor) -> Tensor:
+        """(B, C) scores of candidate ``items`` (B, C); consistent with ``full_scores``."""
+        return self.full_scores(query).gather(1, items)
+
+    # -- growth -------------------------------------------------------------------------------
+    def grow(self, n_users: int, n_items: int) -> None:
+        """Append rows for new ids; existing rows (and everything else) are kept as they are."""
+        if n_users < self.n_users or n_items < self.n_items:
+            raise InvalidInput(
+                f"cannot shrink a model from {self.n_users}x{self.n_items} "
+                f"to {n_users}x{n_items}: the id registry is append-only"
+            )
+        for name in self.user_tables:
+            self._grow_table(name, n_users - self.n_users)
+        for name in self.item_tables:
+            self._grow_table(name, n_items - self.n_items)
+        self.config = replace(self.config, n_users=n_users, n_items=n_items)
+
+    def _grow_table(self, name: str, extra: int) -> None:
+        old: nn.Embedding = getattr(self, name)
+        if extra <= 0:
+            return
+        new = nn.Embedding(old.num_embeddings + extra, old.embedding_dim,
+                           padding_idx=old.padding_idx).to(old.weight.device)  # fmt: skip
+        with torch.no_grad():
+            self.init_new_rows(name, new.weight[old.num_embeddings :])
+            new.weight[: old.num_embeddings] = old.weight
+        setattr(self, name, new)
+
+    def init_new_rows(self, table: str, rows: Tensor) -> None:
+        """How rows of a new id start; zero for bias/cross tables, small noise otherwise."""
+        if table.endswith(("_bias", "cross")):
+            rows.zero_()
+        else:
+            rows.normal_(0.0, self.init_std)
+
+    # -- artifacts ----------------------------------------------------------------------------
+    def save_artifacts(self, directory: Path) -> dict[str, Any]:
+        """Write weights (a plain state dict) and the config; return the config as a dict."""
+        config = _jsonable(asdict(self.config))
+        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        return config
+
+    @classmethod
+    def load_artifacts(cls, directory: Path) -> Self:
+        """Rebuild from ``config.json`` and ``weights.pt`` alone (weights_only: no pickle)."""
+        from trainer.models import config_class  # the registry maps class → config class
+
+        raw = json.loads((directory / CONFIG_FILE).read_text())
+        config_cls = config_class(cls)
+        known = {f.name for f in fields(config_cls)}
+        config = config_cls(**{k: _tuples(v) for k, v in raw.items() if k in known})
+        model = cls(config)
+        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        return model
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    # JSON has no tuples; configs use tuples so they stay hashable and immutable.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def mlp(sizes: tuple[int, ...], dropout: float) -> nn.Sequential:
+    """Linear → ReLU → Dropout for each consecutive pair of sizes."""
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,104 @@
+"""SASRec (Kang & McAuley 2018): causal self-attention over a user's time-ordered items.
+
+Input sequences hold item index + 1 with 0 as padding. The user (query) vector is the hidden
+state at the most recent item's position; item vectors are the item embedding table (shared between
+input and output, as in the paper), so next-item retrieval is a dot product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.errors import InvalidInput
+from trainer.data import Batch
+from trainer.models.base import Query, Recommender
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    n_users: int = 0
+    n_items: int = 0
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    inner: int = 256  # feed-forward width (RecBole's inner_size)
+    max_len: int = 50
+    dropout: float = 0.5  # RecBole's ml-100k default for hidden and attention dropout
+    stride: int = 0  # training windows start every `stride` items (0: max_len, no overlap)
+
+
+class SASRec(Recommender):
+    input_kind = "sequence"
+    item_tables = ("item_emb",)
+    init_std = 0.02
+    sequential = True
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__(config)
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        nn.init.normal_(self.item_emb.weight, 0.0, self.init_std)
+        nn.init.normal_(self.pos_emb.weight, 0.0, self.init_std)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.emb_drop = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(
+            config.dim, config.n_heads, config.inner, config.dropout,
+            activation="gelu", batch_first=True, norm_first=True,
+        )  # fmt: skip
+        self.blocks = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        causal = torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1)
+        self.register_buffer("causal", causal, persistent=False)
+
+    def hidden(self, seqs: Tensor) -> Tensor:
+        """(B, L) item index + 1, **right**-padded (oldest item at position 0) → (B, L, dim)
+        hidden states; position t sees items <= t only."""
+        length = seqs.shape[1]
+        if length > self.config.max_len:
+            raise InvalidInput(f"sequences longer than max_len={self.config.max_len}")
+        keep = (seqs > 0).unsqueeze(-1).float()  # (B, L, 1) zero out padding positions
+        pos = torch.arange(length, device=seqs.device)
+        x = self.item_emb(seqs) * self.config.dim**0.5 + self.pos_emb(pos)  # (B, L, dim)
+        x = self.emb_drop(x) * keep
+        x = self.blocks(x, mask=self.causal[:length, :length])
+        return self.norm(x) * keep  # (B, L, dim)
+
+    @staticmethod
+    def right_align(seqs: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+        """Left-padded (B, L) → right-padded (B, L), then each of ``others`` moved the same way,
+        then the lengths (B,).
+
+        Queries and batches arrive left-padded (most recent item last). Positions are counted
+        from the oldest item, as in the paper and RecBole, so that a prefix seen in training
+        and the same history at serving time use the same position embeddings.
+        """
+        lengths = (seqs > 0).sum(1)  # (B,)
+        width = seqs.shape[1]
+        idx = (
+            torch.arange(width, device=seqs.device)[None, :] + (width - lengths)[:, None]
+        ) % width
+        return (*(t.gather(1, idx) for t in (seqs, *others)), lengths)
+
+    def loss(self, batch: Batch) -> Tensor:
+        seqs, targets, _ = self.right_align(batch["seqs"], batch["targets"])
+        h = self.hidden(seqs)  # (B, L, dim)
+        logits = h @ self.item_emb.weight[1:].T  # (B, L, n_items) cross-entropy over all items
+        return F.cross_entropy(
+            logits.reshape(-1, self.n_items), (targets - 1).reshape(-1), ignore_index=-1
+        )  # fmt: skip (targets - 1 is -1 where padded)
+
+    def user_vectors(self, query: Query) -> Tensor:
+        if query.seqs is None:
+            raise InvalidInput("SASRec scores from a sequence of recent items; none was given")
+        seqs, lengths = self.right_align(query.seqs[:, -self.config.max_len :])
+        h = self.hidden(seqs)  # (B, L, dim)
+        last = (lengths - 1).clamp(min=0)  # the most recent item's position
+        return h[torch.arange(len(h)), last]  # (B, dim)
+
+    def item_vectors(self) -> Tensor:
+        return self.item_emb.weight[1:]  # (n_items, dim); row 0 is padding

@@ -1,0 +1,128 @@
+"""Wide & Deep (Cheng et al. 2016) as a click model: P(rating >= threshold | user, item).
+
+Wide: per-item and per-user biases, genre weights and userxgenre crosses (one weight per user
+and genre, i.e. a linear model over the crossed one-hot features). Deep: an MLP over user,
+item and genre embeddings. A dot product of the user and item embeddings is added to the logit
+so that the embeddings also work as retrieval vectors (see ``user_vectors``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.data import Batch, Interactions
+from trainer.models.base import Query, Recommender, mlp
+
+
+@dataclass(frozen=True)
+class WideDeepConfig:
+    n_users: int = 0
+    n_items: int = 0
+    genres: tuple[str, ...] = ()  # genre vocabulary: the columns of item_genres
+    dim: int = 32
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.1
+    label_threshold: float = 4.0  # label = rating >= threshold (RecBole's ml-100k setting)
+    neg: int = 0  # sampled unobserved items per interaction, as label 0 (0: pure click model)
+
+
+class WideDeep(Recommender):
+    input_kind = "pointwise"
+    user_tables = ("user_emb", "user_bias", "cross")
+    item_tables = ("item_emb", "item_bias")
+
+    def __init__(self, config: WideDeepConfig) -> None:
+        super().__init__(config)
+        n_genres = len(config.genres)
+        # Genres per item live with the model so serving needs nothing but its files.
+        self.register_buffer("item_genres", torch.zeros(config.n_items, n_genres))
+        self.user_bias = nn.Embedding(config.n_users, 1)
+        self.item_bias = nn.Embedding(config.n_items, 1)
+        self.cross = nn.Embedding(config.n_users, n_genres)  # userxgenre weights
+        self.genre_w = nn.Linear(n_genres, 1)
+        for table in (self.user_bias, self.item_bias, self.cross):
+            nn.init.zeros_(table.weight)
+        self.user_emb = nn.Embedding(config.n_users, config.dim)
+        self.item_emb = nn.Embedding(config.n_items, config.dim)
+        nn.init.normal_(self.user_emb.weight, 0.0, self.init_std)
+        nn.init.normal_(self.item_emb.weight, 0.0, self.init_std)
+        self.genre_emb = nn.Linear(n_genres, config.dim, bias=False)
+        self.deep = mlp((3 * config.dim, *config.hidden), config.dropout)
+        self.deep_out = nn.Linear(config.hidden[-1], 1)
+
+    @classmethod
+    def config_from_data(cls, config_cls: type, inter: Interactions, **overrides: Any) -> Any:
+        return super().config_from_data(config_cls, inter, **{"genres": inter.genres, **overrides})
+
+    def adapt(self, inter: Interactions) -> None:
+        super().adapt(inter)
+        self.set_item_genres(inter)
+
+    def set_item_genres(self, inter: Interactions) -> None:
+        """Fill item genre rows from ``inter``'s catalog, mapped onto this model's vocabulary."""
+        cols = [inter.genres.index(g) if g in inter.genres else -1 for g in self.config.genres]
+        matrix = np.zeros((self.n_items, len(cols)), dtype=np.float32)
+        for j, col in enumerate(cols):
+            if col >= 0:
+                matrix[: inter.item_genres.shape[0], j] = inter.item_genres[:, col]
+        self.item_genres = torch.from_numpy(matrix)
+
+    def grow(self, n_users: int, n_items: int) -> None:
+        extra = n_items - self.n_items
+        super().grow(n_users, n_items)
+        if extra > 0:  # unknown genres until set_item_genres is called with the new catalog
+            pad = torch.zeros(extra, self.item_genres.shape[1])
+            self.item_genres = torch.cat([self.item_genres, pad])
+
+    def _genre_features(self, items: Tensor) -> Tensor:
+        g = self.item_genres[items]  # (N, n_genres) multi-hot
+        return g / g.sum(-1, keepdim=True).clamp(min=1.0)  # mean over the item's genres
+
+    def logits(self, users: Tensor, items: Tensor) -> Tensor:
+        """(N,) click logits of N (user, item) pairs."""
+        g = self.item_genres[items]  # (N, n_genres)
+        u, v = self.user_emb(users), self.item_emb(items)  # (N, dim) each
+        wide = (
+            self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0]
+            + self.genre_w(g)[:, 0] + (self.cross(users) * g).sum(-1)
+        )  # fmt: skip
+        deep_in = torch.cat([u, v, self.genre_emb(self._genre_features(items))], dim=1)
+        deep = self.deep_out(self.deep(deep_in))[:, 0]
+        return wide + deep + (u * v).sum(-1)
+
+    def loss(self, batch: Batch) -> Tensor:
+        return F.binary_cross_entropy_with_logits(
+            self.logits(batch["users"], batch["items"]), batch["labels"]
+        )
+
+    def user_vectors(self, query: Query) -> Tensor:
+        # [cross_u, u, 1] · [genres_i, v_i, wide_item_i] is the logit without the MLP and the
+        # user bias (which does not change a user's ranking): exact for the wide part.
+        u = self.user_emb(query.users)  # (B, dim)
+        return torch.cat([self.cross(query.users), u, torch.ones_like(u[:, :1])], dim=1)
+
+    def item_vectors(self) -> Tensor:
+        g = self.item_genres  # (n_items, n_genres)
+        item_wide = self.item_bias.weight + self.genre_w(g)  # (n_items, 1)
+        return torch.cat([g, self.item_emb.weight, item_wide], dim=1)
+
+    def full_scores(self, query: Query) -> Tensor:
+        users = query.users
+        n = self.n_items
+        items = torch.arange(n, device=users.device)
+        rows = []
+        for start in range(0, len(users), 64):
+            chunk = users[start : start + 64]
+            rows.append(self.logits(chunk.repeat_interleave(n), items.repeat(len(chunk)))
+                        .view(len(chunk), n))  # fmt: skip
+        return torch.cat(rows) if rows else torch.zeros((0, n))
+
+    def score(self, query: Query, items: Tensor) -> Tensor:
+        b, c = items.shape
+        return self.logits(query.users.repeat_interleave(c), items.reshape(-1)).view(b, c)
