@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from api.errors import install_error_handlers
-from api.routers import events, ops, users
+from api.routers import events, items, ops, users
 from api.runtime import Runtime
 from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
 from core.embedded import EmbeddedAddresses
@@ -65,7 +65,9 @@ def create_app(
                 vectors=vectors,
             )
             if run_consumers:
-                runtime.consumers = build_consumer_broker(services, metrics, DEFAULT_GROUPS)
+                runtime.consumers = build_consumer_broker(
+                    services, metrics, DEFAULT_GROUPS, vectors
+                )
                 await runtime.consumers.start()
                 stack.push_async_callback(runtime.consumers.stop)
             if services.embedded:
@@ -90,6 +92,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(users.router)
+    app.include_router(items.router)
     app.include_router(ops.router)
 
     @app.middleware("http")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from faststream.kafka import KafkaBroker
 
+from api.serving import VectorServer
 from core.metrics import Metrics
 from core.services import Services
 from core.settings import Settings
@@ -29,7 +30,12 @@ class Runtime:
     archive: Archive
     vectors: VectorStore
     consumers: KafkaBroker | None = None
+    serving: VectorServer | None = None  # vector reads; built from vectors + ids if unset
     background: set[asyncio.Task] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.serving is None:
+            self.serving = VectorServer(self.vectors, self.services.ids)
 
     def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
         """Run work after the response; keep a reference and log failures, never lose them."""

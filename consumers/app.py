@@ -7,18 +7,22 @@ from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
 
-from consumers import archive, features
+from consumers import archive, features, vectors
 from consumers.dlq import DeadLetterSink
 from core.metrics import Metrics
 from core.services import Services
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
 from stores.features import FeatureStore
+from stores.model_registry import ModelRegistry
+from stores.vectors import VectorStore
 
 # FastStream logs partition assignments at INFO; core.logs quiets this logger to WARNING.
 broker_log = logging.getLogger("streamrec.consumers.broker")
 
-DEFAULT_GROUPS = (ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE)
+# The vectors group only checks the items aliases until a model is published, so it is safe
+# on a fresh system.
+DEFAULT_GROUPS = (ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE, ConsumerGroup.VECTORS)
 
 
 def feature_store(services: Services) -> FeatureStore:
@@ -35,8 +39,13 @@ def build_consumer_broker(
     services: Services,
     metrics: Metrics,
     groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
+    vector_store: VectorStore | None = None,
 ) -> KafkaBroker:
-    """A broker with one batch subscriber per consumer group; start it to consume."""
+    """A broker with one batch subscriber per consumer group; start it to consume.
+
+    ``vector_store``: the process's store, needed by the vectors group (Edge opens a shard
+    once per process, so the API passes its own); the caller opens and closes it.
+    """
     broker = KafkaBroker(
         services.kafka_bootstrap,
         client_id="streamrec-consumers",
@@ -55,4 +64,15 @@ def build_consumer_broker(
         archive.register(
             broker, Archive(services.engine), services.ids, dead_letters, metrics, settings
         )
+    if ConsumerGroup.VECTORS in groups:
+        if vector_store is None:
+            raise ValueError("the vectors consumer group needs the process's vector store")
+        updater = vectors_updater(services, vector_store)
+        vectors.register(broker, updater, dead_letters, metrics, settings)
     return broker
+
+
+def vectors_updater(services: Services, store: VectorStore) -> vectors.VectorsUpdater:
+    models = ModelRegistry(services.engine, services.settings.var_dir / "models")
+    cache = vectors.ModelCache(models, store)
+    return vectors.VectorsUpdater(feature_store(services), services.ids, cache, store)

@@ -23,6 +23,7 @@ from core.services import kafka_bootstrap_for, open_services
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
 from stores.schema import create_schema
+from stores.vectors import open_vector_store
 
 console = Console()
 log = logging.getLogger("streamrec.consumers")
@@ -31,6 +32,7 @@ log = logging.getLogger("streamrec.consumers")
 class GroupName(StrEnum):
     FEATURES = "features"
     ARCHIVE = "archive"
+    VECTORS = "vectors"
 
 
 def lag_table(report: LagReport) -> Table:
@@ -58,13 +60,18 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with open_services(settings, attach=True) as services:
         await asyncio.to_thread(create_schema, services.engine)
-        broker = build_consumer_broker(services, Metrics(), groups)
+        store = None
+        if ConsumerGroup.VECTORS in groups:
+            store = await asyncio.to_thread(open_vector_store, settings)
+        broker = build_consumer_broker(services, Metrics(), groups, store)
         await broker.start()
         log.info("consuming as %s; Ctrl-C to stop", ", ".join(g.value for g in groups))
         try:
             await stop.wait()
         finally:
             await broker.stop()
+            if store is not None:
+                store.close()
 
 
 def register(app: typer.Typer) -> None:

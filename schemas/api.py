@@ -13,9 +13,14 @@ class EventsAccepted(BaseModel):
 
 
 class RecommendationModel(StrEnum):
-    """Models that can serve recommendations (more arrive with the vector serving work)."""
+    """Models that can serve recommendations; every one but popular answers from vectors."""
 
     POPULAR = "popular"
+    MF = "mf"
+    NCF = "ncf"
+    WIDE_DEEP = "wide_deep"
+    SASREC = "sasrec"
+    CONTENT = "content"
 
 
 class RecommendedItem(BaseModel):
@@ -28,11 +33,27 @@ class RecommendedItem(BaseModel):
 class Recommendations(BaseModel):
     request_id: str
     user_id: str
-    model: RecommendationModel
+    model: RecommendationModel = Field(description="The model that really served the list")
     version: int | None = Field(None, description="Model version; null for popularity")
+    requested_model: RecommendationModel | None = Field(None, description="The model asked for")
+    fallback: bool = Field(
+        False, description="True when the requested model could not serve (no user vector or "
+        "nothing published) and popular items were served instead"
+    )  # fmt: skip
     variant: str = "default"
     known_user: bool = Field(description="Whether the user has any events yet")
-    state_age_ms: int | None = Field(None, description="Age of the user state used, in ms")
+    state_age_ms: int | None = Field(
+        None, description="Age in ms of the user state used: the user vector for vector models, "
+        "the feature state for popular"
+    )  # fmt: skip
+    items: list[RecommendedItem]
+
+
+class SimilarItems(BaseModel):
+    request_id: str
+    item_id: str
+    model: RecommendationModel
+    version: int
     items: list[RecommendedItem]
 
 

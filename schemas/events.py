@@ -101,6 +101,7 @@ class ImpressionEvent(EventBase):
     request_id: str = Field(min_length=1, max_length=64)
     item_ids: Annotated[list[ExternalId], Field(min_length=1, max_length=1000)]
     model: str = Field(min_length=1, max_length=64)
+    model_version: int | None = Field(None, ge=1, description="Version of a vector model")
     variant: str = Field("default", min_length=1, max_length=64)
 
     @property

