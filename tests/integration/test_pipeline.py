@@ -134,10 +134,13 @@ async def _rewind_group(services, group: str) -> None:  # type: ignore[no-untype
         auto_offset_reset="earliest",
     )
     await rewind.start()
+    wanted = 4 * len(EVENT_TOPICS)
     try:
-        for _ in range(100):
-            if len(rewind.assignment()) == 4 * len(EVENT_TOPICS):
-                break
+        deadline = asyncio.get_running_loop().time() + 60  # joins take seconds under load
+        while len(rewind.assignment()) < wanted:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"rewind got {len(rewind.assignment())} of {wanted} partitions"
+            )
             await rewind.getmany(timeout_ms=100)
         await rewind.commit({tp: 0 for tp in rewind.assignment()})
     finally:
@@ -159,7 +162,7 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
         async def partly_applied() -> bool:
             return sum([await _user_counter(services, u, "ratings") for u in truth]) > 0
 
-        await wait_until(partly_applied)
+        await wait_until(partly_applied, timeout=60)
     finally:
         await first.stop()  # stopped mid-stream (or just after): state and commits as they are
 
@@ -171,7 +174,7 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
     second = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
     await second.start()
     try:
-        await _wait_drained(services, timeout=60)
+        await _wait_drained(services, timeout=120)
     finally:
         await second.stop()
     for user, n in truth.items():
