@@ -50,7 +50,9 @@ def register(
 ) -> None:
     """Subscribe the archive group to every event topic."""
 
-    @broker.subscriber(*event_topics(settings), **batch_subscriber_options(settings, GROUP))
+    @broker.subscriber(
+        *event_topics(settings, ConsumerGroup.ARCHIVE), **batch_subscriber_options(settings, GROUP)
+    )
     async def archive_events_to_sql(body: list[bytes | None], msg: KafkaMessage) -> None:
         batch = decode_batch(msg.raw_message, GROUP)
         await dead_letters.send(batch.dead)

@@ -43,7 +43,9 @@ def register(
 ) -> None:
     """Subscribe the features group to every event topic."""
 
-    @broker.subscriber(*event_topics(settings), **batch_subscriber_options(settings, GROUP))
+    @broker.subscriber(
+        *event_topics(settings, ConsumerGroup.FEATURES), **batch_subscriber_options(settings, GROUP)
+    )
     async def apply_events_to_features(body: list[bytes | None], msg: KafkaMessage) -> None:
         batch = decode_batch(msg.raw_message, GROUP)
         await dead_letters.send(batch.dead)

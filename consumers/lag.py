@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel
 
-from schemas.topics import EVENT_TOPICS, ConsumerGroup
+from schemas.topics import GROUP_TOPICS, ConsumerGroup
 
 
 class PartitionLag(BaseModel):
@@ -126,11 +126,16 @@ async def group_lag(
 
 async def consumer_lag(
     bootstrap: list[str],
-    groups: Sequence[str] = (ConsumerGroup.FEATURES.value, ConsumerGroup.ARCHIVE.value),
-    topics: Sequence[str] = tuple(t.value for t in EVENT_TOPICS),
+    groups: Sequence[str] = tuple(g.value for g in GROUP_TOPICS),
     with_seconds: bool = True,
 ) -> LagReport:
-    reports = await asyncio.gather(*(group_lag(bootstrap, g, topics, with_seconds) for g in groups))
+    """Lag of each group over the topics it reads (``GROUP_TOPICS``)."""
+    reports = await asyncio.gather(
+        *(
+            group_lag(bootstrap, g, [t.value for t in GROUP_TOPICS[ConsumerGroup(g)]], with_seconds)
+            for g in groups
+        )
+    )
     return LagReport(
         groups=list(reports), total_lag=sum(g.total_lag for g in reports), measured_at=time.time()
     )

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from core.settings import Settings
-from schemas.topics import EVENT_TOPICS
+from schemas.topics import GROUP_TOPICS, ConsumerGroup
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ async def with_backoff(
     raise AssertionError("unreachable")
 
 
-def event_topics(settings: Settings) -> list[KafkaTopic]:
-    """The event topics to subscribe to. On real Kafka FastStream creates missing ones with our
-    partition count; the embedded mock cluster does not serve CreateTopics, and
-    ``core.services`` has already created them there."""
+def event_topics(settings: Settings, group: ConsumerGroup) -> list[KafkaTopic]:
+    """The topics ``group`` subscribes to (``GROUP_TOPICS``). On real Kafka FastStream creates
+    missing ones with our partition count; the embedded mock cluster does not serve
+    CreateTopics, and ``core.services`` has already created them there."""
     return [
         KafkaTopic(
             topic.value,
@@ -76,7 +76,7 @@ def event_topics(settings: Settings) -> list[KafkaTopic]:
             replication_factor=settings.topic_replication,
             declare=not settings.embedded_kafka,
         )
-        for topic in EVENT_TOPICS
+        for topic in GROUP_TOPICS[group]
     ]
 
 

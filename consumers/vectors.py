@@ -38,7 +38,7 @@ from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.events import ClickEvent, RatingEvent, SourcedEvent
-from schemas.topics import ConsumerGroup, Topic
+from schemas.topics import ConsumerGroup
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore, items_alias, parse_version, user_version_name
@@ -257,8 +257,7 @@ def register(
     settings: Settings,
 ) -> None:
     """Subscribe the vectors group to ratings and clicks (what changes a user's vector)."""
-    wanted = {Topic.RATINGS.value, Topic.CLICKS.value}
-    topics = [t for t in event_topics(settings) if t.name in wanted]
+    topics = event_topics(settings, ConsumerGroup.VECTORS)
 
     @broker.subscriber(*topics, **batch_subscriber_options(settings, GROUP))
     async def refresh_user_vectors(body: list[bytes | None], msg: KafkaMessage) -> None:

@@ -22,3 +22,11 @@ class ConsumerGroup(StrEnum):
     VECTORS = "streamrec-vectors"
     ONLINE_RL = "streamrec-online-rl"
     RETRAIN = "streamrec-retrain"
+
+
+# What each consumer group reads: subscriptions and lag are both computed from this.
+GROUP_TOPICS: dict[ConsumerGroup, tuple[Topic, ...]] = {
+    ConsumerGroup.FEATURES: EVENT_TOPICS,
+    ConsumerGroup.ARCHIVE: EVENT_TOPICS,
+    ConsumerGroup.VECTORS: (Topic.RATINGS, Topic.CLICKS),  # what changes a user's vector
+}

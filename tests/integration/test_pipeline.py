@@ -319,8 +319,22 @@ async def test_ops_lag_endpoint(app_client) -> None:  # type: ignore[no-untyped-
     async def drained() -> bool:
         body = (await client.get("/v1/ops/lag")).json()
         ends = sum(p["end_offset"] for g in body["groups"] for p in g["partitions"])
-        return body["total_lag"] == 0 and ends == 6  # 3 events, seen by 2 groups
+        return body["total_lag"] == 0 and ends == 9  # 3 ratings, read by 3 groups
 
     await wait_until(drained)
     body = (await client.get("/v1/ops/lag")).json()
-    assert {g["group"] for g in body["groups"]} == {"streamrec-features", "streamrec-archive"}
+    assert {g["group"]: {p["topic"] for p in g["partitions"]} for g in body["groups"]} == {
+        "streamrec-features": {
+            "streamrec.items",
+            "streamrec.ratings",
+            "streamrec.clicks",
+            "streamrec.impressions",
+        },
+        "streamrec-archive": {
+            "streamrec.items",
+            "streamrec.ratings",
+            "streamrec.clicks",
+            "streamrec.impressions",
+        },
+        "streamrec-vectors": {"streamrec.ratings", "streamrec.clicks"},
+    }
