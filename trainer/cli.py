@@ -101,7 +101,7 @@ def train(
     activate: Annotated[bool, typer.Option(help="Make the new version the active one.")] = True,
     var_dir: Annotated[Path | None, VAR_OPT] = None,
 ) -> None:
-    """Train a model on a dataset and register it as a new version (var/models/<name>/vN)."""
+    """Train a model on a dataset and register it as a new version (`var/models/<name>/vN`)."""
     try:
         engine, models = _services(var_dir)
         raw = _load_data(data, engine, seed)

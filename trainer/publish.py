@@ -197,7 +197,7 @@ def publish_cmd(
         None
     ),
 ) -> None:
-    """Publish a model version's item vectors and swap the items_<model> alias to them."""
+    """Publish a model version's item vectors and swap the `items_<model>` alias to them."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
