@@ -611,13 +611,17 @@ class EdgeVectorStore(VectorStore):
             self._close_shard(name)
 
 
+def _choose(table: dict[str, Any], value: str, what: str) -> Any:
+    """Map one of our names onto a backend's enum, or say which names exist."""
+    if value not in table:
+        raise InvalidInput(f"{what} must be one of {sorted(table)}, got {value!r}")
+    return table[value]
+
+
 def _edge_distance(distance: Distance) -> Any:
     import qdrant_edge as qe
 
-    table = {"dot": qe.Distance.Dot, "cosine": qe.Distance.Cosine}
-    if distance not in table:
-        raise InvalidInput(f"distance must be one of {sorted(table)}, got {distance!r}")
-    return table[distance]
+    return _choose({"dot": qe.Distance.Dot, "cosine": qe.Distance.Cosine}, distance, "distance")
 
 
 def _edge_schema(kind: FieldType) -> Any:
@@ -628,9 +632,7 @@ def _edge_schema(kind: FieldType) -> Any:
         "integer": qe.PayloadSchemaType.Integer,
         "float": qe.PayloadSchemaType.Float,
     }
-    if kind not in table:
-        raise InvalidInput(f"payload index type must be one of {sorted(table)}, got {kind!r}")
-    return table[kind]
+    return _choose(table, kind, "payload index type")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -819,9 +821,7 @@ def _server_distance(distance: Distance) -> Any:
     from qdrant_client import models
 
     table = {"dot": models.Distance.DOT, "cosine": models.Distance.COSINE}
-    if distance not in table:
-        raise InvalidInput(f"distance must be one of {sorted(table)}, got {distance!r}")
-    return table[distance]
+    return _choose(table, distance, "distance")
 
 
 def _server_schema(kind: FieldType) -> Any:
@@ -832,9 +832,7 @@ def _server_schema(kind: FieldType) -> Any:
         "integer": models.PayloadSchemaType.INTEGER,
         "float": models.PayloadSchemaType.FLOAT,
     }
-    if kind not in table:
-        raise InvalidInput(f"payload index type must be one of {sorted(table)}, got {kind!r}")
-    return table[kind]
+    return _choose(table, kind, "payload index type")
 
 
 def open_vector_store(

@@ -11,7 +11,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -118,25 +118,38 @@ class Recommender(nn.Module):
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, directory: Path) -> dict[str, Any]:
         """Write weights (a plain state dict) and the config; return the config as a dict."""
-        config = _jsonable(asdict(self.config))
-        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        return config
+        return save_checkpoint(self, self.config, directory)
 
     @classmethod
     def load_artifacts(cls, directory: Path) -> Self:
         """Rebuild from ``config.json`` and ``weights.pt`` alone (weights_only: no pickle)."""
         from trainer.models import config_class  # the registry maps class → config class
 
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        config_cls = config_class(cls)
-        known = {f.name for f in fields(config_cls)}
-        config = config_cls(**{k: _tuples(v) for k, v in raw.items() if k in known})
-        model = cls(config)
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        model.eval()
-        return model
+        return load_checkpoint(cls, config_class(cls), directory)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def save_checkpoint(module: nn.Module, config: Any, directory: Path) -> dict[str, Any]:
+    """The self-describing checkpoint every model writes: ``weights.pt`` (a plain state dict)
+    and ``config.json`` (its config dataclass). Returns the config as a dict."""
+    as_dict = _jsonable(asdict(config))
+    torch.save(module.state_dict(), directory / WEIGHTS_FILE)
+    (directory / CONFIG_FILE).write_text(json.dumps(as_dict, indent=2, sort_keys=True))
+    return as_dict
+
+
+def load_checkpoint(cls: type[M], config_cls: type, directory: Path) -> M:
+    """Rebuild ``cls(config)`` from a checkpoint alone, in eval mode (weights_only: no pickle).
+    Config keys the dataclass no longer has are ignored, so older checkpoints still load."""
+    raw = json.loads((directory / CONFIG_FILE).read_text())
+    known = {f.name for f in fields(config_cls)}
+    model = cls(config_cls(**{k: _tuples(v) for k, v in raw.items() if k in known}))
+    state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,10 +14,9 @@ trained, and ``trainer.rl.DQNLearner`` reads them from there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from core.errors import InvalidInput
-from trainer.models.base import CONFIG_FILE, WEIGHTS_FILE, _jsonable, _tuples, mlp
+from trainer.models.base import load_checkpoint, mlp, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -122,20 +121,11 @@ class DuelingDQN(nn.Module):
 
     # -- artifacts (same contract as trainer.models.base.Recommender) ------------------------
     def save_artifacts(self, directory: Path) -> dict[str, Any]:
-        config = _jsonable(asdict(self.config))
-        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        return config
+        return save_checkpoint(self, self.config, directory)
 
     @classmethod
     def load_artifacts(cls, directory: Path) -> Self:
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        known = {f.name for f in fields(DuelingDQNConfig)}
-        model = cls(DuelingDQNConfig(**{k: _tuples(v) for k, v in raw.items() if k in known}))
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        model.eval()
-        return model
+        return load_checkpoint(cls, DuelingDQNConfig, directory)
 
 
 def _as_tensor(value: Any, message: str) -> Tensor:
