@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from api.errors import install_error_handlers
-from api.routers import events, items, ops, users
+from api.routers import events, items, ops, rl, users
 from api.runtime import Runtime
 from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
 from core.embedded import EmbeddedAddresses
@@ -93,6 +93,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(users.router)
     app.include_router(items.router)
+    app.include_router(rl.router)
     app.include_router(ops.router)
 
     @app.middleware("http")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from faststream.kafka import KafkaBroker
 
+from api.policies import ActiveModels, RLServer
 from api.serving import VectorServer
 from core.metrics import Metrics
 from core.services import Services
@@ -15,6 +16,7 @@ from core.settings import Settings
 from producers.publisher import EventPublisher
 from stores.catalog import Archive
 from stores.features import FeatureStore
+from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,16 @@ class Runtime:
     vectors: VectorStore
     consumers: KafkaBroker | None = None
     serving: VectorServer | None = None  # vector reads; built from vectors + ids if unset
+    rl: RLServer | None = None  # dqn/doc2vec inference; built from the registry if unset
     background: set[asyncio.Task] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.serving is None:
             self.serving = VectorServer(self.vectors, self.services.ids)
+        if self.rl is None:
+            registry = ModelRegistry(self.services.engine, self.settings.var_dir / "models")
+            active = ActiveModels(registry, self.settings.model_reload_seconds)
+            self.rl = RLServer(active, self.services.ids)
 
     def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
         """Run work after the response; keep a reference and log failures, never lose them."""

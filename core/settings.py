@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     popularity_half_life_days: Annotated[float, Field(gt=0)] = 7.0
     dedup_window_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # How often the API re-reads which dqn/doc2vec version is active (0: on every request).
+    model_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)

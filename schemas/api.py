@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, FiniteFloat
 
 
 class EventsAccepted(BaseModel):
@@ -80,3 +81,67 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- the DQN edge (api/routers/rl.py) ---------------------------------------------------------
+MAX_BATCH = 1000  # items, vectors or texts per request
+MAX_TEXT_CHARS = 10_000
+Vector = Annotated[list[FiniteFloat], Field(min_length=1)]
+
+
+class QValuesRequest(BaseModel):
+    user_embedding: Vector = Field(description="The user state vector (the dqn state size)")
+    item_embeddings: list[Vector] = Field(
+        min_length=1, max_length=MAX_BATCH,
+        description=f"1..{MAX_BATCH} item content vectors (the dqn item size)",
+    )  # fmt: skip
+
+
+class QValues(BaseModel):
+    model: str = "dqn"
+    version: int
+    q_values: list[float] = Field(description="One per item embedding, in request order")
+
+
+class RankRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=256)
+    item_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_BATCH,
+        description=f"1..{MAX_BATCH} candidate item ids; duplicates are ranked once",
+    )  # fmt: skip
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    q_value: float
+
+
+class RankedItems(BaseModel):
+    user_id: str
+    model: str = "dqn"
+    version: int = Field(description="The dqn version that scored the items")
+    doc2vec_version: int = Field(description="The doc2vec version of the item vectors")
+    items: list[RankedItem] = Field(description="Highest Q-value first")
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class EmbedRequest(BaseModel):
+    text: Text
+
+
+class EmbedBulkRequest(BaseModel):
+    texts: list[Text] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Embedding(BaseModel):
+    model: str = "doc2vec"
+    version: int
+    vector: list[float]
+
+
+class Embeddings(BaseModel):
+    model: str = "doc2vec"
+    version: int
+    vectors: list[list[float]] = Field(description="One per text, in request order")

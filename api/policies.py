@@ -1,0 +1,206 @@
+"""The edge of the DQN: the active ``dqn`` and ``doc2vec`` versions, hot-swapped, and the
+inference the original model server offered (bulk Q-values, ranking, text embeddings).
+
+``ActiveModels`` serves the ACTIVE registry version of a model and re-reads which version is
+active at most every ``check_every_s`` seconds, so a snapshot published by the online learner
+(or ``streamrec train``) is served on a later request without a restart, while most requests
+cost no SQL at all. Loaded models are cached per name; an old model stays usable by requests
+that already hold it.
+
+Every method here is blocking (SQL, torch, gensim): routes call them through
+``asyncio.to_thread``, one hop per request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import ConfigurationError, InvalidInput, NotFound
+from core.ids import IdKind, IdRegistry
+from stores.model_registry import ModelRegistry
+from trainer.doc2vec import Doc2VecModel
+from trainer.models.dueling_dqn import DuelingDQN
+from trainer.rl import state_dim, user_state
+
+DQN = "dqn"
+DOC2VEC = "doc2vec"
+_EXPECTED: dict[str, type] = {DQN: DuelingDQN, DOC2VEC: Doc2VecModel}
+_HOW_TO_ACTIVATE = {
+    DQN: "run the online learner (it publishes dqn snapshots) or activate a dqn version",
+    DOC2VEC: "run `streamrec train --model doc2vec` or activate a doc2vec version",
+}
+MAX_NAMED = 10  # items named in an error message; the rest are counted
+STATE_RECENT_ITEMS = 50  # recent items averaged into the user state of /v1/rank
+
+
+@dataclass(frozen=True)
+class Loaded:
+    name: str
+    version: int
+    model: Any
+
+
+@dataclass
+class _Slot:
+    loaded: Loaded | None = None
+    checked_at: float = float("-inf")
+
+
+class ActiveModels:
+    """The active version of registry models, reloaded when the active version changes."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        check_every_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._check_every = check_every_s
+        self._clock = clock
+        self._slots: dict[str, _Slot] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str) -> Loaded:
+        """The active version of ``name``; NotFound when none is active."""
+        with self._lock(name):  # one thread loads; the others wait and reuse it
+            slot = self._slots.setdefault(name, _Slot())
+            now = self._clock()
+            if now - slot.checked_at >= self._check_every:
+                slot.loaded = self._refresh(name, slot.loaded)
+                slot.checked_at = now
+            if slot.loaded is None:
+                raise NotFound(f"no {name} version is active: {_HOW_TO_ACTIVATE.get(name, '')}")
+            return slot.loaded
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _refresh(self, name: str, current: Loaded | None) -> Loaded | None:
+        active = self._registry.active(name)
+        if active is None:
+            return None
+        if current is not None and current.version == active.version:
+            return current
+        # Load that exact version: activation may move on between the two reads.
+        model = self._registry.load(name, active.version)
+        expected = _EXPECTED.get(name)
+        if expected is not None and not isinstance(model, expected):
+            raise ConfigurationError(
+                f"{name} v{active.version} is a {type(model).__name__}, not a {expected.__name__}"
+            )
+        return Loaded(name, active.version, model)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    dqn_version: int
+    doc2vec_version: int
+    items: list[tuple[str, float]]  # (item id, Q-value), best first
+
+
+class RLServer:
+    """Bulk Q-values, ranking by Q-value and Doc2Vec embeddings from the active versions."""
+
+    def __init__(self, models: ActiveModels, ids: IdRegistry) -> None:
+        self._models = models
+        self._ids = ids
+        # Doc2VecModel.infer reseeds the gensim model's shared RNG before each text: two
+        # threads interleaving would draw from each other's stream and break "same text, same
+        # vector", so inference runs one request at a time.
+        self._infer_lock = threading.Lock()
+
+    def q_values(
+        self, user_embedding: Sequence[float], item_embeddings: Sequence[Sequence[float]]
+    ) -> tuple[int, np.ndarray]:
+        """(dqn version, (C,) Q-values) for raw vectors, checked against that version."""
+        loaded = self._models.get(DQN)
+        dqn: DuelingDQN = loaded.model
+        s, d = dqn.config.state_dim, dqn.config.item_dim
+        tag = f"the active dqn v{loaded.version}"
+        if len(user_embedding) != s:
+            raise InvalidInput(
+                f"user_embedding must have {s} values ({tag} state size), got {len(user_embedding)}"
+            )
+        wrong = [i for i, v in enumerate(item_embeddings) if len(v) != d]
+        if wrong:
+            raise InvalidInput(
+                f"item_embeddings must be vectors of {d} values ({tag} item size): "
+                f"item_embeddings[{wrong[0]}] has {len(item_embeddings[wrong[0]])}"
+                + (f" ({len(wrong)} vectors of the wrong size)" if len(wrong) > 1 else "")
+            )
+        return loaded.version, dqn.q_values(user_embedding, item_embeddings)
+
+    def rank(
+        self,
+        item_ids: Sequence[str],
+        recent_item_ids: Sequence[str],
+        stats: Mapping[str, str],
+    ) -> Ranked:
+        """``item_ids`` (duplicates dropped) ordered by Q-value for the user whose recent items
+        and feature counters are given; 422 naming the candidates without a content vector."""
+        dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
+        dqn: DuelingDQN = dqn_loaded.model
+        table = d2v_loaded.model.item_vectors()  # (n_items, D), row = id-registry index
+        _check_pair(dqn_loaded, d2v_loaded, table.shape[1])
+        candidates = list(dict.fromkeys(item_ids))
+        vectors = content_vectors(self._ids, table, candidates)
+        missing = [i for i in candidates if i not in vectors]
+        if missing:
+            raise InvalidInput(
+                f"no content vector in doc2vec v{d2v_loaded.version} for "
+                f"{_name_some(missing)} (unknown item, newer than that version, or without "
+                "text): leave them out of item_ids or retrain doc2vec"
+            )
+        recent = content_vectors(self._ids, table, recent_item_ids)
+        history = np.stack(list(recent.values())) if recent else np.zeros((0, table.shape[1]))
+        state = user_state(history, stats, table.shape[1])
+        q = dqn.q_values(state, np.stack([vectors[i] for i in candidates]))
+        order = np.argsort(-q, kind="stable")  # ties keep the request's order
+        return Ranked(dqn_loaded.version, d2v_loaded.version,
+                      [(candidates[i], float(q[i])) for i in order])  # fmt: skip
+
+    def embed(self, texts: Sequence[str]) -> tuple[int, np.ndarray]:
+        """(doc2vec version, (len(texts), D) vectors); row i equals the single inference."""
+        loaded = self._models.get(DOC2VEC)
+        with self._infer_lock:
+            return loaded.version, loaded.model.infer_many(texts)
+
+
+def content_vectors(
+    ids: IdRegistry, table: np.ndarray, item_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The Doc2Vec rows of the items that have one, in ``item_ids`` order. Left out: ids the
+    registry does not know, rows past the table (items newer than the model) and all-zero rows
+    (items without text, which Doc2Vec never saw)."""
+    index = ids.lookup(IdKind.ITEM, item_ids)
+    found = {}
+    for item_id, row in index.items():
+        if row < table.shape[0] and np.any(table[row]):
+            found[item_id] = table[row]
+    return found
+
+
+def _check_pair(dqn: Loaded, doc2vec: Loaded, item_dim: int) -> None:
+    # The learner trains on doc2vec vectors: a size mismatch means the two were not deployed
+    # together, which no request can fix.
+    config = dqn.model.config
+    if (config.item_dim, config.state_dim) != (item_dim, state_dim(item_dim)):
+        raise ConfigurationError(
+            f"dqn v{dqn.version} takes {config.state_dim}-d states and {config.item_dim}-d "
+            f"items but doc2vec v{doc2vec.version} gives {item_dim}-d vectors (states of "
+            f"{state_dim(item_dim)}): activate a matching pair"
+        )
+
+
+def _name_some(ids: Sequence[str]) -> str:
+    named = ", ".join(repr(i) for i in ids[:MAX_NAMED])
+    return named if len(ids) <= MAX_NAMED else f"{named} and {len(ids) - MAX_NAMED} more"
