@@ -6,7 +6,14 @@ import logging
 
 from rich.logging import RichHandler
 
-_QUIET = ("aiokafka", "faststream", "streamrec.consumers.broker", "uvicorn.access", "httpx")
+_QUIET = (
+    "aiokafka",
+    "alembic",  # "Running upgrade ..." on every start: only worth seeing when it fails
+    "faststream",
+    "streamrec.consumers.broker",
+    "uvicorn.access",
+    "httpx",
+)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -20,9 +20,9 @@ import redis
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from core.db import Base, create_db_engine
+from core.db import create_db_engine
 from core.settings import Settings
-from stores.schema import create_schema
+from stores.schema import create_schema, drop_schema
 
 INGEST_KEY = "test-ingest-key"
 ADMIN_KEY = "test-admin-key"
@@ -52,9 +52,8 @@ def redis_url() -> Iterator[str]:
 def database_url(tmp_path: Path) -> Iterator[str]:
     url = os.environ.get("STREAMREC_TEST_DATABASE_URL") or f"sqlite:///{tmp_path}/test.db"
     engine = create_db_engine(url)
-    # Import every table module, then start each test from empty tables.
-    create_schema(engine)
-    Base.metadata.drop_all(engine)
+    # Start each test from an empty database (alembic_version too), migrated to head.
+    drop_schema(engine)
     create_schema(engine)
     engine.dispose()
     yield url

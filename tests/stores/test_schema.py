@@ -1,0 +1,165 @@
+"""Migrations vs. the models: upgrade from empty, stamping of create_all databases, no drift.
+
+Runs on SQLite always and on PostgreSQL when STREAMREC_TEST_DATABASE_URL is set, inside a
+dedicated schema (test_migrations) so tables on ``public`` used by other tests are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+
+from core.db import create_db_engine
+from core.ids import IdKind, IdRegistry
+from stores.schema import (
+    ADVISORY_LOCK_KEY,
+    INITIAL_REVISION,
+    INITIAL_TABLES,
+    VERSION_TABLE,
+    alembic_config,
+    create_schema,
+    drop_schema,
+    metadata,
+)
+
+PG_URL = os.environ.get("STREAMREC_TEST_DATABASE_URL", "")
+PG_SCHEMA = "test_migrations"
+
+
+def _postgres_engine() -> Engine:
+    admin = create_db_engine(PG_URL)
+    with admin.begin() as conn:  # our own schema only: never touch tables on public
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
+    admin.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return create_db_engine(f"{PG_URL}{sep}options=-csearch_path%3D{PG_SCHEMA}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if PG_URL else ["sqlite"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    eng = (
+        create_db_engine(f"sqlite:///{tmp_path}/schema.db")
+        if request.param == "sqlite"
+        else _postgres_engine()
+    )
+    yield eng
+    eng.dispose()
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _columns(engine: Engine) -> dict[str, set[str]]:
+    insp = inspect(engine)
+    return {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
+
+
+def _diff(engine: Engine) -> list:
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), metadata)
+
+
+def test_upgrade_from_empty_creates_every_table(empty_engine: Engine) -> None:
+    create_schema(empty_engine)
+    columns = _columns(empty_engine)
+    assert columns.pop(VERSION_TABLE) == {"version_num"}
+    assert columns == {name: set(t.columns.keys()) for name, t in metadata.tables.items()}
+    assert _revision(empty_engine) == _head()
+
+
+def test_migrated_database_matches_models(empty_engine: Engine) -> None:
+    """``alembic check``: autogenerate against a migrated database finds nothing to do."""
+    create_schema(empty_engine)
+    assert _diff(empty_engine) == []
+
+
+def test_create_all_database_is_stamped_then_upgraded(empty_engine: Engine) -> None:
+    metadata.create_all(empty_engine)  # how databases were built before migrations
+    IdRegistry(empty_engine).assign(IdKind.ITEM, ["kept"])
+    create_schema(empty_engine)
+    assert _revision(empty_engine) == _head()
+    assert _diff(empty_engine) == []
+    registry = IdRegistry(empty_engine)  # fresh cache: reads the table
+    assert registry.lookup(IdKind.ITEM, ["kept"]) == {"kept": 0}
+    assert registry.assign(IdKind.ITEM, ["new"]) == {"new": 1}
+
+
+def test_partial_create_all_database_is_refused(empty_engine: Engine) -> None:
+    metadata.tables["items"].create(empty_engine)
+    with pytest.raises(RuntimeError, match="cannot tell which revision"):
+        create_schema(empty_engine)
+    assert VERSION_TABLE not in inspect(empty_engine).get_table_names()
+
+
+def test_create_schema_twice_is_a_no_op(empty_engine: Engine) -> None:
+    create_schema(empty_engine)
+    IdRegistry(empty_engine).assign(IdKind.USER, ["u1"])
+    create_schema(empty_engine)
+    assert _revision(empty_engine) == _head()
+    assert IdRegistry(empty_engine).lookup(IdKind.USER, ["u1"]) == {"u1": 0}
+
+
+@pytest.mark.skipif(not PG_URL, reason="the startup lock is PostgreSQL's (SQLite: one process)")
+def test_startup_waits_for_another_process_migrating() -> None:
+    engine = _postgres_engine()
+    other = create_db_engine(PG_URL)  # stands in for a second process holding the lock
+    try:
+        with other.connect() as holder, ThreadPoolExecutor(max_workers=1) as pool:
+            holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            waiting = pool.submit(create_schema, engine)
+            time.sleep(0.5)
+            assert not waiting.done()
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            waiting.result(timeout=30)
+        assert _revision(engine) == _head()
+    finally:
+        other.dispose()
+        engine.dispose()
+
+
+def test_concurrent_startups_all_succeed(empty_engine: Engine) -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda _: create_schema(empty_engine), range(3)))
+    assert _revision(empty_engine) == _head()
+    assert _diff(empty_engine) == []
+
+
+def test_downgrade_to_base_and_back(empty_engine: Engine) -> None:
+    create_schema(empty_engine)
+    with empty_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    assert set(inspect(empty_engine).get_table_names()) <= {VERSION_TABLE}
+    create_schema(empty_engine)
+    assert _diff(empty_engine) == []
+
+
+def test_drop_schema_starts_from_scratch(empty_engine: Engine) -> None:
+    create_schema(empty_engine)
+    drop_schema(empty_engine)
+    assert inspect(empty_engine).get_table_names() == []
+    create_schema(empty_engine)
+    assert set(inspect(empty_engine).get_table_names()) == INITIAL_TABLES | {VERSION_TABLE}
+
+
+def test_initial_revision_is_the_root() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_bases() == [INITIAL_REVISION]
