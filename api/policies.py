@@ -107,6 +107,40 @@ class Ranked:
     items: list[tuple[str, float]]  # (item id, Q-value), best first
 
 
+@dataclass(frozen=True)
+class Reranked:
+    dqn_version: int
+    doc2vec_version: int
+    items: list[tuple[str, float | None]]  # (item id, Q-value or None without a vector)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """An active dqn and the doc2vec item table it was checked against."""
+
+    dqn_version: int
+    doc2vec_version: int
+    dqn: DuelingDQN
+    table: np.ndarray
+
+    def by_q_value(
+        self,
+        ids: IdRegistry,
+        vectors: Mapping[str, np.ndarray],
+        recent_item_ids: Sequence[str],
+        stats: Mapping[str, str],
+    ) -> list[tuple[str, float]]:
+        """The items of ``vectors`` (at least one) with their Q-values, best first; ties keep
+        the given order."""
+        recent = content_vectors(ids, self.table, recent_item_ids)
+        dim = self.table.shape[1]
+        history = np.stack(list(recent.values())) if recent else np.zeros((0, dim))
+        state = user_state(history, stats, dim)
+        items = list(vectors)
+        q = self.dqn.q_values(state, np.stack([vectors[i] for i in items]))
+        return [(items[i], float(q[i])) for i in np.argsort(-q, kind="stable")]
+
+
 class RLServer:
     """Bulk Q-values, ranking by Q-value and Doc2Vec embeddings from the active versions."""
 
@@ -147,26 +181,42 @@ class RLServer:
     ) -> Ranked:
         """``item_ids`` (duplicates dropped) ordered by Q-value for the user whose recent items
         and feature counters are given; 422 naming the candidates without a content vector."""
-        dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
-        dqn: DuelingDQN = dqn_loaded.model
-        table = d2v_loaded.model.item_vectors()  # (n_items, D), row = id-registry index
-        _check_pair(dqn_loaded, d2v_loaded, table.shape[1])
+        pair = self._pair()
         candidates = list(dict.fromkeys(item_ids))
-        vectors = content_vectors(self._ids, table, candidates)
+        vectors = content_vectors(self._ids, pair.table, candidates)
         missing = [i for i in candidates if i not in vectors]
         if missing:
             raise InvalidInput(
-                f"no content vector in doc2vec v{d2v_loaded.version} for "
+                f"no content vector in doc2vec v{pair.doc2vec_version} for "
                 f"{_name_some(missing)} (unknown item, newer than that version, or without "
                 "text): leave them out of item_ids or retrain doc2vec"
             )
-        recent = content_vectors(self._ids, table, recent_item_ids)
-        history = np.stack(list(recent.values())) if recent else np.zeros((0, table.shape[1]))
-        state = user_state(history, stats, table.shape[1])
-        q = dqn.q_values(state, np.stack([vectors[i] for i in candidates]))
-        order = np.argsort(-q, kind="stable")  # ties keep the request's order
-        return Ranked(dqn_loaded.version, d2v_loaded.version,
-                      [(candidates[i], float(q[i])) for i in order])  # fmt: skip
+        scored = pair.by_q_value(self._ids, vectors, recent_item_ids, stats)
+        return Ranked(pair.dqn_version, pair.doc2vec_version, scored)
+
+    def rerank(
+        self,
+        item_ids: Sequence[str],
+        recent_item_ids: Sequence[str],
+        stats: Mapping[str, str],
+    ) -> Reranked:
+        """Like ``rank`` but lenient, for re-ranking a base model's list: the candidates with a
+        content vector come first by Q-value, the others follow in their given order with no
+        Q-value (a base model may know items Doc2Vec has not seen yet)."""
+        pair = self._pair()
+        candidates = list(dict.fromkeys(item_ids))
+        vectors = content_vectors(self._ids, pair.table, candidates)
+        scored: list[tuple[str, float | None]] = []
+        if vectors:
+            scored.extend(pair.by_q_value(self._ids, vectors, recent_item_ids, stats))
+        scored.extend((i, None) for i in candidates if i not in vectors)
+        return Reranked(pair.dqn_version, pair.doc2vec_version, scored)
+
+    def _pair(self) -> _Pair:
+        dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
+        table = d2v_loaded.model.item_vectors()  # (n_items, D), row = id-registry index
+        _check_pair(dqn_loaded, d2v_loaded, table.shape[1])
+        return _Pair(dqn_loaded.version, d2v_loaded.version, dqn_loaded.model, table)
 
     def embed(self, texts: Sequence[str]) -> tuple[int, np.ndarray]:
         """(doc2vec version, (len(texts), D) vectors); row i equals the single inference."""

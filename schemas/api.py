@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, FiniteFloat
 
@@ -29,6 +29,17 @@ class RecommendedItem(BaseModel):
     score: float
     title: str = ""
     genres: list[str] = Field(default_factory=list)
+    q_value: float | None = Field(
+        None, description="DQN Q-value with rerank=dqn; null otherwise or without a content vector"
+    )
+
+
+RerankPolicy = Literal["dqn"]  # policies that can re-order a base model's list
+
+
+class RerankedBy(BaseModel):
+    model: RerankPolicy = "dqn"
+    version: int = Field(description="The dqn version whose Q-values ordered the list")
 
 
 class Recommendations(BaseModel):
@@ -47,6 +58,13 @@ class Recommendations(BaseModel):
         None, description="Age in ms of the user state used: the user vector for vector models, "
         "the feature state for popular"
     )  # fmt: skip
+    reranked_by: RerankedBy | None = Field(
+        None, description="Set when rerank=dqn re-ordered the base model's candidates"
+    )
+    rerank_fallback: bool = Field(
+        False, description="True when rerank was asked but no policy could serve: base order"
+    )
+    rerank_note: str | None = Field(None, description="Why the re-ranking was skipped")
     items: list[RecommendedItem]
 
 

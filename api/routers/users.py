@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.deps import FeaturesDep, RuntimeDep
-from core.errors import NotFound
+from api.policies import STATE_RECENT_ITEMS
+from api.runtime import Runtime
+from core.errors import ConfigurationError, NotFound
 from schemas.api import (
     ErrorBody,
     HistoryItem,
     RecommendationModel,
     Recommendations,
     RecommendedItem,
+    RerankedBy,
+    RerankPolicy,
     UserHistory,
 )
 from schemas.events import ImpressionEvent
@@ -25,6 +32,9 @@ from stores.features import FeatureStore
 from stores.vectors import Hit
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
+log = logging.getLogger(__name__)
+RERANK_MIN_CANDIDATES = 50
+RERANK_MAX_CANDIDATES = 200
 UserId = Annotated[str, "external user id"]
 
 
@@ -32,12 +42,9 @@ def _genres(raw: str) -> list[str]:
     return [g for g in raw.split("|") if g]
 
 
-async def _state_age_ms(features: FeatureStore, user_id: str) -> tuple[bool, int | None]:
-    stats = await features.user_stats(user_id)
-    if not stats:
-        return False, None
+def _state_age_ms(stats: Mapping[str, str]) -> int | None:
     updated = stats.get("updated_ms")
-    return True, (int(time.time() * 1000) - int(updated)) if updated else None
+    return (int(time.time() * 1000) - int(updated)) if updated else None
 
 
 def genre_list(raw: list[str] | None) -> list[str] | None:
@@ -71,9 +78,81 @@ def _from_hits(hits: list[Hit]) -> list[RecommendedItem]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Served:
+    model: RecommendationModel
+    version: int | None
+    items: list[RecommendedItem]
+    age_ms: int | None
+
+
+@dataclass(frozen=True)
+class _Reranked:
+    items: list[RecommendedItem]
+    by: RerankedBy | None = None
+    note: str | None = None  # why the base order stands
+
+
+def rerank_depth(k: int) -> int:
+    """How many base candidates a re-ranker chooses k from: enough for the policy to change
+    the list, bounded to keep the latency it adds small (k <= 200, so always >= k)."""
+    return min(max(3 * k, RERANK_MIN_CANDIDATES), RERANK_MAX_CANDIDATES)
+
+
+async def _base(
+    runtime: Runtime,
+    features: FeatureStore,
+    user_id: str,
+    model: RecommendationModel,
+    n: int,
+    *,
+    exclude_seen: bool,
+    wanted: list[str] | None,
+    age: int | None,
+) -> _Served:
+    """The base model's top ``n``; popular items when it cannot serve the user."""
+    if model != RecommendationModel.POPULAR:
+        seen = await features.seen_items(user_id) if exclude_seen else set()
+        assert runtime.serving is not None  # built in Runtime.__post_init__
+        answer = await asyncio.to_thread(
+            runtime.serving.recommend, model.value, user_id, n, seen, wanted
+        )
+        if answer is not None:
+            if answer.updated_ms is not None:
+                age = max(0, int(time.time() * 1000) - answer.updated_ms)
+            return _Served(model, answer.version, _from_hits(answer.hits), age)
+    items = await _popular(features, user_id if exclude_seen else None, n, wanted)
+    return _Served(RecommendationModel.POPULAR, None, items, age)
+
+
+async def _rerank_dqn(
+    runtime: Runtime,
+    features: FeatureStore,
+    user_id: str,
+    stats: Mapping[str, str],
+    items: list[RecommendedItem],
+) -> _Reranked:
+    """``items`` ordered by the active DQN's Q-values; the base order when no policy can
+    serve, since recommendations must not depend on the policy being deployed."""
+    assert runtime.rl is not None  # built in Runtime.__post_init__
+    recent = await features.recent_items(user_id, STATE_RECENT_ITEMS)
+    try:
+        ranked = await asyncio.to_thread(
+            runtime.rl.rerank, [i.item_id for i in items], recent, stats
+        )
+    except NotFound as exc:
+        return _Reranked(items, note=str(exc))
+    except ConfigurationError as exc:  # a mismatched dqn/doc2vec pair: an operator must act
+        log.warning("rerank=dqn skipped: %s", exc)
+        return _Reranked(items, note=str(exc))
+    by_id = {i.item_id: i for i in items}
+    reordered = [by_id[i].model_copy(update={"q_value": q}) for i, q in ranked.items]
+    return _Reranked(reordered, RerankedBy(version=ranked.dqn_version))
+
+
 @router.get(
     "/{user_id}/recommendations",
-    responses={422: {"model": ErrorBody, "description": "Unknown model or bad k"}},
+    responses={422: {"model": ErrorBody, "description": "Unknown model or rerank, or bad k"}},
 )
 async def recommend(
     user_id: str,
@@ -88,49 +167,51 @@ async def recommend(
         list[str] | None, Query(description="Only these genres (repeat or comma-separate)")
     ] = None,
     variant: Annotated[str, Query(max_length=64, description="A/B variant label")] = "default",
+    rerank: Annotated[
+        RerankPolicy | None,
+        Query(description="Re-order the base model's candidates by this policy's Q-values"),
+    ] = None,
 ) -> Recommendations:
     """Top-k items for a user from ``model``. Users without a vector for that model (and
-    models with nothing published) get the popular items, marked ``fallback: true``."""
-    wanted = genre_list(genres)
-    known, age = await _state_age_ms(features, user_id)
-    served, version, items = RecommendationModel.POPULAR, None, None
-    if model != RecommendationModel.POPULAR:
-        seen = await features.seen_items(user_id) if exclude_seen else set()
-        answer = await asyncio.to_thread(
-            runtime.serving.recommend,
-            model.value,
-            user_id,
-            k,
-            seen,
-            wanted,  # type: ignore[union-attr]
-        )
-        if answer is not None:
-            served, version, items = model, answer.version, _from_hits(answer.hits)
-            if answer.updated_ms is not None:
-                age = max(0, int(time.time() * 1000) - answer.updated_ms)
-    if items is None:
-        items = await _popular(features, user_id if exclude_seen else None, k, wanted)
+    models with nothing published) get the popular items, marked ``fallback: true``. With
+    ``rerank=dqn`` the base model's top ``rerank_depth(k)`` are re-ordered by Q-value."""
+    stats = await features.user_stats(user_id)
+    depth = rerank_depth(k) if rerank else k
+    base = await _base(runtime, features, user_id, model, depth, exclude_seen=exclude_seen,
+                       wanted=genre_list(genres), age=_state_age_ms(stats))  # fmt: skip
+    reranked = (
+        await _rerank_dqn(runtime, features, user_id, stats, base.items)
+        if rerank
+        else _Reranked(base.items)
+    )
+    items = reranked.items[:k]
     request_id = uuid.uuid4().hex
     if items:
+        # The re-ranker goes into the model name, so logged impressions (archive, per-variant
+        # counters) tell re-ranked lists apart without a new event field old readers reject.
+        served = f"{base.model.value}+dqn" if reranked.by else base.model.value
         impression = ImpressionEvent(
             user_id=user_id,
             request_id=request_id,
             item_ids=[i.item_id for i in items],
-            model=served.value,
-            model_version=version,
+            model=served,
+            model_version=base.version,
             variant=variant,
         )
         runtime.spawn(runtime.publisher.publish(impression), name=f"impression-{request_id}")
     return Recommendations(
         request_id=request_id,
         user_id=user_id,
-        model=served,
-        version=version,
+        model=base.model,
+        version=base.version,
         requested_model=model,
-        fallback=served != model,
+        fallback=base.model != model,
         variant=variant,
-        known_user=known,
-        state_age_ms=age,
+        known_user=bool(stats),
+        state_age_ms=base.age_ms,
+        reranked_by=reranked.by,
+        rerank_fallback=reranked.note is not None,
+        rerank_note=reranked.note,
         items=items,
     )
 
