@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from core.db import create_db_engine
 from core.settings import Settings
@@ -34,6 +34,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "movielens" in item.keywords and not (ML100K / "ratings.csv").is_file():
             item.add_marker(skip)
+
+
+PG_TEST_URL = os.environ.get("STREAMREC_TEST_DATABASE_URL", "")
+
+
+def postgres_schema_engine(schema: str) -> Engine:
+    """An engine on a fresh PostgreSQL schema of the test database (dropped and recreated), so
+    a suite that needs its own tables never touches those other tests use on ``public``."""
+    admin = create_db_engine(PG_TEST_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    admin.dispose()
+    sep = "&" if "?" in PG_TEST_URL else "?"
+    return create_db_engine(f"{PG_TEST_URL}{sep}options=-csearch_path%3D{schema}")
 
 
 @pytest.fixture

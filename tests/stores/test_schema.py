@@ -6,7 +6,6 @@ dedicated schema (test_migrations) so tables on ``public`` used by other tests a
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,27 +30,17 @@ from stores.schema import (
     drop_schema,
     metadata,
 )
+from tests.conftest import PG_TEST_URL, postgres_schema_engine
 
-PG_URL = os.environ.get("STREAMREC_TEST_DATABASE_URL", "")
 PG_SCHEMA = "test_migrations"
 
 
-def _postgres_engine() -> Engine:
-    admin = create_db_engine(PG_URL)
-    with admin.begin() as conn:  # our own schema only: never touch tables on public
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
-    admin.dispose()
-    sep = "&" if "?" in PG_URL else "?"
-    return create_db_engine(f"{PG_URL}{sep}options=-csearch_path%3D{PG_SCHEMA}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"] if PG_URL else ["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"] if PG_TEST_URL else ["sqlite"])
 def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     eng = (
         create_db_engine(f"sqlite:///{tmp_path}/schema.db")
         if request.param == "sqlite"
-        else _postgres_engine()
+        else postgres_schema_engine(PG_SCHEMA)
     )
     yield eng
     eng.dispose()
@@ -118,10 +107,10 @@ def test_create_schema_twice_is_a_no_op(empty_engine: Engine) -> None:
     assert IdRegistry(empty_engine).lookup(IdKind.USER, ["u1"]) == {"u1": 0}
 
 
-@pytest.mark.skipif(not PG_URL, reason="the startup lock is PostgreSQL's (SQLite: one process)")
+@pytest.mark.skipif(not PG_TEST_URL, reason="the startup lock is PostgreSQL's only")
 def test_startup_waits_for_another_process_migrating() -> None:
-    engine = _postgres_engine()
-    other = create_db_engine(PG_URL)  # stands in for a second process holding the lock
+    engine = postgres_schema_engine(PG_SCHEMA)
+    other = create_db_engine(PG_TEST_URL)  # stands in for a second process holding the lock
     try:
         with other.connect() as holder, ThreadPoolExecutor(max_workers=1) as pool:
             holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})

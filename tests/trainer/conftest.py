@@ -6,43 +6,32 @@ set, inside a dedicated schema (test_trainer) so other suites on ``public`` are 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from core.datasets import InteractionData, synthetic
 from core.db import create_db_engine
 from core.ids import IdRegistry
 from stores.schema import create_schema
+from tests.conftest import PG_TEST_URL, postgres_schema_engine
 from trainer.data import Interactions, build
 
-PG_URL = os.environ.get("STREAMREC_TEST_DATABASE_URL", "")
 PG_SCHEMA = "test_trainer"
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
 torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from more threads
 
 
-def _postgres_engine() -> Engine:
-    admin = create_db_engine(PG_URL)
-    with admin.begin() as conn:  # our own schema only: never touch tables on public
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
-    admin.dispose()
-    sep = "&" if "?" in PG_URL else "?"
-    return create_db_engine(f"{PG_URL}{sep}options=-csearch_path%3D{PG_SCHEMA}")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"] if PG_URL else ["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"] if PG_TEST_URL else ["sqlite"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     eng = (
         create_db_engine(f"sqlite:///{tmp_path}/t.db")
         if request.param == "sqlite"
-        else _postgres_engine()
+        else postgres_schema_engine(PG_SCHEMA)
     )
     create_schema(eng)
     yield eng
