@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from api.errors import install_error_handlers
-from api.routers import events, items, ops, rl, users
+from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
 from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
 from core.embedded import EmbeddedAddresses
@@ -95,6 +95,10 @@ def create_app(
     app.include_router(items.router)
     app.include_router(rl.router)
     app.include_router(ops.router)
+    app.include_router(models.router)
+    app.include_router(training.router)
+    app.include_router(experiments.router)
+    app.include_router(ops_page.router)
 
     @app.middleware("http")
     async def time_requests(

@@ -10,8 +10,10 @@ from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
 from api.runtime import Runtime
+from api.training_jobs import TrainingJobs
 from producers.publisher import EventPublisher
 from stores.features import FeatureStore
+from stores.model_registry import ModelRegistry
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="The ingest or admin key"
@@ -68,3 +70,18 @@ def require_admin_key(runtime: RuntimeDep, key: str | None = Security(_api_key_h
 
 IngestKey = Depends(require_ingest_key)
 AdminKey = Depends(require_admin_key)
+
+
+# -- model registry and training jobs (api/routers/models.py, training.py) ----------------------
+def get_model_registry(runtime: RuntimeDep) -> ModelRegistry:
+    """The registry the trainer and the DQN edge use: ``<var_dir>/models`` indexed in SQL."""
+    return ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+
+
+def get_training_jobs(request: Request) -> TrainingJobs:
+    """Created by the training router's lifespan (api/routers/training.py)."""
+    return request.app.state.training_jobs
+
+
+ModelRegistryDep = Annotated[ModelRegistry, Depends(get_model_registry)]
+TrainingJobsDep = Annotated[TrainingJobs, Depends(get_training_jobs)]

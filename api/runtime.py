@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from faststream.kafka import KafkaBroker
 
-from api.policies import ActiveModels, RLServer
 from api.serving import VectorServer
 from core.metrics import Metrics
 from core.services import Services
@@ -18,6 +17,8 @@ from stores.catalog import Archive
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore
+from trainer.policy import ActiveModels, RLServer
+from trainer.rl import Exploration
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,11 @@ class Runtime:
         if self.rl is None:
             registry = ModelRegistry(self.services.engine, self.settings.var_dir / "models")
             active = ActiveModels(registry, self.settings.model_reload_seconds)
-            self.rl = RLServer(active, self.services.ids)
+            exploration = Exploration(
+                self.settings.rl_exploration, self.settings.rl_epsilon,
+                self.settings.rl_temperature,
+            )  # fmt: skip
+            self.rl = RLServer(active, self.services.ids, exploration)
 
     def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
         """Run work after the response; keep a reference and log failures, never lose them."""

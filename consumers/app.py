@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from faststream.kafka import KafkaBroker
 
-from consumers import archive, features, vectors
+from consumers import archive, features, online_rl, vectors
 from consumers.dlq import DeadLetterSink
 from core.metrics import Metrics
 from core.services import Services
@@ -16,13 +17,52 @@ from stores.catalog import Archive
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore
+from trainer.policy import ActiveModels
 
 # FastStream logs partition assignments at INFO; core.logs quiets this logger to WARNING.
 broker_log = logging.getLogger("streamrec.consumers.broker")
 
 # The vectors group only checks the items aliases until a model is published, so it is safe
 # on a fresh system.
-DEFAULT_GROUPS = (ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE, ConsumerGroup.VECTORS)
+# The online-RL group learns only once a doc2vec version is active; until then it skips.
+DEFAULT_GROUPS = (
+    ConsumerGroup.FEATURES,
+    ConsumerGroup.ARCHIVE,
+    ConsumerGroup.VECTORS,
+    ConsumerGroup.ONLINE_RL,
+)
+
+
+class ConsumerBroker(KafkaBroker):
+    """A ``KafkaBroker`` whose ``start()`` starts its subscribers together.
+
+    FastStream 0.7's ``start()`` awaits each subscriber in turn, and each one's start (aiokafka
+    ``AIOKafkaConsumer.start()`` after ``subscribe()``) waits until its group has joined and
+    been assigned partitions: ~3 s per group on the embedded cluster and on a Kafka with the
+    default ``group.initial.rebalance.delay.ms``, so 3 groups took 9 s. The groups are
+    independent, so their joins can overlap: subscribers are started concurrently through their
+    own ``start()`` (the documented way to start a subscriber on a connected broker, see
+    FastStream's "Dynamic Subscribers"); stopping is already concurrent in FastStream.
+    """
+
+    async def start(self) -> None:
+        await self.connect()
+        try:
+            try:
+                # A failure cancels the other starts before it propagates.
+                async with asyncio.TaskGroup() as starting:
+                    for subscriber in self.subscribers:
+                        starting.create_task(subscriber.start())
+            except BaseExceptionGroup as failed:
+                # Raise the error itself, as KafkaBroker.start() would, not a group of one.
+                raise failed.exceptions[0] from failed
+            for publisher in self.publishers:
+                await publisher.start()
+        except BaseException:
+            # Leave no consumer of a half-started broker in its group; then report the failure.
+            await self.stop()
+            raise
+        self.running = True
 
 
 def feature_store(services: Services) -> FeatureStore:
@@ -46,7 +86,7 @@ def build_consumer_broker(
     ``vector_store``: the process's store, needed by the vectors group (Edge opens a shard
     once per process, so the API passes its own); the caller opens and closes it.
     """
-    broker = KafkaBroker(
+    broker = ConsumerBroker(
         services.kafka_bootstrap,
         client_id="streamrec-consumers",
         logger=broker_log,
@@ -69,7 +109,18 @@ def build_consumer_broker(
             raise ValueError("the vectors consumer group needs the process's vector store")
         updater = vectors_updater(services, vector_store)
         vectors.register(broker, updater, dead_letters, metrics, settings)
+    if ConsumerGroup.ONLINE_RL in groups:
+        learner = online_learner(services)
+        online_rl.register(broker, learner, dead_letters, metrics, settings)
     return broker
+
+
+def online_learner(services: Services) -> online_rl.OnlineLearner:
+    settings = services.settings
+    registry = ModelRegistry(services.engine, settings.var_dir / "models")
+    active = ActiveModels(registry, settings.model_reload_seconds)
+    config = online_rl.LearnerConfig.from_settings(settings)
+    return online_rl.OnlineLearner(active, registry, services.ids, config)
 
 
 def vectors_updater(services: Services, store: VectorStore) -> vectors.VectorsUpdater:

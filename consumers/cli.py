@@ -33,6 +33,7 @@ class GroupName(StrEnum):
     FEATURES = "features"
     ARCHIVE = "archive"
     VECTORS = "vectors"
+    ONLINE_RL = "online-rl"
 
 
 def lag_table(report: LagReport) -> Table:

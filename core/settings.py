@@ -49,6 +49,23 @@ class Settings(BaseSettings):
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # How often the API re-reads which dqn/doc2vec version is active (0: on every request).
     model_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # -- online RL: exploration at serving time (rerank=dqn) and the online learner --
+    rl_exploration: Literal["greedy", "epsilon_greedy", "softmax"] = Field(
+        "epsilon_greedy", description="How rerank=dqn draws a slate from Q-values."
+    )
+    rl_epsilon: Annotated[float, Field(ge=0, le=1)] = 0.05
+    rl_temperature: Annotated[float, Field(gt=0, le=100)] = 0.1
+    # Clicks and ratings count for an impression within this much event time after it.
+    rl_feedback_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    # Impressions awaiting feedback; beyond it the oldest close early (bounded memory).
+    rl_open_impressions: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    rl_replay_capacity: Annotated[int, Field(ge=64, le=10_000_000)] = 50_000
+    # Shown items per impression the learner keeps (the first ones): the replay ring's width.
+    rl_max_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
+    # New transitions per gradient step: each transition is sampled ~batch_size/this times.
+    rl_train_every: Annotated[int, Field(ge=1, le=10_000)] = 8
+    rl_snapshot_every_updates: Annotated[int, Field(ge=1, le=10_000_000)] = 500
+    rl_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)

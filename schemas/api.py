@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+
+from schemas.events import ExplorationMethod
 
 
 class EventsAccepted(BaseModel):
@@ -40,6 +43,9 @@ RerankPolicy = Literal["dqn"]  # policies that can re-order a base model's list
 class RerankedBy(BaseModel):
     model: RerankPolicy = "dqn"
     version: int = Field(description="The dqn version whose Q-values ordered the list")
+    exploration: ExplorationMethod = Field(
+        "greedy", description="How the slate was drawn from the Q-values (STREAMREC_RL_*)"
+    )
 
 
 class Recommendations(BaseModel):
@@ -163,3 +169,142 @@ class Embeddings(BaseModel):
     model: str = "doc2vec"
     version: int
     vectors: list[list[float]] = Field(description="One per text, in request order")
+
+
+# -- model registry (api/routers/models.py) ---------------------------------------------------
+MODEL_NAME_PATTERN = r"^[a-z0-9_]+$"  # the registry's rule (stores.model_registry.NAME_RE)
+MAX_MODEL_NAME = 64
+
+
+class ModelVersionInfo(BaseModel):
+    name: str
+    version: int
+    active: bool
+    created_at: datetime
+    artifact_class: str = Field(description="The trainer class that loads the artifact")
+    n_users: int = Field(description="Id-registry users when the version was trained")
+    n_items: int = Field(description="Id-registry items when the version was trained")
+    data_window: dict[str, Any] = Field(description="Event-time window and size of the data")
+    metrics: dict[str, Any] = Field(description="Recorded metrics; per-epoch history left out")
+    config: dict[str, Any] = Field(description="Scalar config values (sizes, loss, ...)")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    active_version: int | None = Field(description="null while no version is active")
+    versions: list[ModelVersionInfo] = Field(description="Oldest first")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class DeletedVersion(BaseModel):
+    name: str
+    version: int
+    deleted: bool = True
+
+
+# -- training jobs (api/routers/training.py) --------------------------------------------------
+class TrainableModel(StrEnum):
+    """The models ``streamrec train`` trains."""
+
+    MF = "mf"
+    BPR = "bpr"
+    NCF = "ncf"
+    WIDE_DEEP = "wide_deep"
+    SASREC = "sasrec"
+    DOC2VEC = "doc2vec"
+
+
+TrainingData = Literal["synthetic", "archive"]  # never a filesystem path from a request
+TrainingProtocol = Literal["loo-full", "loo-sampled", "random-split"]
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobStage = Literal["queued", "loading data", "training", "finished"]
+
+
+class TrainingJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: TrainableModel
+    data: TrainingData = Field(
+        description="synthetic (generated, seeded) or archive (the SQL interactions archive)"
+    )
+    epochs: int | None = Field(None, ge=1, le=100, description="Most epochs; null: default")
+    batch_size: int | None = Field(None, ge=16, le=65_536)
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate")
+    patience: int | None = Field(None, ge=1, le=50, description="Epochs without improvement")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    protocol: TrainingProtocol = "loo-full"
+    exclude_seen: bool = True
+    activate: bool = Field(True, description="Make the new version the active one")
+
+
+class ModelVersionRef(BaseModel):
+    name: str
+    version: int
+    active: bool
+
+
+class TrainingJob(BaseModel):
+    id: str
+    status: JobStatus
+    stage: JobStage = Field(description="Progress within the job")
+    request: TrainingJobRequest
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    model_version: ModelVersionRef | None = Field(None, description="Set once it succeeded")
+    test_metrics: dict[str, float] = Field(
+        default_factory=dict, description="The new version's metrics on the held-out test part"
+    )
+    error: str | None = Field(None, description="Why the job failed")
+
+
+class TrainingJobList(BaseModel):
+    jobs: list[TrainingJob] = Field(description="Newest first (this process's jobs)")
+    max_queued: int = Field(description="Jobs that may wait behind the running one")
+
+
+# -- experiments (api/routers/experiments.py) -------------------------------------------------
+class ClickStats(BaseModel):
+    impressions: int = Field(description="Recommendation lists served (impression events)")
+    clicks: int = Field(description="Click events that named a model")
+    ctr: float | None = Field(description="clicks / impressions; null without impressions")
+    ctr_low: float | None = Field(description="95% Wilson interval, lower bound")
+    ctr_high: float | None = Field(description="95% Wilson interval, upper bound")
+
+
+class ModelClickStats(ClickStats):
+    model: str
+
+
+class VariantStats(ClickStats):
+    variant: str = Field(description="The variant label as sent with the requests")
+    models: list[ModelClickStats] = Field(description="The same counters per serving model")
+
+
+class Experiment(ClickStats):
+    name: str
+    variants: list[VariantStats]
+
+
+class ExperimentList(BaseModel):
+    experiments: list[Experiment]
+
+
+# -- the /ops page (api/routers/ops_page.py) --------------------------------------------------
+class GroupThroughput(BaseModel):
+    group: str
+    events: int = Field(description="Events applied by this process since it started")
+    freshness_samples: int = Field(description="Events with a measured event-to-state time")
+    freshness_p50_seconds: float | None = None
+    freshness_p99_seconds: float | None = None
+
+
+class OpsStats(BaseModel):
+    measured_at: float
+    published: dict[str, int] = Field(description="Events this process wrote per topic")
+    groups: list[GroupThroughput] = Field(
+        description="Consumer groups running in this process (empty when they run elsewhere)"
+    )

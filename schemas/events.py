@@ -20,6 +20,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from schemas.topics import Topic
@@ -96,6 +97,35 @@ class ClickEvent(EventBase):
         return Topic.CLICKS
 
 
+ExplorationMethod = Literal["greedy", "epsilon_greedy", "softmax"]
+MAX_STATE_DIM = 4096
+
+
+class PolicyLog(BaseModel):
+    """What a re-ranking policy saw and did when it served a slate, logged with the slate.
+
+    The online learner trains on exactly the state the policy acted on (no re-reading of
+    features that have moved on since), and ``propensities`` let logged slates be evaluated
+    off-policy later (inverse propensity scoring).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str = Field("dqn", min_length=1, max_length=64)
+    policy_version: int | None = Field(
+        None, ge=1, description="The policy version that ordered the slate; None: no policy "
+        "was active and the base order was served"
+    )  # fmt: skip
+    content_version: int = Field(ge=1, description="The doc2vec version behind `state`")
+    state: Annotated[list[float], Field(min_length=1, max_length=MAX_STATE_DIM)]
+    exploration: ExplorationMethod = "greedy"
+    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    temperature: Annotated[float, Field(gt=0.0)] | None = None
+    propensities: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=1000)
+    ] = Field(description="Per shown item: the probability the policy put it at its position")
+
+
 class ImpressionEvent(EventBase):
     type: Literal["impression"] = "impression"
     request_id: str = Field(min_length=1, max_length=64)
@@ -103,6 +133,16 @@ class ImpressionEvent(EventBase):
     model: str = Field(min_length=1, max_length=64)
     model_version: int | None = Field(None, ge=1, description="Version of a vector model")
     variant: str = Field("default", min_length=1, max_length=64)
+    policy: PolicyLog | None = Field(None, description="Set when a policy re-ranked the slate")
+
+    @model_validator(mode="after")
+    def _one_propensity_per_item(self) -> ImpressionEvent:
+        if self.policy is not None and len(self.policy.propensities) != len(self.item_ids):
+            raise ValueError(
+                f"policy.propensities has {len(self.policy.propensities)} values for "
+                f"{len(self.item_ids)} item_ids: give one per shown item"
+            )
+        return self
 
     @property
     def topic(self) -> Topic:

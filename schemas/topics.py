@@ -29,4 +29,6 @@ GROUP_TOPICS: dict[ConsumerGroup, tuple[Topic, ...]] = {
     ConsumerGroup.FEATURES: EVENT_TOPICS,
     ConsumerGroup.ARCHIVE: EVENT_TOPICS,
     ConsumerGroup.VECTORS: (Topic.RATINGS, Topic.CLICKS),  # what changes a user's vector
+    # Logged slates and the feedback on them.
+    ConsumerGroup.ONLINE_RL: (Topic.IMPRESSIONS, Topic.CLICKS, Topic.RATINGS),
 }

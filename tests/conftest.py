@@ -93,6 +93,7 @@ def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
         ingest_api_key=SecretStr(INGEST_KEY),
         admin_api_key=SecretStr(ADMIN_KEY),
         consumer_batch_timeout_ms=10,
+        rl_exploration="greedy",  # deterministic slates; exploration has its own tests
     )
 
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.errors import InvalidInput
+from core.ids import IdKind, IdRegistry
+from schemas.events import ExplorationMethod
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 RATING_MIN, RATING_MAX = 0.5, 5.0
@@ -28,6 +30,10 @@ RATING_MIN, RATING_MAX = 0.5, 5.0
 # feature store's user hash (stores/features.py), so ``user_stats()`` can be passed as is.
 STATE_COUNTERS = ("ratings", "clicks", "impressions", "mean_rating", "ctr")
 COUNT_SCALE = 1000.0  # a count of COUNT_SCALE (or more) maps to 1
+# Recent items averaged into the user state. The edge (/v1/rank, rerank=dqn) and the online
+# learner share it through ``state_from_history``: what the policy is trained on is what it
+# serves.
+STATE_RECENT_ITEMS = 50
 
 
 # -- rewards and state ------------------------------------------------------------------------
@@ -68,6 +74,35 @@ def user_state(
     ctr = _clip(clicks / impressions, 0.0, 1.0) if impressions else 0.0
     extra = [_log_scale(ratings), _log_scale(clicks), _log_scale(impressions), mean_rating, ctr]
     return np.concatenate([mean, np.asarray(extra, np.float32)])
+
+
+def content_vectors(
+    ids: IdRegistry, table: np.ndarray, item_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The Doc2Vec rows of the items that have one, in ``item_ids`` order. Left out: ids the
+    registry does not know, rows past the table (items newer than the model) and all-zero rows
+    (items without text, which Doc2Vec never saw)."""
+    index = ids.lookup(IdKind.ITEM, item_ids)
+    found = {}
+    for item_id, row in index.items():
+        if row < table.shape[0] and np.any(table[row]):
+            found[item_id] = table[row]
+    return found
+
+
+def state_from_history(
+    ids: IdRegistry,
+    table: np.ndarray,
+    recent_item_ids: Sequence[str],
+    counters: Mapping[str, float | str],
+) -> np.ndarray:
+    """(D + 5,) ``user_state`` of a user whose newest items (at most ``STATE_RECENT_ITEMS``,
+    newest first, as the feature store returns them) and counters are given; items without a
+    content vector in ``table`` are skipped."""
+    recent = content_vectors(ids, table, recent_item_ids[:STATE_RECENT_ITEMS])
+    dim = table.shape[1]
+    history = np.stack(list(recent.values())) if recent else np.zeros((0, dim), np.float32)
+    return user_state(history, counters, dim)
 
 
 def _counter(counters: Mapping[str, float | str], name: str) -> float:
@@ -309,3 +344,76 @@ def _check_actions(batch: DQNBatch) -> None:
         raise InvalidInput(f"actions must be {batch.states.shape[0]} indices in [0, {c})")
     if not batch.mask.gather(1, a[:, None]).all():
         raise InvalidInput("an action points at a masked (padding) candidate")
+
+
+# -- exploration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exploration:
+    """How a slate is drawn from Q-values at serving time.
+
+    * ``greedy``: best first; every propensity is 1.
+    * ``epsilon_greedy``: each position takes the best remaining item with probability
+      1 - epsilon, else a uniformly random remaining one.
+    * ``softmax``: positions are drawn without replacement with probability proportional to
+      exp(Q / temperature) (Plackett-Luce).
+
+    ``propensities[p]`` is the probability that the item at position p was drawn there given
+    the positions before it, which is what inverse-propensity estimators need.
+    """
+
+    method: ExplorationMethod = "greedy"
+    epsilon: float = 0.1
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise InvalidInput(f"epsilon must be in [0, 1], not {self.epsilon}")
+        if self.temperature <= 0.0:
+            raise InvalidInput(f"temperature must be > 0, not {self.temperature}")
+
+    def draw(
+        self, q: np.ndarray, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """((n,) indices into ``q`` in serving order, (n,) propensities), n = min(k, len(q))."""
+        q = np.asarray(q, dtype=np.float64)
+        n = min(k, len(q))
+        if self.method == "epsilon_greedy" and self.epsilon > 0.0:
+            return _epsilon_greedy(q, n, self.epsilon, rng)
+        if self.method == "softmax":
+            return _plackett_luce(q / self.temperature, n, rng)
+        return np.argsort(-q, kind="stable")[:n], np.ones(n)
+
+
+def _epsilon_greedy(
+    q: np.ndarray, n: int, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    greedy = np.argsort(-q, kind="stable")
+    taken = np.zeros(len(q), np.bool_)
+    order, props = np.empty(n, np.int64), np.empty(n)
+    g = 0
+    for p in range(n):
+        while taken[greedy[g]]:
+            g += 1
+        best, remaining = greedy[g], len(q) - p
+        pick = best
+        if rng.random() < epsilon:
+            pick = np.flatnonzero(~taken)[rng.integers(remaining)]
+        order[p] = pick
+        props[p] = (1.0 - epsilon) * (pick == best) + epsilon / remaining
+        taken[pick] = True
+    return order, props
+
+
+def _plackett_luce(
+    logits: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    # Gumbel-top-n draws the whole ordering in one pass; the propensities then follow from
+    # the softmax over what was left at each position.
+    order = np.argsort(-(logits + rng.gumbel(size=len(logits))), kind="stable")[:n]
+    left = np.ones(len(logits), np.bool_)
+    props = np.empty(n)
+    for p, pick in enumerate(order):
+        rest = logits[left]
+        props[p] = math.exp(logits[pick] - rest.max()) / np.exp(rest - rest.max()).sum()
+        left[pick] = False
+    return order, props

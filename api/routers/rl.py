@@ -1,6 +1,6 @@
 """The DQN edge (the original model server's endpoints): bulk Q-values, ranking candidates by
 Q-value, and Doc2Vec text embeddings, each from the active registry version (hot-swapped, see
-``api.policies``). Read-only inference: no API key, like the other reads."""
+``trainer.policy``). Read-only inference: no API key, like the other reads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import asyncio
 from fastapi import APIRouter
 
 from api.deps import FeaturesDep, RuntimeDep
-from api.policies import STATE_RECENT_ITEMS, RLServer
 from api.runtime import Runtime
 from schemas.api import (
     EmbedBulkRequest,
@@ -23,6 +22,8 @@ from schemas.api import (
     RankedItems,
     RankRequest,
 )
+from trainer.policy import RLServer
+from trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1", tags=["dqn"])
 

@@ -14,7 +14,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import FeaturesDep, RuntimeDep
-from api.policies import STATE_RECENT_ITEMS
 from api.runtime import Runtime
 from core.errors import ConfigurationError, NotFound
 from schemas.api import (
@@ -27,9 +26,10 @@ from schemas.api import (
     RerankPolicy,
     UserHistory,
 )
-from schemas.events import ImpressionEvent
+from schemas.events import ImpressionEvent, PolicyLog
 from stores.features import FeatureStore
 from stores.vectors import Hit
+from trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class _Reranked:
     items: list[RecommendedItem]
     by: RerankedBy | None = None
     note: str | None = None  # why the base order stands
+    log: PolicyLog | None = None  # what the policy saw and did, for the impression
 
 
 def rerank_depth(k: int) -> int:
@@ -131,23 +132,40 @@ async def _rerank_dqn(
     user_id: str,
     stats: Mapping[str, str],
     items: list[RecommendedItem],
+    k: int,
 ) -> _Reranked:
-    """``items`` ordered by the active DQN's Q-values; the base order when no policy can
-    serve, since recommendations must not depend on the policy being deployed."""
+    """A slate of ``k`` drawn from ``items`` by the active DQN's Q-values (with the configured
+    exploration); the base order when no policy can serve, since recommendations must not
+    depend on the policy being deployed. Whenever Doc2Vec is active the slate carries a policy
+    log (the state, the exploration and its propensities) for the online learner."""
     assert runtime.rl is not None  # built in Runtime.__post_init__
     recent = await features.recent_items(user_id, STATE_RECENT_ITEMS)
     try:
         ranked = await asyncio.to_thread(
-            runtime.rl.rerank, [i.item_id for i in items], recent, stats
+            runtime.rl.rerank, [i.item_id for i in items], recent, stats, k
         )
     except NotFound as exc:
-        return _Reranked(items, note=str(exc))
+        return _Reranked(items[:k], note=str(exc))
     except ConfigurationError as exc:  # a mismatched dqn/doc2vec pair: an operator must act
         log.warning("rerank=dqn skipped: %s", exc)
-        return _Reranked(items, note=str(exc))
+        return _Reranked(items[:k], note=str(exc))
     by_id = {i.item_id: i for i in items}
     reordered = [by_id[i].model_copy(update={"q_value": q}) for i, q in ranked.items]
-    return _Reranked(reordered, RerankedBy(version=ranked.dqn_version))
+    explore = ranked.exploration
+    policy_log = PolicyLog(
+        policy_version=ranked.dqn_version,
+        content_version=ranked.doc2vec_version,
+        state=[round(float(x), 6) for x in ranked.state],
+        exploration=explore.method,
+        epsilon=explore.epsilon if explore.method == "epsilon_greedy" else None,
+        temperature=explore.temperature if explore.method == "softmax" else None,
+        propensities=ranked.propensities,
+    )
+    if ranked.dqn_version is None:
+        note = "no dqn version is active yet: the base order is served (and logged for learning)"
+        return _Reranked(reordered, note=note, log=policy_log)
+    by = RerankedBy(version=ranked.dqn_version, exploration=explore.method)
+    return _Reranked(reordered, by, log=policy_log)
 
 
 @router.get(
@@ -180,7 +198,7 @@ async def recommend(
     base = await _base(runtime, features, user_id, model, depth, exclude_seen=exclude_seen,
                        wanted=genre_list(genres), age=_state_age_ms(stats))  # fmt: skip
     reranked = (
-        await _rerank_dqn(runtime, features, user_id, stats, base.items)
+        await _rerank_dqn(runtime, features, user_id, stats, base.items, k)
         if rerank
         else _Reranked(base.items)
     )
@@ -197,6 +215,7 @@ async def recommend(
             model=served,
             model_version=base.version,
             variant=variant,
+            policy=reranked.log,
         )
         runtime.spawn(runtime.publisher.publish(impression), name=f"impression-{request_id}")
     return Recommendations(

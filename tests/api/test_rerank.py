@@ -15,8 +15,15 @@ from api.serving import VectorAnswer
 from core.ids import IdKind
 from schemas.events import Event, ImpressionEvent
 from stores.vectors import Hit
-from tests.api.test_rl import DIM, _deploy, edge  # noqa: F401  (edge: the app fixture)
-from trainer.rl import user_state
+from tests.api.test_rl import (  # noqa: F401  (edge: the app fixture)
+    DIM,
+    S,
+    _deploy,
+    _doc2vec,
+    _registry,
+    edge,
+)
+from trainer.rl import Exploration, user_state
 
 # The base model's order: scorable items, one without text ("blank", a zero Doc2Vec row) and
 # one Doc2Vec never saw ("new1"), which must follow the scored ones in this order.
@@ -86,7 +93,7 @@ async def test_rerank_orders_candidates_by_q_value(
     body = await _get(client, k=len(BASE), rerank="dqn")
 
     assert fake.asked == [rerank_depth(len(BASE))] == [50]
-    assert body["reranked_by"] == {"model": "dqn", "version": 1}
+    assert body["reranked_by"] == {"model": "dqn", "version": 1, "exploration": "greedy"}
     assert (body["model"], body["version"], body["rerank_fallback"]) == ("mf", BASE_VERSION, False)
     assert body["rerank_note"] is None
     expected = _expected_q(runtime, dqn, d2v)
@@ -101,6 +108,10 @@ async def test_rerank_orders_candidates_by_q_value(
     assert isinstance(impression, ImpressionEvent)
     assert impression.item_ids == [i for i, _ in got]
     assert (impression.model, impression.model_version) == ("mf+dqn", BASE_VERSION)
+    log = impression.policy
+    assert log is not None and (log.policy_version, log.content_version) == (1, 1)
+    np.testing.assert_allclose(log.state, user_state(np.zeros((0, DIM)), {}, DIM), atol=1e-6)
+    assert (log.exploration, log.propensities) == ("greedy", [1.0] * len(BASE))
 
 
 async def test_rerank_returns_the_top_k_of_the_reranked_list(
@@ -123,8 +134,47 @@ async def test_without_an_active_dqn_the_base_order_is_served(
     assert [i["item_id"] for i in body["items"]] == BASE[:4]
     assert all(i["q_value"] is None for i in body["items"])
     assert body["rerank_fallback"] is True and body["reranked_by"] is None
-    assert "no dqn version is active" in body["rerank_note"]
+    assert "no doc2vec version is active" in body["rerank_note"]
     assert published[0].model == "mf"  # type: ignore[union-attr]
+    assert published[0].policy is None  # type: ignore[union-attr]  (no content vectors: no state)
+
+
+async def test_doc2vec_without_dqn_serves_the_base_order_and_logs_it_for_learning(
+    served: tuple[Any, httpx.AsyncClient, FakeVectors], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, client, _ = served
+    _registry(runtime).register("doc2vec", _doc2vec(runtime), activate=True)
+    published = _capture(runtime, monkeypatch)
+    body = await _get(client, k=4, rerank="dqn")
+    assert [i["item_id"] for i in body["items"]] == BASE[:4]
+    assert body["rerank_fallback"] is True and body["reranked_by"] is None
+    assert "no dqn version is active" in body["rerank_note"]
+    (impression,) = published
+    assert impression.model == "mf"  # type: ignore[union-attr]
+    log = impression.policy  # type: ignore[union-attr]
+    assert log is not None and log.policy_version is None and log.content_version == 1
+    assert log.propensities == [1.0] * 4 and len(log.state) == S
+
+
+@pytest.mark.parametrize("method", ["epsilon_greedy", "softmax"])
+async def test_exploration_is_recorded_with_its_propensities(
+    served: tuple[Any, httpx.AsyncClient, FakeVectors],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    runtime, client, _ = served
+    runtime.rl.exploration = Exploration(method, epsilon=1.0, temperature=1e6)  # type: ignore[arg-type]
+    _deploy(runtime)
+    published = _capture(runtime, monkeypatch)
+    body = await _get(client, k=3, rerank="dqn")
+    assert body["reranked_by"]["exploration"] == method
+    log = published[0].policy  # type: ignore[union-attr]
+    assert log is not None and log.exploration == method
+    # Uniform draws (epsilon 1, or a huge temperature) over the 7 scorable candidates:
+    # position p is drawn from the 7 - p left.
+    np.testing.assert_allclose(log.propensities, [1 / 7, 1 / 6, 1 / 5], rtol=1e-4)
+    assert (log.epsilon, log.temperature) == ((1.0, None) if method == "epsilon_greedy"
+                                              else (None, 1e6))  # fmt: skip
 
 
 async def test_without_rerank_nothing_changes(

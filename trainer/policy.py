@@ -22,11 +22,16 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigurationError, InvalidInput, NotFound
-from core.ids import IdKind, IdRegistry
+from core.ids import IdRegistry
 from stores.model_registry import ModelRegistry
 from trainer.doc2vec import Doc2VecModel
 from trainer.models.dueling_dqn import DuelingDQN
-from trainer.rl import state_dim, user_state
+from trainer.rl import (
+    Exploration,
+    content_vectors,
+    state_dim,
+    state_from_history,
+)
 
 DQN = "dqn"
 DOC2VEC = "doc2vec"
@@ -36,7 +41,6 @@ _HOW_TO_ACTIVATE = {
     DOC2VEC: "run `streamrec train --model doc2vec` or activate a doc2vec version",
 }
 MAX_NAMED = 10  # items named in an error message; the rest are counted
-STATE_RECENT_ITEMS = 50  # recent items averaged into the user state of /v1/rank
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,14 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Reranked:
-    dqn_version: int
+    """A served slate and what the policy saw and did, for the impression's policy log."""
+
+    dqn_version: int | None  # None: no dqn is active, the base order was served
     doc2vec_version: int
     items: list[tuple[str, float | None]]  # (item id, Q-value or None without a vector)
+    state: np.ndarray  # (S,) the user state the Q-values were computed for
+    exploration: Exploration
+    propensities: list[float]  # per item of ``items``
 
 
 @dataclass(frozen=True)
@@ -123,30 +132,29 @@ class _Pair:
     dqn: DuelingDQN
     table: np.ndarray
 
-    def by_q_value(
-        self,
-        ids: IdRegistry,
-        vectors: Mapping[str, np.ndarray],
-        recent_item_ids: Sequence[str],
-        stats: Mapping[str, str],
-    ) -> list[tuple[str, float]]:
-        """The items of ``vectors`` (at least one) with their Q-values, best first; ties keep
-        the given order."""
-        recent = content_vectors(ids, self.table, recent_item_ids)
-        dim = self.table.shape[1]
-        history = np.stack(list(recent.values())) if recent else np.zeros((0, dim))
-        state = user_state(history, stats, dim)
-        items = list(vectors)
-        q = self.dqn.q_values(state, np.stack([vectors[i] for i in items]))
-        return [(items[i], float(q[i])) for i in np.argsort(-q, kind="stable")]
+    def state(self, ids: IdRegistry, recent: Sequence[str], stats: Mapping[str, str]) -> np.ndarray:
+        return state_from_history(ids, self.table, recent, stats)
+
+    def q_values(self, state: np.ndarray, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(C,) Q-values of the items of ``vectors`` (at least one), in their order."""
+        return self.dqn.q_values(state, np.stack(list(vectors.values())))
 
 
 class RLServer:
     """Bulk Q-values, ranking by Q-value and Doc2Vec embeddings from the active versions."""
 
-    def __init__(self, models: ActiveModels, ids: IdRegistry) -> None:
+    def __init__(
+        self,
+        models: ActiveModels,
+        ids: IdRegistry,
+        exploration: Exploration | None = None,
+        seed: int | None = None,
+    ) -> None:
         self._models = models
         self._ids = ids
+        self.exploration = exploration or Exploration()
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()  # Generators are not thread-safe
         # Doc2VecModel.infer reseeds the gensim model's shared RNG before each text: two
         # threads interleaving would draw from each other's stream and break "same text, same
         # vector", so inference runs one request at a time.
@@ -191,7 +199,9 @@ class RLServer:
                 f"{_name_some(missing)} (unknown item, newer than that version, or without "
                 "text): leave them out of item_ids or retrain doc2vec"
             )
-        scored = pair.by_q_value(self._ids, vectors, recent_item_ids, stats)
+        q = pair.q_values(pair.state(self._ids, recent_item_ids, stats), vectors)
+        items = list(vectors)
+        scored = [(items[i], float(q[i])) for i in np.argsort(-q, kind="stable")]
         return Ranked(pair.dqn_version, pair.doc2vec_version, scored)
 
     def rerank(
@@ -199,18 +209,40 @@ class RLServer:
         item_ids: Sequence[str],
         recent_item_ids: Sequence[str],
         stats: Mapping[str, str],
+        k: int,
     ) -> Reranked:
-        """Like ``rank`` but lenient, for re-ranking a base model's list: the candidates with a
-        content vector come first by Q-value, the others follow in their given order with no
-        Q-value (a base model may know items Doc2Vec has not seen yet)."""
-        pair = self._pair()
+        """A slate of ``k`` from a base model's candidates, drawn by ``exploration`` from their
+        Q-values. Lenient, unlike ``rank``: candidates without a content vector follow the
+        drawn ones in their given order with no Q-value (a base model may know items Doc2Vec
+        has not seen yet). With doc2vec active but no dqn yet, the base order is served and
+        still logged with its state, so the online learner can start from base-model traffic.
+        NotFound when no doc2vec version is active."""
+        d2v = self._models.get(DOC2VEC)
+        table = d2v.model.item_vectors()  # (n_items, D), row = id-registry index
+        state = state_from_history(self._ids, table, recent_item_ids, stats)
         candidates = list(dict.fromkeys(item_ids))
-        vectors = content_vectors(self._ids, pair.table, candidates)
-        scored: list[tuple[str, float | None]] = []
+        try:
+            dqn = self._models.get(DQN)
+        except NotFound:
+            slate = candidates[:k]
+            return Reranked(None, d2v.version, [(i, None) for i in slate], state,
+                            Exploration(), [1.0] * len(slate))  # fmt: skip
+        _check_pair(dqn, d2v, table.shape[1])
+        pair = _Pair(dqn.version, d2v.version, dqn.model, table)
+        vectors = content_vectors(self._ids, table, candidates)
+        drawn: list[tuple[str, float | None]] = []
+        propensities: list[float] = []
         if vectors:
-            scored.extend(pair.by_q_value(self._ids, vectors, recent_item_ids, stats))
-        scored.extend((i, None) for i in candidates if i not in vectors)
-        return Reranked(pair.dqn_version, pair.doc2vec_version, scored)
+            q = pair.q_values(state, vectors)
+            with self._rng_lock:
+                order, props = self.exploration.draw(q, k, self._rng)
+            items = list(vectors)
+            drawn = [(items[i], float(q[i])) for i in order]
+            propensities = [float(p) for p in props]
+        rest = [i for i in candidates if i not in vectors][: k - len(drawn)]
+        drawn.extend((i, None) for i in rest)
+        propensities.extend([1.0] * len(rest))
+        return Reranked(dqn.version, d2v.version, drawn, state, self.exploration, propensities)
 
     def _pair(self) -> _Pair:
         dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
@@ -223,20 +255,6 @@ class RLServer:
         loaded = self._models.get(DOC2VEC)
         with self._infer_lock:
             return loaded.version, loaded.model.infer_many(texts)
-
-
-def content_vectors(
-    ids: IdRegistry, table: np.ndarray, item_ids: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The Doc2Vec rows of the items that have one, in ``item_ids`` order. Left out: ids the
-    registry does not know, rows past the table (items newer than the model) and all-zero rows
-    (items without text, which Doc2Vec never saw)."""
-    index = ids.lookup(IdKind.ITEM, item_ids)
-    found = {}
-    for item_id, row in index.items():
-        if row < table.shape[0] and np.any(table[row]):
-            found[item_id] = table[row]
-    return found
 
 
 def _check_pair(dqn: Loaded, doc2vec: Loaded, item_dim: int) -> None:

@@ -1,0 +1,126 @@
+"""The model registry over HTTP: list models and versions, activate a version, delete one.
+
+Reads are open, like the other reads; activating and deleting need the admin key. Names and
+versions are validated here (the registry's own rules) and again by the registry, which builds
+every path from a validated name and number under its root, so a request never reaches a file
+outside ``<var_dir>/models``.
+
+Activating a version hot-swaps what the registry serves (``dqn``, ``doc2vec``: within
+``STREAMREC_MODEL_RELOAD_SECONDS``); vector models serve what ``streamrec vectors publish``
+put behind their Qdrant alias, which publishes the active version by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, status
+
+from api.deps import AdminKey, ModelRegistryDep
+from core.errors import NotFound
+from schemas.api import (
+    MAX_MODEL_NAME,
+    MODEL_NAME_PATTERN,
+    DeletedVersion,
+    ErrorBody,
+    ModelInfo,
+    ModelList,
+    ModelVersionInfo,
+)
+from stores.model_registry import ModelRegistry, ModelVersion
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ModelName = Annotated[
+    str,
+    Path(pattern=MODEL_NAME_PATTERN, max_length=MAX_MODEL_NAME,
+         description="Lower-case letters, digits and _"),
+]  # fmt: skip
+Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="A registered version number")]
+
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown model or version"}}
+_ADMIN = {401: {"model": ErrorBody, "description": "Missing or wrong admin X-API-Key"}}
+_BAD_NAME = {422: {"model": ErrorBody, "description": "Invalid model name or version"}}
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is None or isinstance(v, str | int | float)}
+
+
+def _version_info(found: ModelVersion) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=found.name, version=found.version, active=found.active,
+        created_at=found.created_at, artifact_class=found.artifact_class,
+        n_users=found.n_users, n_items=found.n_items, data_window=found.data_window,
+        metrics={k: v for k, v in found.metrics.items() if k != "epochs"},
+        config=_scalars(found.config),
+    )  # fmt: skip
+
+
+def _model_infos(versions: list[ModelVersion]) -> list[ModelInfo]:
+    names = sorted({v.name for v in versions})
+    return [
+        ModelInfo(
+            name=name,
+            active_version=next((v.version for v in versions if v.name == name and v.active),
+                                None),
+            versions=[_version_info(v) for v in versions if v.name == name],
+        )
+        for name in names
+    ]  # fmt: skip
+
+
+@router.get("")
+async def list_models(registry: ModelRegistryDep) -> ModelList:
+    """Every registered model with its versions (metrics without the per-epoch history)."""
+    versions = await asyncio.to_thread(registry.list)
+    return ModelList(models=_model_infos(versions))
+
+
+@router.get("/{name}", responses={**_NOT_FOUND, **_BAD_NAME})
+async def get_model(name: ModelName, registry: ModelRegistryDep) -> ModelInfo:
+    """One model's versions and which one is active."""
+    versions = await asyncio.to_thread(registry.list, name)
+    if not versions:
+        raise NotFound(f"no model {name!r} in the registry (GET /v1/models lists them)")
+    return _model_infos(versions)[0]
+
+
+@router.post(
+    "/{name}/versions/{version}/activate",
+    dependencies=[AdminKey],
+    responses={**_ADMIN, **_NOT_FOUND, **_BAD_NAME},
+)
+async def activate_version(
+    name: ModelName, version: Version, registry: ModelRegistryDep
+) -> ModelVersionInfo:
+    """Make ``version`` the one active version of ``name``."""
+    return _version_info(await asyncio.to_thread(registry.activate, name, version))
+
+
+@router.delete(
+    "/{name}/versions/{version}",
+    dependencies=[AdminKey],
+    responses={
+        **_ADMIN, **_NOT_FOUND, **_BAD_NAME,
+        409: {"model": ErrorBody, "description": "The version is the active one"},
+    },
+)  # fmt: skip
+async def delete_version(
+    name: ModelName, version: Version, registry: ModelRegistryDep
+) -> DeletedVersion:
+    """Remove a version's registry row and its files. The active version cannot be deleted:
+    activate another one first."""
+    await asyncio.to_thread(_delete_inactive, registry, name, version)
+    return DeletedVersion(name=name, version=version)
+
+
+def _delete_inactive(registry: ModelRegistry, name: str, version: int) -> None:
+    if registry.get(name, version).active:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{name} v{version} is the active version and cannot be deleted: activate another "
+            f"version first (POST /v1/models/{name}/versions/<n>/activate)",
+        )
+    registry.delete(name, version)

@@ -1,0 +1,155 @@
+"""The model registry over HTTP: list, get, activate, delete; admin key for writes; names and
+versions from a request never reach a file outside the registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from api.app import create_app
+from core.settings import Settings
+from stores.model_registry import ModelRegistry
+from tests.conftest import ADMIN_KEY, INGEST_KEY
+from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+
+pytestmark = pytest.mark.kafka
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+async def edge(settings: Settings) -> AsyncIterator[tuple[ModelRegistry, httpx.AsyncClient]]:
+    """The API alone; yields the registry it serves and a client."""
+    app = create_app(settings, run_consumers=False)
+    async with app.router.lifespan_context(app):
+        registry = ModelRegistry(app.state.runtime.services.engine, settings.var_dir / "models")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
+            yield registry, client
+
+
+def _dqn(seed: int) -> DuelingDQN:
+    torch.manual_seed(seed)
+    config = DuelingDQNConfig(state_dim=5, item_dim=4, hidden=(8,), adv_hidden=(4,))
+    return DuelingDQN(config).eval()
+
+
+def _register_two(registry: ModelRegistry) -> None:
+    """dqn v1 (active) and v2; metrics with a per-epoch history the list leaves out."""
+    metrics = {"reward": 0.5, "test": {"ctr": 0.25}, "epochs": [{"epoch": 1, "loss": 0.3}]}
+    registry.register("dqn", _dqn(0), metrics, activate=True)
+    registry.register("dqn", _dqn(1), {"reward": 0.7})
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] and body["message"]
+    for word in words:
+        assert word in body["message"], body["message"]
+    assert "Traceback" not in response.text
+    return body
+
+
+async def test_list_shows_versions_active_metrics_and_config(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    response = await client.get("/v1/models")  # a read: no key
+    assert response.status_code == 200, response.text
+    (model,) = response.json()["models"]
+    assert model["name"] == "dqn" and model["active_version"] == 1
+    first, second = model["versions"]
+    assert (first["version"], first["active"], second["version"], second["active"]) == (
+        1, True, 2, False,
+    )  # fmt: skip
+    assert first["metrics"] == {"reward": 0.5, "test": {"ctr": 0.25}}  # no epoch history
+    assert first["config"]["state_dim"] == 5 and first["config"]["item_dim"] == 4
+    assert "hidden" not in first["config"]  # a list, not a scalar: left out of the summary
+    assert first["artifact_class"].startswith("trainer.") and first["created_at"]
+
+
+async def test_get_one_model_and_unknown_model(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    response = await client.get("/v1/models/dqn")
+    assert response.status_code == 200, response.text
+    assert [v["version"] for v in response.json()["versions"]] == [1, 2]
+    assert_error(await client.get("/v1/models/sasrec"), 404, "sasrec")
+
+
+async def test_activate_needs_the_admin_key(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    path = "/v1/models/dqn/versions/2/activate"
+    assert_error(await client.post(path), 401, "admin key")
+    assert_error(await client.post(path, headers={"X-API-Key": INGEST_KEY}), 401, "admin key")
+    assert registry.active("dqn").version == 1  # type: ignore[union-attr]
+    response = await client.post(path, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == 2 and response.json()["active"] is True
+    assert registry.active("dqn").version == 2  # type: ignore[union-attr]
+    assert_error(await client.post("/v1/models/dqn/versions/9/activate", headers=ADMIN), 404)
+
+
+async def test_delete_refuses_the_active_version_with_409(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    response = await client.delete("/v1/models/dqn/versions/1", headers=ADMIN)
+    assert_error(response, 409, "active version", "activate another")
+    assert registry.version_dir("dqn", 1).is_dir()
+    assert [v.version for v in registry.list("dqn")] == [1, 2]
+
+
+async def test_delete_removes_an_inactive_version_and_its_files(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    assert_error(await client.delete("/v1/models/dqn/versions/2"), 401)
+    assert registry.version_dir("dqn", 2).is_dir()
+    response = await client.delete("/v1/models/dqn/versions/2", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"name": "dqn", "version": 2, "deleted": True}
+    assert not registry.version_dir("dqn", 2).exists()
+    assert [v.version for v in registry.list("dqn")] == [1]
+    assert_error(await client.delete("/v1/models/dqn/versions/2", headers=ADMIN), 404)
+
+
+HOSTILE_PATHS = [
+    "/v1/models/..%2F..%2Fsecret/versions/1",
+    "/v1/models/..%2Fsecret/versions/1",
+    "/v1/models/%2E%2E/versions/1",
+    "/v1/models/..%5Csecret/versions/1",
+    "/v1/models/dqn/versions/..%2F..%2Fsecret",
+    "/v1/models/dqn/versions/1%2F..%2F..",
+    "/v1/models/DQN/versions/1",
+    "/v1/models/dq.n/versions/1",
+    "/v1/models/dqn%00/versions/1",
+    "/v1/models/dqn%20/versions/1",
+    "/v1/models/" + "d" * 65 + "/versions/1",
+    "/v1/models/dqn/versions/0",
+    "/v1/models/dqn/versions/-1",
+    "/v1/models/dqn/versions/1.5",
+    "/v1/models/dqn/versions/99999999999999999999",
+    "/v1/models/dqn/versions/%2E%2E",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+async def test_hostile_names_and_versions_touch_nothing(edge, path: str) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    _register_two(registry)
+    registry.activate("dqn", 2)  # v1 becomes deletable: a wrong mapping to it would show
+    secret = Path(registry.root).parent / "secret" / "v1"
+    secret.mkdir(parents=True)
+    (secret / "keep.txt").write_text("must survive")
+    for method, suffix in (("DELETE", ""), ("POST", "/activate")):
+        response = await client.request(method, path + suffix, headers=ADMIN)
+        assert response.status_code in (404, 405, 422), (method, path, response.text)
+        assert_error(response, response.status_code)
+    assert (secret / "keep.txt").read_text() == "must survive"
+    assert [(v.version, v.active) for v in registry.list("dqn")] == [(1, False), (2, True)]
+    assert registry.version_dir("dqn", 1).is_dir()

@@ -1,0 +1,182 @@
+"""Training jobs over HTTP: admin key, bounded requests, one job at a time off the event loop
+through ``streamrec train``'s code path, a bounded queue, and the new version in the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from api.app import create_app
+from api.training_jobs import StageCallback, TrainingJobs
+from core.services import Services
+from core.settings import Settings
+from schemas.api import TrainingJobRequest
+from stores.model_registry import ModelRegistry, ModelVersion
+from tests.conftest import ADMIN_KEY, INGEST_KEY
+from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+
+pytestmark = pytest.mark.kafka
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
+JOBS = "/v1/training/jobs"
+TRAIN_TIMEOUT_S = 180.0
+
+
+@pytest.fixture
+async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The API alone; yields the app and a client."""
+    app = create_app(settings, run_consumers=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
+            yield app, client
+
+
+async def _wait_finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + TRAIN_TIMEOUT_S
+    while asyncio.get_running_loop().time() < deadline:
+        response = await client.get(f"{JOBS}/{job_id}", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        if response.json()["status"] in ("succeeded", "failed"):
+            return response.json()
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish within {TRAIN_TIMEOUT_S:.0f}s")
+
+
+async def test_jobs_need_the_admin_key(edge) -> None:  # type: ignore[no-untyped-def]
+    _, client = edge
+    body = {"model": "mf", "data": "synthetic", "epochs": 1}
+    for headers in ({}, {"X-API-Key": INGEST_KEY}, {"X-API-Key": "nope"}):
+        for response in (
+            await client.post(JOBS, json=body, headers=headers),
+            await client.get(JOBS, headers=headers),
+            await client.get(f"{JOBS}/abc", headers=headers),
+        ):
+            assert response.status_code == 401, response.text
+            assert "admin key" in response.json()["message"]
+    assert (await client.get(JOBS, headers=ADMIN)).json()["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"data": "/etc/passwd"}, "data"),
+        ({"data": "../../var/ratings.csv"}, "data"),
+        ({"data": "ml-100k"}, "data"),
+        ({"model": "dqn"}, "model"),
+        ({"model": "../mf"}, "model"),
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 101}, "epochs"),
+        ({"batch_size": 10_000_000}, "batch_size"),
+        ({"lr": 0}, "lr"),
+        ({"protocol": "everything"}, "protocol"),
+        ({"path": "/tmp/x"}, "path"),
+    ],
+)
+async def test_requests_outside_the_bounds_are_422(edge, change: dict, field: str) -> None:  # type: ignore[no-untyped-def]
+    _, client = edge
+    body = {"model": "mf", "data": "synthetic", "epochs": 1, **change}
+    response = await client.post(JOBS, json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["message"] and "Traceback" not in response.text
+    assert (await client.get(JOBS, headers=ADMIN)).json()["jobs"] == []
+
+
+async def test_a_synthetic_job_trains_and_registers_a_version(edge) -> None:  # type: ignore[no-untyped-def]
+    _, client = edge
+    body = {"model": "mf", "data": "synthetic", "epochs": 1}
+    response = await client.post(JOBS, json=body, headers=ADMIN)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] in ("queued", "running")
+    job = await _wait_finished(client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["stage"] == "finished" and job["error"] is None
+    assert job["model_version"] == {"name": "mf", "version": 1, "active": True}
+    assert job["test_metrics"]["ndcg@10"] >= 0.0
+    assert job["started_at"] <= job["finished_at"]
+    listed = (await client.get("/v1/models/mf")).json()
+    assert listed["active_version"] == 1
+    assert listed["versions"][0]["metrics"]["dataset"] == "synthetic"
+    assert listed["versions"][0]["metrics"]["test"] == job["test_metrics"]
+    jobs = (await client.get(JOBS, headers=ADMIN)).json()["jobs"]
+    assert [j["id"] for j in jobs] == [job["id"]]
+
+
+async def test_a_failing_job_reports_its_error(edge) -> None:  # type: ignore[no-untyped-def]
+    _, client = edge
+    body = {"model": "mf", "data": "archive", "epochs": 1}  # the archive is empty
+    response = await client.post(JOBS, json=body, headers=ADMIN)
+    assert response.status_code == 202, response.text
+    job = await _wait_finished(client, response.json()["id"])
+    assert job["status"] == "failed" and job["model_version"] is None
+    assert "no interactions" in job["error"], job["error"]
+    assert (await client.get("/v1/models")).json()["models"] == []
+
+
+async def test_unknown_job_is_404(edge) -> None:  # type: ignore[no-untyped-def]
+    _, client = edge
+    response = await client.get(f"{JOBS}/0123456789abcdef", headers=ADMIN)
+    assert response.status_code == 404, response.text
+    assert "no training job" in response.json()["message"]
+
+
+class _GatedRunner:
+    """Stands in for the trainer: blocks until released, counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def __call__(self, request: TrainingJobRequest, services: Services,
+                 models: ModelRegistry, stage: StageCallback) -> ModelVersion:  # fmt: skip
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        stage("training")
+        try:
+            assert self.release.wait(TRAIN_TIMEOUT_S)
+            torch.manual_seed(request.seed)
+            net = DuelingDQN(
+                DuelingDQNConfig(state_dim=3, item_dim=2, hidden=(4,), adv_hidden=(2,))
+            )
+            return models.register("dqn", net.eval())
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def test_one_job_at_a_time_and_a_full_queue_is_503(edge) -> None:  # type: ignore[no-untyped-def]
+    app, client = edge
+    runtime, runner = app.state.runtime, _GatedRunner()
+    registry = ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+    jobs = TrainingJobs(runtime.services, registry, run=runner, max_queued=1)
+    jobs.start()
+    app.state.training_jobs = jobs
+    try:
+        body = {"model": "mf", "data": "synthetic"}
+        first = (await client.post(JOBS, json={**body, "seed": 1}, headers=ADMIN)).json()
+        while (await client.get(f"{JOBS}/{first['id']}", headers=ADMIN)).json()["stage"] != (
+            "training"
+        ):
+            await asyncio.sleep(0.02)
+        second = await client.post(JOBS, json={**body, "seed": 2}, headers=ADMIN)
+        assert second.status_code == 202 and second.json()["status"] == "queued"
+        third = await client.post(JOBS, json={**body, "seed": 3}, headers=ADMIN)
+        assert third.status_code == 503, third.text
+        assert "queue is full" in third.json()["message"]
+        runner.release.set()
+        finished = [await _wait_finished(client, j) for j in (first["id"], second.json()["id"])]
+    finally:
+        runner.release.set()
+        await jobs.stop()
+    assert [j["status"] for j in finished] == ["succeeded", "succeeded"]
+    assert [j["model_version"]["version"] for j in finished] == [1, 2]
+    assert runner.most_at_once == 1
