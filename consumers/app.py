@@ -80,11 +80,14 @@ def build_consumer_broker(
     metrics: Metrics,
     groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
     vector_store: VectorStore | None = None,
+    learner: online_rl.OnlineLearner | None = None,
 ) -> KafkaBroker:
     """A broker with one batch subscriber per consumer group; start it to consume.
 
     ``vector_store``: the process's store, needed by the vectors group (Edge opens a shard
     once per process, so the API passes its own); the caller opens and closes it.
+    ``learner``: the online-RL group's learner, when the caller wants to watch it (the
+    simulator); one is built from the settings otherwise.
     """
     broker = ConsumerBroker(
         services.kafka_bootstrap,
@@ -110,7 +113,7 @@ def build_consumer_broker(
         updater = vectors_updater(services, vector_store)
         vectors.register(broker, updater, dead_letters, metrics, settings)
     if ConsumerGroup.ONLINE_RL in groups:
-        learner = online_learner(services)
+        learner = learner or online_learner(services)
         online_rl.register(broker, learner, dead_letters, metrics, settings)
     return broker
 

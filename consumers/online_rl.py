@@ -198,7 +198,7 @@ class FeedbackJoiner:
         while self._n_early > self._max_open:
             _, dropped = self._early.popitem(last=False)
             self._n_early -= len(dropped)
-            self.skipped["unmatched_feedback"] += len(dropped)
+            self.skipped["feedback_without_slate"] += len(dropped)
 
     def _match(self, fb: Feedback) -> OpenSlate | None:
         if fb.request_id is not None:
@@ -245,7 +245,7 @@ class FeedbackJoiner:
     def _expire_early(self, horizon: float) -> None:
         for user_id, waiting in list(self._early.items()):
             kept = [fb for fb in waiting if fb.ts >= horizon]
-            self.skipped["unmatched_feedback"] += len(waiting) - len(kept)
+            self.skipped["feedback_without_slate"] += len(waiting) - len(kept)
             self._n_early -= len(waiting) - len(kept)
             if kept:
                 self._early[user_id] = kept

@@ -23,6 +23,7 @@ import numpy as np
 
 from core.errors import ConfigurationError, InvalidInput, NotFound
 from core.ids import IdRegistry
+from schemas.events import PolicyLog
 from stores.model_registry import ModelRegistry
 from trainer.doc2vec import Doc2VecModel
 from trainer.models.dueling_dqn import DuelingDQN
@@ -121,6 +122,19 @@ class Reranked:
     state: np.ndarray  # (S,) the user state the Q-values were computed for
     exploration: Exploration
     propensities: list[float]  # per item of ``items``
+
+    def policy_log(self) -> PolicyLog:
+        """What goes into the slate's impression for the online learner (schemas.events)."""
+        explore = self.exploration
+        return PolicyLog(
+            policy_version=self.dqn_version,
+            content_version=self.doc2vec_version,
+            state=[round(float(x), 6) for x in self.state],
+            exploration=explore.method,
+            epsilon=explore.epsilon if explore.method == "epsilon_greedy" else None,
+            temperature=explore.temperature if explore.method == "softmax" else None,
+            propensities=self.propensities,
+        )
 
 
 @dataclass(frozen=True)

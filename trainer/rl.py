@@ -83,11 +83,12 @@ def content_vectors(
     registry does not know, rows past the table (items newer than the model) and all-zero rows
     (items without text, which Doc2Vec never saw)."""
     index = ids.lookup(IdKind.ITEM, item_ids)
-    found = {}
-    for item_id, row in index.items():
-        if row < table.shape[0] and np.any(table[row]):
-            found[item_id] = table[row]
-    return found
+    names = [name for name, row in index.items() if row < table.shape[0]]
+    if not names:
+        return {}
+    vectors = table[[index[name] for name in names]]  # (n, D), one gather for all
+    has_text = vectors.any(axis=1)  # (n,)
+    return {name: vectors[i] for i, name in enumerate(names) if has_text[i]}
 
 
 def state_from_history(
@@ -258,10 +259,10 @@ class ReplayBuffer:
 
     def _take(self, rows: np.ndarray) -> ReplaySample:
         return ReplaySample(
-            states=self._states[rows], candidates=self._candidates[rows].astype(np.int64),
+            states=self._states[rows], candidates=_trim(self._candidates[rows]),
             actions=self._actions[rows].astype(np.int64), rewards=self._rewards[rows],
             next_states=self._next_states[rows],
-            next_candidates=self._next_candidates[rows].astype(np.int64),
+            next_candidates=_trim(self._next_candidates[rows]),
             done=self._done[rows],
         )  # fmt: skip
 
@@ -270,6 +271,14 @@ class ReplayBuffer:
         n = min(n, self.size)
         rows = (np.arange(self._next - n, self._next) % self.capacity).astype(np.int64)
         return self._take(rows)
+
+
+def _trim(candidates: np.ndarray) -> np.ndarray:
+    """(B, K') int64 without the padding columns no row uses: the ring is as wide as the
+    largest slate allowed, a batch only as wide as its largest slate (slates of 10 in a ring
+    of 50 would otherwise cost five times the compute)."""
+    width = max(int((candidates >= 0).sum(axis=1).max(initial=0)), 1)
+    return candidates[:, :width].astype(np.int64)
 
 
 # -- learning ---------------------------------------------------------------------------------

@@ -151,20 +151,11 @@ async def _rerank_dqn(
         return _Reranked(items[:k], note=str(exc))
     by_id = {i.item_id: i for i in items}
     reordered = [by_id[i].model_copy(update={"q_value": q}) for i, q in ranked.items]
-    explore = ranked.exploration
-    policy_log = PolicyLog(
-        policy_version=ranked.dqn_version,
-        content_version=ranked.doc2vec_version,
-        state=[round(float(x), 6) for x in ranked.state],
-        exploration=explore.method,
-        epsilon=explore.epsilon if explore.method == "epsilon_greedy" else None,
-        temperature=explore.temperature if explore.method == "softmax" else None,
-        propensities=ranked.propensities,
-    )
+    policy_log = ranked.policy_log()
     if ranked.dqn_version is None:
         note = "no dqn version is active yet: the base order is served (and logged for learning)"
         return _Reranked(reordered, note=note, log=policy_log)
-    by = RerankedBy(version=ranked.dqn_version, exploration=explore.method)
+    by = RerankedBy(version=ranked.dqn_version, exploration=ranked.exploration.method)
     return _Reranked(reordered, by, log=policy_log)
 
 

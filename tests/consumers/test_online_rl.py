@@ -131,7 +131,7 @@ def test_feedback_outside_the_window_or_the_slate_earns_nothing() -> None:
     joiner.observe([_click("i1", at=WINDOW + 2, request_id="r1")])  # its slate has closed
     joiner.observe([_tick(at=3 * WINDOW)])
     # The 4 above, and the first tick (a click no slate showed), once its window passed.
-    assert joiner.skipped["unmatched_feedback"] == 5
+    assert joiner.skipped["feedback_without_slate"] == 5
 
 
 def test_slates_without_a_usable_policy_log_are_skipped_with_a_reason() -> None:
@@ -161,7 +161,7 @@ def test_open_slates_and_waiting_feedback_are_bounded() -> None:
         assert joiner.open_slates <= 3
     joiner.observe([_click("i1", at=1, user=f"stray{n}") for n in range(10)])
     assert joiner.skipped["closed_early"] == 7
-    assert joiner.skipped["unmatched_feedback"] == 7  # 10 waiting clicks, 3 kept
+    assert joiner.skipped["feedback_without_slate"] == 7  # 10 waiting clicks, 3 kept
     # Slates closed early by the bound are not lost: their transitions come out at once.
     assert len(closed) == 7 and len(joiner.flush()) == 3
 

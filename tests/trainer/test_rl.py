@@ -78,7 +78,8 @@ def test_replay_memory_is_bounded_and_keeps_the_newest() -> None:
     np.testing.assert_array_equal(newest.rewards, np.arange(1800, 2000, dtype=np.float32))
     last = newest.candidates[-1]  # i = 1999: 5 candidates 1999 % 50 ..
     np.testing.assert_array_equal(last, [49, 0, 1, 2, 3])
-    np.testing.assert_array_equal(newest.next_candidates[-1], [49, 0, 1, 2, -1])
+    # Batches are only as wide as their widest slate: every next slate here has 4 items.
+    np.testing.assert_array_equal(newest.next_candidates[-1], [49, 0, 1, 2])
     sampled = set(buf.sample(1000).rewards.tolist())  # uniform: only the newest, most of them
     assert sampled <= set(map(float, range(1800, 2000))) and len(sampled) > 180
 
@@ -105,14 +106,16 @@ def test_replay_rejects_transitions_that_do_not_fit() -> None:
 
 
 def test_to_batch_looks_up_vectors_and_masks_padding() -> None:
-    buf = ReplayBuffer(4, state_dim=4, max_candidates=3)
+    buf = ReplayBuffer(4, state_dim=4, max_candidates=4)
     buf.push(Transition(np.zeros(4), [2, 0], 1, 1.0, np.ones(4), [1], False))
+    buf.push(Transition(np.zeros(4), [1, 2, 0], 1, 1.0, np.ones(4), [], False))
     table = np.arange(6, dtype=np.float32).reshape(3, 2)  # item i = [2i, 2i+1]
-    batch = buf.newest(1).to_batch(table)
-    assert batch.items.shape == (1, 3, 2)
+    batch = buf.newest(2).to_batch(table)
+    # As wide as the widest slate of the batch (3), not the ring (4); padding is masked.
+    assert batch.items.shape == (2, 3, 2)
     torch.testing.assert_close(batch.items[0, :2], torch.tensor([[4.0, 5.0], [0.0, 1.0]]))
-    assert batch.mask.tolist() == [[True, True, False]]
-    assert batch.next_mask.tolist() == [[True, False, False]]
+    assert batch.mask.tolist() == [[True, True, False], [True, True, True]]
+    assert batch.next_mask.tolist() == [[True], [False]]
     with pytest.raises(InvalidInput, match="outside the item matrix of 2 rows"):
         buf.newest(1).to_batch(table[:2])
 
