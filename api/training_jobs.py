@@ -29,7 +29,6 @@ from schemas.api import (
     JobStage,
     JobStatus,
     ModelVersionRef,
-    TrainableModel,
     TrainingJob,
     TrainingJobRequest,
 )
@@ -50,22 +49,17 @@ TrainingRunner = Callable[
 def run_training(
     request: TrainingJobRequest, services: Services, models: ModelRegistry, stage: StageCallback
 ) -> ModelVersion:
-    """``streamrec train`` for one request (blocking; call it in a thread).
-
-    A thin adapter: ``trainer.cli.train`` is a CLI command (it prints and returns nothing), so
-    this calls the helpers it is built from, with the API's connections.
-    """
-    from trainer.cli import _load_data, _train_doc2vec, _train_torch
+    """``streamrec train`` for one request (blocking; call it in a thread): the same
+    ``trainer.cli.train_model``, with the API's connections."""
+    from trainer.cli import load_data, train_model
 
     stage("loading data")
-    raw = _load_data(request.data, services.engine, request.seed)
+    raw = load_data(request.data, services.engine, request.seed)
     stage("training")
-    if request.model == TrainableModel.DOC2VEC:
-        return _train_doc2vec(raw, services.ids, models, request.seed, request.activate)
     options = {"epochs": request.epochs, "batch_size": request.batch_size, "lr": request.lr,
                "patience": request.patience, "seed": request.seed, "threads": 0}  # fmt: skip
-    return _train_torch(request.model.value, raw, services.ids, models, request.protocol,
-                        options, request.exclude_seen, request.activate)  # fmt: skip
+    return train_model(request.model.value, raw, services.ids, models, request.protocol,
+                       options, request.exclude_seen, request.activate)  # fmt: skip
 
 
 @dataclass

@@ -71,7 +71,8 @@ def _services(var_dir: Path | None) -> tuple[Engine, ModelRegistry]:
     return engine, ModelRegistry(engine, settings.var_dir / "models")
 
 
-def _load_data(source: str, engine: Engine, seed: int) -> InteractionData:
+def load_data(source: str, engine: Engine, seed: int) -> InteractionData:
+    """``synthetic``, ``archive`` (the SQL interactions) or a MovieLens folder."""
     if source == "synthetic":
         return synthetic(seed=seed)
     if source == "archive":
@@ -104,15 +105,11 @@ def train(
     """Train a model on a dataset and register it as a new version (`var/models/<name>/vN`)."""
     try:
         engine, models = _services(var_dir)
-        raw = _load_data(data, engine, seed)
-        ids = IdRegistry(engine)
-        if model == ModelName.doc2vec:
-            version = _train_doc2vec(raw, ids, models, seed, activate)
-        else:
-            opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-                    "seed": seed, "threads": threads}  # fmt: skip
-            version = _train_torch(model.value, raw, ids, models, protocol.value, opts,
-                                   exclude_seen, activate)  # fmt: skip
+        raw = load_data(data, engine, seed)
+        opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
+                "seed": seed, "threads": threads}  # fmt: skip
+        version = train_model(model.value, raw, IdRegistry(engine), models, protocol.value,
+                              opts, exclude_seen, activate, show_progress=True)  # fmt: skip
     except (StreamrecError, OSError, ValueError) as error:
         raise _fail(error) from None
     console.print(f"registered [bold]{version.name} v{version.version}[/]"
@@ -120,6 +117,20 @@ def train(
     test = version.metrics.get("test", {})
     if test:
         console.print(_metric_table({f"{version.name} v{version.version}": test}))
+
+
+def train_model(
+    name: str, raw: InteractionData, ids: IdRegistry, models: ModelRegistry, protocol: str,
+    opts: dict[str, Any], exclude_seen: bool = True, activate: bool = True,
+    show_progress: bool = False,
+) -> Any:  # fmt: skip
+    """Train model ``name`` on ``raw`` and register it: what ``streamrec train`` and the API's
+    training jobs both run. ``opts``: epochs, batch_size, lr, patience, seed, threads (None
+    keeps the model's default); ``show_progress`` draws a progress bar on the console."""
+    if name == ModelName.doc2vec.value:
+        return _train_doc2vec(raw, ids, models, opts.get("seed") or 0, activate)
+    return _train_torch(name, raw, ids, models, protocol, opts, exclude_seen, activate,
+                        show_progress)  # fmt: skip
 
 
 def _train_doc2vec(raw: InteractionData, ids: IdRegistry, models: ModelRegistry, seed: int,
@@ -135,7 +146,7 @@ def _train_doc2vec(raw: InteractionData, ids: IdRegistry, models: ModelRegistry,
 
 def _train_torch(
     name: str, raw: InteractionData, ids: IdRegistry, models: ModelRegistry, protocol: str,
-    opts: dict[str, Any], exclude_seen: bool, activate: bool,
+    opts: dict[str, Any], exclude_seen: bool, activate: bool, show_progress: bool,
 ) -> Any:  # fmt: skip
     from trainer.data import build
     from trainer.evaluate import evaluate, make_validator, protocol_split
@@ -148,9 +159,9 @@ def _train_torch(
     config = train_config(name, **opts)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=True) as progress:
-        validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
-        history = fit(net, inter.subset(split.train), validate, config, progress)
+    validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
+    with Progress(*columns, console=console, transient=True, disable=not show_progress) as bar:
+        history = fit(net, inter.subset(split.train), validate, config, bar)
     test = evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
     metrics = {"protocol": protocol, "dataset": raw.name, "exclude_seen": exclude_seen,
                "test": test, **history.as_dict()}  # fmt: skip
@@ -196,7 +207,7 @@ def _evaluate_version(
 
     net = models.load(name, version)
     found = models.get(name, version) if version is not None else models.active(name)
-    inter = build(_load_data(data, engine, seed), IdRegistry(engine))
+    inter = build(load_data(data, engine, seed), IdRegistry(engine))
     net.adapt(inter)  # ids registered after training get fresh rows
     split = protocol_split(inter, protocol, seed=seed, click=name == "wide_deep")
     return evaluate(net, inter, split, protocol, exclude_seen=exclude_seen), found
