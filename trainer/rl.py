@@ -300,8 +300,13 @@ class DQNLearner:
         self.online = model.train()
         self.target = copy.deepcopy(model).eval()
         self.target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay)  # fmt: skip
+        # Parameter lists held once, and multi-tensor (foreach) kernels: at these sizes a step
+        # is bound by per-tensor call overhead, not arithmetic.
+        self._online_params = list(self.online.parameters())
+        self._target_params = list(self.target.parameters())
+        self.optimizer = torch.optim.Adam(self._online_params, lr=self.config.lr,
+                                          weight_decay=self.config.weight_decay,
+                                          foreach=True)  # fmt: skip
         self.steps = 0
 
     @torch.no_grad()
@@ -324,7 +329,7 @@ class DQNLearner:
         loss = F.huber_loss(q_taken, target, delta=self.config.huber_delta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self._online_params, self.config.grad_clip, foreach=True)
         self.optimizer.step()
         self.steps += 1
         self._sync_target()
@@ -333,8 +338,7 @@ class DQNLearner:
     @torch.no_grad()
     def _sync_target(self) -> None:
         if self.config.tau > 0.0:  # Polyak averaging: θ' ← (1 - τ)θ' + τθ
-            for t, o in zip(self.target.parameters(), self.online.parameters(), strict=True):
-                t.lerp_(o, self.config.tau)
+            torch._foreach_lerp_(self._target_params, self._online_params, self.config.tau)
         elif self.steps % self.config.target_sync_every == 0:
             self.target.load_state_dict(self.online.state_dict())
 
