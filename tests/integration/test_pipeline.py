@@ -319,7 +319,7 @@ async def test_ops_lag_endpoint(app_client) -> None:  # type: ignore[no-untyped-
     async def drained() -> bool:
         body = (await client.get("/v1/ops/lag")).json()
         ends = sum(p["end_offset"] for g in body["groups"] for p in g["partitions"])
-        return body["total_lag"] == 0 and ends == 9  # 3 ratings, read by 3 groups
+        return body["total_lag"] == 0 and ends == 12  # 3 ratings, read by 4 groups
 
     await wait_until(drained)
     body = (await client.get("/v1/ops/lag")).json()
@@ -337,4 +337,9 @@ async def test_ops_lag_endpoint(app_client) -> None:  # type: ignore[no-untyped-
             "streamrec.impressions",
         },
         "streamrec-vectors": {"streamrec.ratings", "streamrec.clicks"},
+        "streamrec-online-rl": {
+            "streamrec.impressions",
+            "streamrec.clicks",
+            "streamrec.ratings",
+        },
     }
