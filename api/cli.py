@@ -97,6 +97,12 @@ def register(app: typer.Typer) -> None:
                 "for the embedded all-in-one system"
             )
             raise typer.Exit(2)
+        if workers > 1 and settings.embedded_qdrant:
+            console.print(
+                "[red]error:[/] Qdrant Edge opens its shards in one process only: set "
+                "STREAMREC_QDRANT_URL to a Qdrant server to run several workers"
+            )
+            raise typer.Exit(2)
         try:
             settings.require_api_keys()
         except StreamrecError as exc:

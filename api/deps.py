@@ -20,18 +20,19 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async on purpose: FastAPI runs a sync dependency in a worker thread, two hops per request.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_features(runtime: RuntimeDep) -> FeatureStore:
+async def get_features(runtime: RuntimeDep) -> FeatureStore:
     return runtime.features
 
 
-def get_publisher(runtime: RuntimeDep) -> EventPublisher:
+async def get_publisher(runtime: RuntimeDep) -> EventPublisher:
     return runtime.publisher
 
 
@@ -50,7 +51,9 @@ def _matches(given: str | None, *keys: SecretStr | None) -> bool:
     )
 
 
-def require_ingest_key(runtime: RuntimeDep, key: str | None = Security(_api_key_header)) -> None:
+async def require_ingest_key(
+    runtime: RuntimeDep, key: str | None = Security(_api_key_header)
+) -> None:
     """Writes need the ingest key (the admin key also works)."""
     settings = runtime.settings
     if not _matches(key, settings.ingest_api_key, settings.admin_api_key):
@@ -60,7 +63,9 @@ def require_ingest_key(runtime: RuntimeDep, key: str | None = Security(_api_key_
         )
 
 
-def require_admin_key(runtime: RuntimeDep, key: str | None = Security(_api_key_header)) -> None:
+async def require_admin_key(
+    runtime: RuntimeDep, key: str | None = Security(_api_key_header)
+) -> None:
     if not _matches(key, runtime.settings.admin_api_key):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -73,12 +78,11 @@ AdminKey = Depends(require_admin_key)
 
 
 # -- model registry and training jobs (api/routers/models.py, training.py) ----------------------
-def get_model_registry(runtime: RuntimeDep) -> ModelRegistry:
-    """The registry the trainer and the DQN edge use: ``<var_dir>/models`` indexed in SQL."""
-    return ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+async def get_model_registry(runtime: RuntimeDep) -> ModelRegistry:
+    return runtime.model_registry()
 
 
-def get_training_jobs(request: Request) -> TrainingJobs:
+async def get_training_jobs(request: Request) -> TrainingJobs:
     """Created by the training router's lifespan (api/routers/training.py)."""
     return request.app.state.training_jobs
 

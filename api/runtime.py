@@ -44,13 +44,16 @@ class Runtime:
         if self.item_meta is None:
             self.item_meta = ItemMetaCache(self.features)
         if self.rl is None:
-            registry = ModelRegistry(self.services.engine, self.settings.var_dir / "models")
-            active = ActiveModels(registry, self.settings.model_reload_seconds)
+            active = ActiveModels(self.model_registry(), self.settings.model_reload_seconds)
             exploration = Exploration(
                 self.settings.rl_exploration, self.settings.rl_epsilon,
                 self.settings.rl_temperature,
             )  # fmt: skip
             self.rl = RLServer(active, self.services.ids, exploration)
+
+    def model_registry(self) -> ModelRegistry:
+        """The registry the trainer and the DQN edge use: ``<var_dir>/models`` indexed in SQL."""
+        return ModelRegistry(self.services.engine, self.settings.var_dir / "models")
 
     def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
         """Run work after the response; keep a reference and log failures, never lose them."""

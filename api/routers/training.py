@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, status
 
-from api.deps import AdminKey, TrainingJobsDep, get_model_registry
+from api.deps import AdminKey, TrainingJobsDep
 from api.training_jobs import TrainingJobs
 from schemas.api import ErrorBody, TrainingJob, TrainingJobList, TrainingJobRequest
 
@@ -22,7 +22,7 @@ from schemas.api import ErrorBody, TrainingJob, TrainingJobList, TrainingJobRequ
 async def run_training_jobs(app: FastAPI) -> AsyncIterator[None]:
     """The job worker lives as long as the app (nested in its lifespan, after the runtime)."""
     runtime = app.state.runtime
-    jobs = TrainingJobs(runtime.services, get_model_registry(runtime))
+    jobs = TrainingJobs(runtime.services, runtime.model_registry())
     jobs.start()
     app.state.training_jobs = jobs
     try:
