@@ -3,9 +3,13 @@
 ``load_movielens(path)`` reads any MovieLens release a user downloads:
 
 * the "latest" CSV layout (ml-latest, ml-25m, and ``../shared/data/ml-100k``):
-  ``ratings.csv`` + ``movies.csv`` (+ optional ``users.csv``);
-* ml-100k's original ``u.data`` (tab-separated) + ``u.item`` (pipe-separated, genre flags);
-* ml-1m / ml-10m ``ratings.dat`` + ``movies.dat`` (``::``-separated).
+  ``ratings.csv`` + ``movies.csv`` (+ optional ``users.csv``: userId,age,gender,occupation);
+* ml-100k's original ``u.data`` (tab-separated) + ``u.item`` (pipe-separated, genre flags)
+  (+ ``u.user``);
+* ml-1m / ml-10m ``ratings.dat`` + ``movies.dat`` (``::``-separated) (+ ``users.dat``).
+
+User demographics are optional everywhere: releases without them (ml-latest, ml-10m) give an
+empty ``InteractionData.users`` and the models that use them fall back to ids alone.
 
 ``synthetic(...)`` generates a stream with power-law users and items, genre clusters and
 time order, so everything but the MovieLens tests runs on data the project makes itself.
@@ -66,13 +70,25 @@ class Item:
     text: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    """Demographics where a dataset has them (ml-100k, ml-1m); any field may be unknown.
+    ml-1m codes age and occupation as numbers; they are kept as the strings found."""
+
+    user_id: str
+    age: int | None = None
+    gender: str | None = None
+    occupation: str | None = None
+
+
 @dataclass
 class InteractionData:
-    """Ratings in event-time order plus the catalog they refer to."""
+    """Ratings in event-time order plus the catalog (and users, when known) they refer to."""
 
     name: str
     ratings: list[Rating]
     items: dict[str, Item] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -86,6 +102,27 @@ def _year(title: str) -> int | None:
 def _item(item_id: str, title: str, genres: tuple[str, ...]) -> Item:
     genres = tuple(g for g in genres if g and g != "(no genres listed)")
     return Item(item_id=item_id, title=title.strip(), genres=genres, year=_year(title))
+
+
+def _user(user_id: str, age: str, gender: str, occupation: str) -> User:
+    age = age.strip()
+    return User(user_id, int(age) if age.isdigit() else None, gender.strip() or None,
+                occupation.strip() or None)  # fmt: skip
+
+
+def _read_users(path: Path, sep: str, columns: tuple[int, int, int]) -> dict[str, User]:
+    """A ``sep``-separated users file with the user id first and age, gender, occupation at
+    ``columns``; a missing file gives no users."""
+    if not path.is_file():
+        return {}
+    users: dict[str, User] = {}
+    with path.open(encoding="latin-1") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split(sep)
+            if len(fields) > max(columns):
+                age, gender, occupation = (fields[c] for c in columns)
+                users[fields[0]] = _user(fields[0], age, gender, occupation)
+    return users
 
 
 def detect_movielens_layout(path: Path) -> str:
@@ -102,7 +139,10 @@ def detect_movielens_layout(path: Path) -> str:
     )
 
 
-def _read_csv(path: Path) -> tuple[list[Rating], dict[str, Item]]:
+Reader = tuple[list[Rating], dict[str, Item], dict[str, User]]
+
+
+def _read_csv(path: Path) -> Reader:
     ratings: list[Rating] = []
     with (path / "ratings.csv").open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -116,10 +156,17 @@ def _read_csv(path: Path) -> tuple[list[Rating], dict[str, Item]]:
             for row in csv.DictReader(handle):
                 genres = tuple(row["genres"].split("|"))
                 items[row["movieId"]] = _item(row["movieId"], row["title"], genres)
-    return ratings, items
+    users: dict[str, User] = {}
+    people = path / "users.csv"
+    if people.is_file():
+        with people.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                fields = (row.get(c) or "" for c in ("age", "gender", "occupation"))
+                users[row["userId"]] = _user(row["userId"], *fields)
+    return ratings, items, users
 
 
-def _read_ml100k(path: Path) -> tuple[list[Rating], dict[str, Item]]:
+def _read_ml100k(path: Path) -> Reader:
     ratings: list[Rating] = []
     with (path / "u.data").open(encoding="latin-1") as handle:
         for line in handle:
@@ -137,10 +184,11 @@ def _read_ml100k(path: Path) -> tuple[list[Rating], dict[str, Item]]:
                 flags = fields[5 : 5 + len(ML100K_GENRES)]
                 genres = tuple(g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1")
                 items[fields[0]] = _item(fields[0], fields[1], genres)
-    return ratings, items
+    # u.user: user id | age | gender | occupation | zip code
+    return ratings, items, _read_users(path / "u.user", "|", (1, 2, 3))
 
 
-def _read_dat(path: Path) -> tuple[list[Rating], dict[str, Item]]:
+def _read_dat(path: Path) -> Reader:
     ratings: list[Rating] = []
     with (path / "ratings.dat").open(encoding="latin-1") as handle:
         for line in handle:
@@ -155,7 +203,8 @@ def _read_dat(path: Path) -> tuple[list[Rating], dict[str, Item]]:
                 if line.strip():
                     item, title, genres = line.rstrip("\n").split("::")
                     items[item] = _item(item, title, tuple(genres.split("|")))
-    return ratings, items
+    # users.dat: UserID::Gender::Age::Occupation::Zip-code (age and occupation are codes)
+    return ratings, items, _read_users(path / "users.dat", "::", (2, 1, 3))
 
 
 _READERS = {"csv": _read_csv, "ml-100k": _read_ml100k, "dat": _read_dat}
@@ -166,9 +215,9 @@ def load_movielens(path: str | Path) -> InteractionData:
     folder = Path(path)
     if not folder.is_dir():
         raise InvalidInput(f"MovieLens folder {folder} does not exist")
-    ratings, items = _READERS[detect_movielens_layout(folder)](folder)
+    ratings, items, users = _READERS[detect_movielens_layout(folder)](folder)
     ratings.sort(key=lambda r: r.ts)  # stable: ties keep file order
-    return InteractionData(name=folder.name, ratings=ratings, items=items)
+    return InteractionData(name=folder.name, ratings=ratings, items=items, users=users)
 
 
 SYNTHETIC_GENRES = (

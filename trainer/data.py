@@ -9,14 +9,15 @@ sizes at build time, so rows may exist for items a given dataset never mentions.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 
 import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
-from core.datasets import InteractionData, Item, Rating
+from core.datasets import InteractionData, Item, Rating, User
 from core.errors import InvalidInput
 from core.ids import IdKind, IdRegistry
 from stores.catalog import InteractionRow, ItemRow
@@ -36,6 +37,10 @@ class Interactions:
     n_items: int  # item registry size when built
     genres: tuple[str, ...]  # genre vocabulary (sorted)
     item_genres: np.ndarray  # (n_items, n_genres) float32 multi-hot
+    # Demographic features ("age=25-34", "gender=F", "occupation=writer"), empty when the data
+    # has none; rows of user_features are registry user indices (zeros: unknown).
+    user_feature_names: tuple[str, ...] = ()
+    user_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -47,6 +52,13 @@ class Interactions:
             self, users=self.users[idx], items=self.items[idx],
             ratings=self.ratings[idx], ts=self.ts[idx],
         )  # fmt: skip
+
+    @cached_property
+    def known_keys(self) -> np.ndarray:
+        """Sorted unique ``user * n_items + item`` of every row: the membership index negative
+        sampling checks draws against. Cached because it is the same every epoch and building
+        it (a sort of all rows) used to be most of a BPR epoch."""
+        return np.unique(self.users * self.n_items + self.items)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -65,6 +77,7 @@ def build(data: InteractionData, registry: IdRegistry) -> Interactions:
     user_map = registry.assign(IdKind.USER, (r.user_id for r in data.ratings))
     n_users, n_items = registry.size(IdKind.USER), registry.size(IdKind.ITEM)
     genres = tuple(sorted({g for item in data.items.values() for g in item.genres}))
+    feature_names, features = user_feature_matrix(data.users, user_map, n_users)
     return Interactions(
         users=np.fromiter((user_map[r.user_id] for r in data.ratings), np.int64, len(data)),
         items=np.fromiter((item_map[r.item_id] for r in data.ratings), np.int64, len(data)),
@@ -74,6 +87,8 @@ def build(data: InteractionData, registry: IdRegistry) -> Interactions:
         n_items=n_items,
         genres=genres,
         item_genres=item_genre_matrix(data.items, item_map, genres, n_items),
+        user_feature_names=feature_names,
+        user_features=features,
     )
 
 
@@ -91,6 +106,44 @@ def item_genre_matrix(
             if genre in column:
                 matrix[row, column[genre]] = 1.0
     return matrix
+
+
+# MovieLens 1M's age groups; ml-1m stores the group's lower bound, ml-100k exact ages.
+AGE_GROUPS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"),
+              (56, "50-55"))  # fmt: skip
+
+
+def age_group(age: int) -> str:
+    for upper, label in AGE_GROUPS:
+        if age < upper:
+            return label
+    return "56+"
+
+
+def user_feature_names(user: User) -> list[str]:
+    """The one-hot features of one user: age group, gender, occupation (whichever are known)."""
+    names = []
+    if user.age is not None:
+        names.append(f"age={age_group(user.age)}")
+    if user.gender:
+        names.append(f"gender={user.gender}")
+    if user.occupation:
+        names.append(f"occupation={user.occupation}")
+    return names
+
+
+def user_feature_matrix(
+    users: dict[str, User], user_map: dict[str, int], n_users: int
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """The feature vocabulary (sorted) and an (n_users, n_features) float32 multi-hot matrix
+    of the users in ``user_map`` (others, and users without demographics, are all zeros)."""
+    per_user = {user_map[u]: user_feature_names(user) for u, user in users.items() if u in user_map}
+    vocab = tuple(sorted({name for names in per_user.values() for name in names}))
+    column = {name: j for j, name in enumerate(vocab)}
+    matrix = np.zeros((n_users, len(vocab)), dtype=np.float32)
+    for row, names in per_user.items():
+        matrix[row, [column[n] for n in names]] = 1.0
+    return vocab, matrix
 
 
 def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> InteractionData:
@@ -282,17 +335,24 @@ def sample_negatives(
 ) -> np.ndarray:
     """(len(users), n) uniform items each user has not interacted with in ``train``.
 
-    Rejection sampling against the sorted set of user·n_items + item keys; only clashing draws
-    are redrawn, so rounds get cheap fast. A user who has seen every item keeps a clash.
+    Rejection sampling against the sorted ``train.known_keys`` (binary search, not ``np.isin``,
+    which re-sorts everything on every call); only clashing draws are redrawn, so rounds get
+    cheap fast. A user who has seen every item keeps a clash.
     """
-    known = np.unique(train.users * train.n_items + train.items)
+    known = train.known_keys
     neg = rng.integers(0, train.n_items, size=(len(users), n))
+    if len(known) == 0:
+        return neg
+    todo = np.arange(neg.size)  # flat positions still to check
+    flat_users = np.repeat(users, n)
+    flat = neg.reshape(-1)
     for _ in range(100):
-        keys = users[:, None] * train.n_items + neg
-        clash = np.isin(keys, known)
-        if not clash.any():
+        keys = flat_users[todo] * train.n_items + flat[todo]
+        pos = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+        todo = todo[known[pos] == keys]
+        if len(todo) == 0:
             break
-        neg[clash] = rng.integers(0, train.n_items, size=int(clash.sum()))
+        flat[todo] = rng.integers(0, train.n_items, size=len(todo))
     return neg
 
 

@@ -131,6 +131,16 @@ def test_sampled_negatives_avoid_known_items() -> None:
     assert set(neg[:, 0].tolist()) <= {3, 4}
 
 
+def test_negatives_of_a_subset_use_the_subsets_items() -> None:
+    # known_keys is cached per Interactions: a subset (a train split) must not inherit it.
+    inter = _inter([0, 0, 0, 1], [0, 1, 2, 3], n_items=5)
+    rng = np.random.default_rng(0)
+    sample_negatives(inter, np.zeros(10, dtype=np.int64), 1, rng)  # fills the cache
+    train = inter.subset(np.array([0, 3]))  # user 0 keeps item 0 only
+    neg = sample_negatives(train, np.zeros(300, dtype=np.int64), 2, rng)
+    assert set(neg.reshape(-1).tolist()) == {1, 2, 3, 4}
+
+
 def test_batches_have_the_shapes_models_expect() -> None:
     inter = _inter([0, 0, 1, 1, 1], [0, 1, 2, 3, 4])
     rng = np.random.default_rng(0)

@@ -1,9 +1,13 @@
 """Wide & Deep (Cheng et al. 2016) as a click model: P(rating >= threshold | user, item).
 
 Wide: per-item and per-user biases, genre weights and userxgenre crosses (one weight per user
-and genre, i.e. a linear model over the crossed one-hot features). Deep: an MLP over user,
-item and genre embeddings. A dot product of the user and item embeddings is added to the logit
-so that the embeddings also work as retrieval vectors (see ``user_vectors``).
+and genre, i.e. a linear model over the crossed one-hot features); with demographics (age
+group, gender, occupation: ``Interactions.user_features``) also their weights and
+demographicxgenre crosses. Deep: an MLP over user, item and genre embeddings, plus the
+demographics' embedding when the data has them. Without demographics the model is exactly the
+ids-and-genres one (same parameters), so older checkpoints still load. A dot product of the
+user and item embeddings is added to the logit so that the embeddings also work as retrieval
+vectors (see ``user_vectors``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class WideDeepConfig:
     n_users: int = 0
     n_items: int = 0
     genres: tuple[str, ...] = ()  # genre vocabulary: the columns of item_genres
+    user_features: tuple[str, ...] = ()  # demographic vocabulary: the columns of user_feats
     dim: int = 32
     hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
@@ -53,16 +58,43 @@ class WideDeep(Recommender):
         nn.init.normal_(self.user_emb.weight, 0.0, self.init_std)
         nn.init.normal_(self.item_emb.weight, 0.0, self.init_std)
         self.genre_emb = nn.Linear(n_genres, config.dim, bias=False)
-        self.deep = mlp((3 * config.dim, *config.hidden), config.dropout)
+        n_feats = len(config.user_features)
+        if n_feats:  # only with demographics, so a model without them keeps its old state dict
+            self.register_buffer("user_feats", torch.zeros(config.n_users, n_feats))
+            self.feat_w = nn.Linear(n_feats, 1, bias=False)
+            self.feat_cross = nn.Parameter(torch.zeros(n_feats, n_genres))  # demographic x genre
+            nn.init.zeros_(self.feat_w.weight)
+            self.feat_emb = nn.Linear(n_feats, config.dim, bias=False)
+        self.deep = mlp(((3 + bool(n_feats)) * config.dim, *config.hidden), config.dropout)
         self.deep_out = nn.Linear(config.hidden[-1], 1)
+
+    @property
+    def has_user_features(self) -> bool:
+        return bool(self.config.user_features)
 
     @classmethod
     def config_from_data(cls, config_cls: type, inter: Interactions, **overrides: Any) -> Any:
-        return super().config_from_data(config_cls, inter, **{"genres": inter.genres, **overrides})
+        from_data = {"genres": inter.genres, "user_features": inter.user_feature_names}
+        return super().config_from_data(config_cls, inter, **{**from_data, **overrides})
 
     def adapt(self, inter: Interactions) -> None:
         super().adapt(inter)
         self.set_item_genres(inter)
+        self.set_user_features(inter)
+
+    def set_user_features(self, inter: Interactions) -> None:
+        """Fill demographic rows from ``inter``, mapped onto this model's vocabulary (features
+        the model does not know are ignored; users without any stay all zeros)."""
+        if not self.has_user_features:
+            return
+        names = inter.user_feature_names
+        cols = [names.index(f) if f in names else -1 for f in self.config.user_features]
+        matrix = np.zeros((self.n_users, len(cols)), dtype=np.float32)
+        rows = min(self.n_users, inter.user_features.shape[0])
+        for j, col in enumerate(cols):
+            if col >= 0:
+                matrix[:rows, j] = inter.user_features[:rows, col]
+        self.user_feats = torch.from_numpy(matrix)
 
     def set_item_genres(self, inter: Interactions) -> None:
         """Fill item genre rows from ``inter``'s catalog, mapped onto this model's vocabulary."""
@@ -74,11 +106,23 @@ class WideDeep(Recommender):
         self.item_genres = torch.from_numpy(matrix)
 
     def grow(self, n_users: int, n_items: int) -> None:
-        extra = n_items - self.n_items
+        extra, extra_users = n_items - self.n_items, n_users - self.n_users
         super().grow(n_users, n_items)
-        if extra > 0:  # unknown genres until set_item_genres is called with the new catalog
+        # Unknown genres / demographics until adapt() fills them from the new data.
+        if extra > 0:
             pad = torch.zeros(extra, self.item_genres.shape[1])
             self.item_genres = torch.cat([self.item_genres, pad])
+        if extra_users > 0 and self.has_user_features:
+            pad = torch.zeros(extra_users, self.user_feats.shape[1])
+            self.user_feats = torch.cat([self.user_feats, pad])
+
+    def _genre_weights(self, users: Tensor) -> Tensor:
+        """(N, n_genres) per-user genre weights of the wide part: the user's own crosses plus,
+        with demographics, the crosses of the user's age group, gender and occupation."""
+        w = self.cross(users)
+        if self.has_user_features:
+            w = w + self.user_feats[users] @ self.feat_cross
+        return w
 
     def _genre_features(self, items: Tensor) -> Tensor:
         g = self.item_genres[items]  # (N, n_genres) multi-hot
@@ -90,10 +134,14 @@ class WideDeep(Recommender):
         u, v = self.user_emb(users), self.item_emb(items)  # (N, dim) each
         wide = (
             self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0]
-            + self.genre_w(g)[:, 0] + (self.cross(users) * g).sum(-1)
+            + self.genre_w(g)[:, 0] + (self._genre_weights(users) * g).sum(-1)
         )  # fmt: skip
-        deep_in = torch.cat([u, v, self.genre_emb(self._genre_features(items))], dim=1)
-        deep = self.deep_out(self.deep(deep_in))[:, 0]
+        parts = [u, v, self.genre_emb(self._genre_features(items))]
+        if self.has_user_features:
+            f = self.user_feats[users]  # (N, n_feats) multi-hot
+            wide = wide + self.feat_w(f)[:, 0]
+            parts.append(self.feat_emb(f / f.sum(-1, keepdim=True).clamp(min=1.0)))
+        deep = self.deep_out(self.deep(torch.cat(parts, dim=1)))[:, 0]
         return wide + deep + (u * v).sum(-1)
 
     def loss(self, batch: Batch) -> Tensor:
@@ -102,10 +150,11 @@ class WideDeep(Recommender):
         )
 
     def user_vectors(self, query: Query) -> Tensor:
-        # [cross_u, u, 1] · [genres_i, v_i, wide_item_i] is the logit without the MLP and the
-        # user bias (which does not change a user's ranking): exact for the wide part.
+        # [genre weights_u, u, 1] · [genres_i, v_i, wide_item_i] is the logit without the MLP
+        # and the user-only terms (bias, demographic weights: they do not change a user's
+        # ranking): exact for the wide part.
         u = self.user_emb(query.users)  # (B, dim)
-        return torch.cat([self.cross(query.users), u, torch.ones_like(u[:, :1])], dim=1)
+        return torch.cat([self._genre_weights(query.users), u, torch.ones_like(u[:, :1])], dim=1)
 
     def item_vectors(self) -> Tensor:
         g = self.item_genres  # (n_items, n_genres)
