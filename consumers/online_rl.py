@@ -297,6 +297,7 @@ class LearnerConfig:
     train_every: int = 8
     snapshot_every_updates: int = 500
     snapshot_seconds: float = 60.0
+    keep_snapshots: int = 20  # the learner's older inactive versions are deleted
     seed: int = 0
 
     @classmethod
@@ -309,6 +310,7 @@ class LearnerConfig:
             train_every=settings.rl_train_every,
             snapshot_every_updates=settings.rl_snapshot_every_updates,
             snapshot_seconds=settings.rl_snapshot_seconds,
+            keep_snapshots=settings.rl_keep_snapshots,
         )
 
 
@@ -477,7 +479,17 @@ class OnlineLearner:
         self._since_snapshot = 0
         self._last_snapshot = self._clock()
         log.info("published dqn v%d after %d updates", version, learner.steps)
+        self._prune_snapshots()
         return version
+
+    def _prune_snapshots(self) -> None:
+        """Keep the newest ``keep_snapshots`` of this group's dqn versions: one every few
+        seconds would otherwise fill the disk. Versions trained elsewhere, and the active one,
+        are never touched."""
+        ours = [v for v in self._registry.list(DQN)
+                if v.data_window.get("source") == GROUP and not v.active]  # fmt: skip
+        for old in ours[: max(0, len(ours) - (self.config.keep_snapshots - 1))]:
+            self._registry.delete(DQN, old.version)
 
     def schedule_training(self) -> None:
         """Start a training pass in a worker thread unless one is running (event loop only)."""

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     rl_train_every: Annotated[int, Field(ge=1, le=10_000)] = 8
     rl_snapshot_every_updates: Annotated[int, Field(ge=1, le=10_000_000)] = 500
     rl_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    # The online learner's snapshots kept in the registry (older inactive ones are deleted).
+    rl_keep_snapshots: Annotated[int, Field(ge=1, le=100_000)] = 20
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)

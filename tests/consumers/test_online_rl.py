@@ -17,7 +17,7 @@ from consumers.online_rl import FeedbackJoiner, LearnerConfig, OnlineLearner
 from core.ids import IdKind
 from core.settings import Settings
 from schemas.events import ClickEvent, Event, ImpressionEvent, PolicyLog, RatingEvent
-from tests.api.test_rl import DIM, S, _doc2vec, _registry, edge  # noqa: F401  (edge: fixture)
+from tests.api.test_rl import DIM, S, _doc2vec, _dqn, _registry, edge  # noqa: F401  (edge: fixture)
 from tests.conftest import INGEST_KEY, wait_until
 from trainer.policy import ActiveModels
 from trainer.rl import Transition
@@ -215,6 +215,23 @@ async def test_learner_trains_off_the_stream_and_its_snapshot_is_served_next_req
     response = await client.post("/v1/rank", json={"user_id": "u1", "item_ids": items})
     assert response.status_code == 200, response.text
     assert response.json()["version"] == 4  # the newest snapshot, no restart
+
+
+async def test_only_the_newest_snapshots_are_kept(
+    edge: tuple[Any, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    runtime, _ = edge
+    registry = _registry(runtime)
+    registry.register("doc2vec", _doc2vec(runtime), activate=True)
+    registry.register("dqn", _dqn(0))  # v1, trained elsewhere, inactive
+    learner = _learner(runtime, train_every=4, snapshot_every_updates=5, keep_snapshots=2)
+    learner.observe(_real_slates(20, ["m0", "m1", "m2", "m3"]))
+    learner.flush()
+    learner.train_due()  # 20 updates: snapshots v2..v5
+    assert learner.snapshots == [2, 3, 4, 5]
+    kept = {v.version: v.active for v in registry.list("dqn")}
+    assert kept == {1: False, 4: False, 5: True}  # v1 is not the learner's; v5 is active
+    assert not registry.version_dir("dqn", 2).exists()
 
 
 async def test_learner_restarts_from_the_active_policy(
