@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -66,6 +67,7 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
             store = await asyncio.to_thread(open_vector_store, settings)
         broker = build_consumer_broker(services, Metrics(), groups, store)
         await broker.start()
+        gc.freeze()  # start-up objects live as long as the process: keep them out of full GCs
         log.info("consuming as %s; Ctrl-C to stop", ", ".join(g.value for g in groups))
         try:
             await stop.wait()
