@@ -396,7 +396,10 @@ def sequence_windows(
     Predicting every next item inside a window trains on all prefixes at once, which is what
     RecBole's per-prefix augmentation does at a fraction of the cost. A target whose input is
     padding (the first item, predicted from nothing) is masked to 0 as well. A ``stride``
-    below max_len overlaps the windows, so more targets are predicted from a long context.
+    below max_len overlaps the windows so that every target is predicted from at least
+    max_len - stride earlier items (or all of them, near the start): each target is kept once,
+    in the window where its context is longest (a window's first max_len - stride targets are
+    masked when the window before it already has them), as in RecBole's per-prefix training.
     """
     step = stride if 0 < stride < max_len else max_len
     inputs, targets = [], []
@@ -405,8 +408,11 @@ def sequence_windows(
             window = seq[max(0, end - max_len - 1) : end] + 1
             pad = max_len + 1 - len(window)
             window = np.concatenate([np.zeros(pad, dtype=np.int64), window])
+            target = np.where(window[:-1] > 0, window[1:], 0)
+            if end - step > 1:  # an earlier window predicts all but the last `step` targets
+                target[: max_len - step] = 0
             inputs.append(window[:-1])
-            targets.append(np.where(window[:-1] > 0, window[1:], 0))
+            targets.append(target)
     if not inputs:
         raise InvalidInput("no user has two or more interactions to learn a sequence from")
     return np.stack(inputs), np.stack(targets)

@@ -116,7 +116,8 @@ def test_overlapping_windows() -> None:
     inter = _inter([0] * 7, [0, 1, 2, 3, 4, 5, 6])
     inputs, targets = sequence_windows(inter, max_len=4, stride=2)
     assert inputs.tolist() == [[3, 4, 5, 6], [1, 2, 3, 4], [0, 0, 1, 2]]
-    assert targets.tolist() == [[4, 5, 6, 7], [2, 3, 4, 5], [0, 0, 2, 3]]
+    # each target once, where its context is longest: only the last 2 of a later window
+    assert targets.tolist() == [[0, 0, 6, 7], [0, 0, 4, 5], [0, 0, 2, 3]]
 
 
 def test_pad_sequences_keeps_recent_items() -> None:
