@@ -146,9 +146,6 @@ class _Pair:
     dqn: DuelingDQN
     table: np.ndarray
 
-    def state(self, ids: IdRegistry, recent: Sequence[str], stats: Mapping[str, str]) -> np.ndarray:
-        return state_from_history(ids, self.table, recent, stats)
-
     def q_values(self, state: np.ndarray, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
         """(C,) Q-values of the items of ``vectors`` (at least one), in their order."""
         return self.dqn.q_values(state, np.stack(list(vectors.values())))
@@ -213,7 +210,8 @@ class RLServer:
                 f"{_name_some(missing)} (unknown item, newer than that version, or without "
                 "text): leave them out of item_ids or retrain doc2vec"
             )
-        q = pair.q_values(pair.state(self._ids, recent_item_ids, stats), vectors)
+        state = state_from_history(self._ids, pair.table, recent_item_ids, stats)
+        q = pair.q_values(state, vectors)
         items = list(vectors)
         scored = [(items[i], float(q[i])) for i in np.argsort(-q, kind="stable")]
         return Ranked(pair.dqn_version, pair.doc2vec_version, scored)

@@ -315,9 +315,8 @@ class OnlineLoop:
         self.services, self.world, self.config = services, world, config
         self.registry = ModelRegistry(services.engine, settings.var_dir / "models")
         models = ActiveModels(self.registry, check_every_s=0.0)  # every snapshot at once
-        self.learner = OnlineLearner(models, self.registry, services.ids,
-                                     LearnerConfig.from_settings(settings))  # fmt: skip
-        self.learner.config = replace(self.learner.config, seed=config.seed)
+        learning = replace(LearnerConfig.from_settings(settings), seed=config.seed)
+        self.learner = OnlineLearner(models, self.registry, services.ids, learning)
         self.groups = [ConsumerGroup.FEATURES.value, ConsumerGroup.ONLINE_RL.value]
         self.broker = build_consumer_broker(
             services, Metrics(), [ConsumerGroup(g) for g in self.groups], learner=self.learner
@@ -327,6 +326,8 @@ class OnlineLoop:
         exploration = Exploration(config.exploration, config.epsilon, config.temperature)  # type: ignore[arg-type]
         self.server = RLServer(models, services.ids, exploration, seed=config.seed)
         self.index = {item: i for i, item in enumerate(world.item_ids)}
+        # Simulated time starts an hour after the past ends (computed once: it is read per slate).
+        self.start_ts = max(r.ts for r in world.past.ratings) + 3600.0
 
     async def start(self, on_stage: Callable[[str], None]) -> None:
         from producers.replay import replay
@@ -394,10 +395,6 @@ class OnlineLoop:
                                      variant=VARIANT, ts=clicked_at))  # fmt: skip
         await self.publisher.publish_many(events)
         return len(slate), slate[hits]
-
-    @property
-    def start_ts(self) -> float:
-        return max(r.ts for r in self.world.past.ratings) + 3600.0
 
 
 def _time(seconds: float) -> datetime:
