@@ -131,6 +131,10 @@ async def test_clicks_of_one_cluster_drive_sasrec_and_mf_within_a_second(
     answers: dict[str, dict[str, Any]] = {}
 
     async def reflected() -> bool:
+        # Two consumer groups: the vectors one writes the user vector, the features one the
+        # seen set the edge excludes; recommendations reflect the clicks once both have.
+        if not set(clicked) <= await runtime.features.seen_items("newcomer"):
+            return False
         for model in ("sasrec", "mf"):
             body = await _recs(client, "newcomer", model)
             if body["fallback"] or len(body["items"]) < 10:
