@@ -41,6 +41,10 @@ class Interactions:
     # has none; rows of user_features are registry user indices (zeros: unknown).
     user_feature_names: tuple[str, ...] = ()
     user_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # Item features besides genres ("year=1995", "decade=1990s"), the same way round: rows are
+    # registry item indices, empty when the catalog has no release years.
+    item_feature_names: tuple[str, ...] = ()
+    item_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -78,6 +82,7 @@ def build(data: InteractionData, registry: IdRegistry) -> Interactions:
     n_users, n_items = registry.size(IdKind.USER), registry.size(IdKind.ITEM)
     genres = tuple(sorted({g for item in data.items.values() for g in item.genres}))
     feature_names, features = user_feature_matrix(data.users, user_map, n_users)
+    item_names, item_features = item_feature_matrix(data.items, item_map, n_items)
     return Interactions(
         users=np.fromiter((user_map[r.user_id] for r in data.ratings), np.int64, len(data)),
         items=np.fromiter((item_map[r.item_id] for r in data.ratings), np.int64, len(data)),
@@ -89,6 +94,8 @@ def build(data: InteractionData, registry: IdRegistry) -> Interactions:
         item_genres=item_genre_matrix(data.items, item_map, genres, n_items),
         user_feature_names=feature_names,
         user_features=features,
+        item_feature_names=item_names,
+        item_features=item_features,
     )
 
 
@@ -138,10 +145,31 @@ def user_feature_matrix(
     """The feature vocabulary (sorted) and an (n_users, n_features) float32 multi-hot matrix
     of the users in ``user_map`` (others, and users without demographics, are all zeros)."""
     per_user = {user_map[u]: user_feature_names(user) for u, user in users.items() if u in user_map}
-    vocab = tuple(sorted({name for names in per_user.values() for name in names}))
+    return _multi_hot(per_user, n_users)
+
+
+def item_feature_names(item: Item) -> list[str]:
+    """The one-hot features of one item besides its genres: its release year, as a category
+    (RecBole's ``release_year:token``), and its decade, which old and rare years share."""
+    if item.year is None:
+        return []
+    return [f"year={item.year}", f"decade={item.year // 10 * 10}s"]
+
+
+def item_feature_matrix(
+    items: dict[str, Item], item_map: dict[str, int], n_items: int
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """The item feature vocabulary (sorted) and an (n_items, n_features) multi-hot matrix,
+    like ``user_feature_matrix``."""
+    per_item = {item_map[i]: item_feature_names(item) for i, item in items.items() if i in item_map}
+    return _multi_hot(per_item, n_items)
+
+
+def _multi_hot(per_row: dict[int, list[str]], n_rows: int) -> tuple[tuple[str, ...], np.ndarray]:
+    vocab = tuple(sorted({name for names in per_row.values() for name in names}))
     column = {name: j for j, name in enumerate(vocab)}
-    matrix = np.zeros((n_users, len(vocab)), dtype=np.float32)
-    for row, names in per_user.items():
+    matrix = np.zeros((n_rows, len(vocab)), dtype=np.float32)
+    for row, names in per_row.items():
         matrix[row, [column[n] for n in names]] = 1.0
     return vocab, matrix
 

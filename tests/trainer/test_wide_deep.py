@@ -14,6 +14,7 @@ from trainer.data import Interactions, age_group, build, random_split
 from trainer.evaluate import evaluate_click
 from trainer.loop import TrainConfig, fit
 from trainer.models import build_model
+from trainer.models.base import Query
 from trainer.models.wide_deep import WideDeep
 
 SMALL = {"dim": 8, "hidden": (16, 8)}
@@ -109,3 +110,78 @@ def test_demographics_survive_save_load_and_growth(registry: IdRegistry, tmp_pat
         loaded.grow(inter.n_users + 2, inter.n_items)
         assert loaded.user_feats.shape == (inter.n_users + 2, 3)
         assert torch.equal(loaded.logits(users, items), model.logits(users, items))
+
+
+def test_release_years_go_through_the_registry(registry: IdRegistry) -> None:
+    items = {"old": Item("old", "Old (1972)", ("A",), 1972), "new": Item("new", "", ("A",), 1995),
+             "undated": Item("undated", "", ("A",))}  # fmt: skip
+    rows = [Rating("u", "new", 4, 1), Rating("u", "old", 3, 2), Rating("u", "undated", 3, 3)]
+    inter = build(InteractionData("hand", rows, items), registry)
+    assert inter.item_feature_names == ("decade=1970s", "decade=1990s", "year=1972", "year=1995")
+    index = registry.lookup(IdKind.ITEM, ["old", "new", "undated"])
+    assert inter.item_features[index["old"]].tolist() == [1, 0, 1, 0]
+    assert inter.item_features[index["new"]].tolist() == [0, 1, 0, 1]
+    assert inter.item_features[index["undated"]].tolist() == [0, 0, 0, 0]
+
+
+def _taste_by_era(registry: IdRegistry, with_years: bool) -> Interactions:
+    """Everyone likes the 1970s and dislikes the 1990s: an item's year alone predicts the
+    label (genres and users carry no signal)."""
+    rng = np.random.default_rng(0)
+    items = {f"i{n}": Item(f"i{n}", "", ("A",), (1975 if n % 2 else 1995) if with_years else None)
+             for n in range(60)}  # fmt: skip
+    rows = [Rating(f"u{u}", f"i{i}", 5.0 if i % 2 else 1.0, t)
+            for t, (u, i) in enumerate(zip(rng.integers(0, 50, 3000), rng.integers(0, 60, 3000),
+                                           strict=True))]  # fmt: skip
+    return build(InteractionData("era", rows, items), registry)
+
+
+def _cold_item_auc(inter: Interactions, registry: IdRegistry) -> float:
+    """AUC on items never seen in training (half old, half new): only their release year can
+    tell them apart."""
+    cold_ids = registry.lookup(IdKind.ITEM, [f"i{n}" for n in range(20)]).values()
+    cold = np.isin(inter.items, list(cold_ids))
+    model = build_model("wide_deep", inter, **SMALL)
+    config = TrainConfig(epochs=8, batch_size=256, lr=1e-2, threads=1, patience=8)
+    fit(model, inter.subset(np.flatnonzero(~cold)), None, config)
+    with torch.no_grad():  # as a new item starts: no id signal
+        model.item_emb.weight[np.unique(inter.items[cold])] = 0.0
+    return evaluate_click(model, inter, np.flatnonzero(cold))["auc"]
+
+
+def test_release_years_predict_cold_items(registry: IdRegistry) -> None:
+    assert _cold_item_auc(_taste_by_era(registry, with_years=True), registry) > 0.9
+
+
+def test_without_years_cold_items_are_a_guess(registry: IdRegistry) -> None:
+    inter = _taste_by_era(registry, with_years=False)
+    assert inter.item_feature_names == ()
+    assert not hasattr(build_model("wide_deep", inter, **SMALL), "item_feat_w")
+    assert abs(_cold_item_auc(inter, registry) - 0.5) < 0.1
+
+
+def test_release_years_survive_save_load_growth_and_item_vectors(
+    registry: IdRegistry, tmp_path: Path
+) -> None:
+    inter = _taste_by_era(registry, with_years=True)
+    model = build_model("wide_deep", inter, **SMALL)
+    fit(model, inter, None, TrainConfig(epochs=2, threads=1))
+    model.save_artifacts(tmp_path)
+    loaded = WideDeep.load_artifacts(tmp_path)
+    assert loaded.config.item_features == ("decade=1970s", "decade=1990s", "year=1975",
+                                           "year=1995")  # fmt: skip
+    users, items = torch.as_tensor(inter.users[:50]), torch.as_tensor(inter.items[:50])
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(users, items), model.eval().logits(users, items))
+        loaded.grow(inter.n_users, inter.n_items + 3)
+        assert loaded.item_feats.shape == (inter.n_items + 3, 4)
+        assert torch.equal(loaded.logits(users, items), model.logits(users, items))
+        # The retrieval vectors carry the year's wide weight: their dot product still ranks
+        # a user's items as the wide part does.
+        query = Query(users=users[:1])
+        dots = loaded.user_vectors(query) @ loaded.item_vectors().T  # (1, n_items + 3)
+        assert dots.shape == (1, inter.n_items + 3)
+        year_w = loaded.item_feat_w(loaded.item_feats)[:, 0]
+        without = dots[0] - year_w
+        loaded.item_feat_w.weight.zero_()
+        assert torch.allclose(loaded.user_vectors(query) @ loaded.item_vectors().T, without[None])

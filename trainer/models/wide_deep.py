@@ -4,7 +4,9 @@ Wide: per-item and per-user biases, genre weights and userxgenre crosses (one we
 and genre, i.e. a linear model over the crossed one-hot features); with demographics (age
 group, gender, occupation: ``Interactions.user_features``) also their weights and
 demographicxgenre crosses. Deep: an MLP over user, item and genre embeddings, plus the
-demographics' embedding when the data has them. Without demographics the model is exactly the
+demographics' embedding when the data has them. Item features besides genres (release year and
+decade: ``Interactions.item_features``, RecBole's ``release_year``) likewise get wide weights and
+a deep embedding. Without demographics or item features the model is exactly the
 ids-and-genres one (same parameters), so older checkpoints still load. A dot product of the
 user and item embeddings is added to the logit so that the embeddings also work as retrieval
 vectors (see ``user_vectors``).
@@ -30,6 +32,7 @@ class WideDeepConfig:
     n_items: int = 0
     genres: tuple[str, ...] = ()  # genre vocabulary: the columns of item_genres
     user_features: tuple[str, ...] = ()  # demographic vocabulary: the columns of user_feats
+    item_features: tuple[str, ...] = ()  # year/decade vocabulary: the columns of item_feats
     dim: int = 32
     hidden: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
@@ -65,56 +68,53 @@ class WideDeep(Recommender):
             self.feat_cross = nn.Parameter(torch.zeros(n_feats, n_genres))  # demographic x genre
             nn.init.zeros_(self.feat_w.weight)
             self.feat_emb = nn.Linear(n_feats, config.dim, bias=False)
-        self.deep = mlp(((3 + bool(n_feats)) * config.dim, *config.hidden), config.dropout)
+        n_item_feats = len(config.item_features)
+        if n_item_feats:
+            self.register_buffer("item_feats", torch.zeros(config.n_items, n_item_feats))
+            self.item_feat_w = nn.Linear(n_item_feats, 1, bias=False)
+            nn.init.zeros_(self.item_feat_w.weight)
+            self.item_feat_emb = nn.Linear(n_item_feats, config.dim, bias=False)
+        n_parts = 3 + bool(n_feats) + bool(n_item_feats)
+        self.deep = mlp((n_parts * config.dim, *config.hidden), config.dropout)
         self.deep_out = nn.Linear(config.hidden[-1], 1)
 
     @property
     def has_user_features(self) -> bool:
         return bool(self.config.user_features)
 
+    @property
+    def has_item_features(self) -> bool:
+        return bool(self.config.item_features)
+
     @classmethod
     def config_from_data(cls, config_cls: type, inter: Interactions, **overrides: Any) -> Any:
-        from_data = {"genres": inter.genres, "user_features": inter.user_feature_names}
+        from_data = {"genres": inter.genres, "user_features": inter.user_feature_names,
+                     "item_features": inter.item_feature_names}  # fmt: skip
         return super().config_from_data(config_cls, inter, **{**from_data, **overrides})
 
     def adapt(self, inter: Interactions) -> None:
+        """Grow, then fill the feature tables from ``inter``, each mapped onto this model's own
+        vocabulary: features the model does not know are ignored, rows without any stay zero."""
         super().adapt(inter)
-        self.set_item_genres(inter)
-        self.set_user_features(inter)
-
-    def set_user_features(self, inter: Interactions) -> None:
-        """Fill demographic rows from ``inter``, mapped onto this model's vocabulary (features
-        the model does not know are ignored; users without any stay all zeros)."""
-        if not self.has_user_features:
-            return
-        names = inter.user_feature_names
-        cols = [names.index(f) if f in names else -1 for f in self.config.user_features]
-        matrix = np.zeros((self.n_users, len(cols)), dtype=np.float32)
-        rows = min(self.n_users, inter.user_features.shape[0])
-        for j, col in enumerate(cols):
-            if col >= 0:
-                matrix[:rows, j] = inter.user_features[:rows, col]
-        self.user_feats = torch.from_numpy(matrix)
-
-    def set_item_genres(self, inter: Interactions) -> None:
-        """Fill item genre rows from ``inter``'s catalog, mapped onto this model's vocabulary."""
-        cols = [inter.genres.index(g) if g in inter.genres else -1 for g in self.config.genres]
-        matrix = np.zeros((self.n_items, len(cols)), dtype=np.float32)
-        for j, col in enumerate(cols):
-            if col >= 0:
-                matrix[: inter.item_genres.shape[0], j] = inter.item_genres[:, col]
-        self.item_genres = torch.from_numpy(matrix)
+        self.item_genres = _columns(self.config.genres, inter.genres, inter.item_genres,
+                                    self.n_items)  # fmt: skip
+        if self.has_user_features:
+            self.user_feats = _columns(self.config.user_features, inter.user_feature_names,
+                                       inter.user_features, self.n_users)  # fmt: skip
+        if self.has_item_features:
+            self.item_feats = _columns(self.config.item_features, inter.item_feature_names,
+                                       inter.item_features, self.n_items)  # fmt: skip
 
     def grow(self, n_users: int, n_items: int) -> None:
         extra, extra_users = n_items - self.n_items, n_users - self.n_users
         super().grow(n_users, n_items)
-        # Unknown genres / demographics until adapt() fills them from the new data.
+        # Unknown genres / features until adapt() fills them from the new data.
         if extra > 0:
-            pad = torch.zeros(extra, self.item_genres.shape[1])
-            self.item_genres = torch.cat([self.item_genres, pad])
+            self.item_genres = _pad_rows(self.item_genres, extra)
+            if self.has_item_features:
+                self.item_feats = _pad_rows(self.item_feats, extra)
         if extra_users > 0 and self.has_user_features:
-            pad = torch.zeros(extra_users, self.user_feats.shape[1])
-            self.user_feats = torch.cat([self.user_feats, pad])
+            self.user_feats = _pad_rows(self.user_feats, extra_users)
 
     def _genre_weights(self, users: Tensor) -> Tensor:
         """(N, n_genres) per-user genre weights of the wide part: the user's own crosses plus,
@@ -124,10 +124,6 @@ class WideDeep(Recommender):
             w = w + self.user_feats[users] @ self.feat_cross
         return w
 
-    def _genre_features(self, items: Tensor) -> Tensor:
-        g = self.item_genres[items]  # (N, n_genres) multi-hot
-        return g / g.sum(-1, keepdim=True).clamp(min=1.0)  # mean over the item's genres
-
     def logits(self, users: Tensor, items: Tensor) -> Tensor:
         """(N,) click logits of N (user, item) pairs."""
         g = self.item_genres[items]  # (N, n_genres)
@@ -136,11 +132,15 @@ class WideDeep(Recommender):
             self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0]
             + self.genre_w(g)[:, 0] + (self._genre_weights(users) * g).sum(-1)
         )  # fmt: skip
-        parts = [u, v, self.genre_emb(self._genre_features(items))]
+        parts = [u, v, self.genre_emb(_mean(g))]  # mean over the item's genres
         if self.has_user_features:
             f = self.user_feats[users]  # (N, n_feats) multi-hot
             wide = wide + self.feat_w(f)[:, 0]
-            parts.append(self.feat_emb(f / f.sum(-1, keepdim=True).clamp(min=1.0)))
+            parts.append(self.feat_emb(_mean(f)))
+        if self.has_item_features:
+            f = self.item_feats[items]  # (N, n_item_feats) multi-hot
+            wide = wide + self.item_feat_w(f)[:, 0]
+            parts.append(self.item_feat_emb(_mean(f)))
         deep = self.deep_out(self.deep(torch.cat(parts, dim=1)))[:, 0]
         return wide + deep + (u * v).sum(-1)
 
@@ -159,6 +159,8 @@ class WideDeep(Recommender):
     def item_vectors(self) -> Tensor:
         g = self.item_genres  # (n_items, n_genres)
         item_wide = self.item_bias.weight + self.genre_w(g)  # (n_items, 1)
+        if self.has_item_features:
+            item_wide = item_wide + self.item_feat_w(self.item_feats)
         return torch.cat([g, self.item_emb.weight, item_wide], dim=1)
 
     def full_scores(self, query: Query) -> Tensor:
@@ -175,3 +177,26 @@ class WideDeep(Recommender):
     def score(self, query: Query, items: Tensor) -> Tensor:
         b, c = items.shape
         return self.logits(query.users.repeat_interleave(c), items.reshape(-1)).view(b, c)
+
+
+def _mean(multi_hot: Tensor) -> Tensor:
+    """(N, F) multi-hot rows scaled to sum to 1 (all-zero rows stay zero)."""
+    return multi_hot / multi_hot.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+def _pad_rows(table: Tensor, extra: int) -> Tensor:
+    return torch.cat([table, torch.zeros(extra, table.shape[1])])
+
+
+def _columns(
+    vocab: tuple[str, ...], data_vocab: tuple[str, ...], data: np.ndarray, n_rows: int
+) -> Tensor:
+    """``data``'s columns rearranged into ``vocab``'s order as an (n_rows, len(vocab)) table:
+    columns ``data`` lacks, and rows past its end, are zeros."""
+    index = {name: j for j, name in enumerate(data_vocab)}
+    matrix = np.zeros((n_rows, len(vocab)), dtype=np.float32)
+    rows = min(n_rows, data.shape[0])
+    for j, name in enumerate(vocab):
+        if name in index:
+            matrix[:rows, j] = data[:rows, index[name]]
+    return torch.from_numpy(matrix)
