@@ -44,6 +44,8 @@ MODELS: dict[str, ModelSpec] = {
     # 0.0595). lr 2e-3 and RecBole's post-norm blocks both tested worse here. Each target is
     # trained once, from its longest context (sequence_windows): over seeds 2020/1/2 NDCG@10
     # 0.0572 (0.0550 to 0.0587) against 0.0550 (0.0499 to 0.0595) with overlapping targets twice.
+    # Windows every 10 items: mean 0.0591 over seeds 2020/1/2/3 against 0.0575, twice the time,
+    # within seed noise (README, Measured), so not adopted.
     "sasrec": ModelSpec(
         SASRecConfig, SASRec, {"stride": 25}, {"batch_size": 128, "epochs": 60, "patience": 8}
     ),
