@@ -3,6 +3,8 @@
     python benchmarks/offline_vs_recbole.py                   # both sides (installs RecBole)
     python benchmarks/offline_vs_recbole.py --ours-only       # streamrec only, no install
     python benchmarks/offline_vs_recbole.py --models bpr,pop  # a subset
+    python benchmarks/offline_vs_recbole.py --models sasrec --ours-only --seed 1 \
+        --model-set stride=10 --train-set lr=5e-4                # try one setting
 
 Pairs and protocols (RecBole's defaults for ml-100k, see /work/shared/peers/recbole.md):
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,8 +68,8 @@ from core.ids import IdRegistry  # noqa: E402
 from stores.schema import create_schema  # noqa: E402
 from trainer.data import Interactions, build, sample_negatives  # noqa: E402
 from trainer.evaluate import evaluate, make_validator, protocol_split  # noqa: E402
-from trainer.loop import fit  # noqa: E402
-from trainer.models import build_model, train_config  # noqa: E402
+from trainer.loop import TrainConfig, fit  # noqa: E402
+from trainer.models import MODELS, build_model, train_config  # noqa: E402
 from trainer.models.base import Query, Recommender  # noqa: E402
 
 PEERS = ROOT / "benchmarks" / "peers"
@@ -134,7 +137,14 @@ def recbole_pop_counts(train: Interactions, seed: int, batch_size: int = 2048) -
     return counts
 
 
-def run_ours(name: str, inter: Interactions, seed: int, threads: int) -> dict[str, Any]:
+def run_ours(
+    name: str,
+    inter: Interactions,
+    seed: int,
+    threads: int,
+    model_set: dict[str, Any] | None = None,
+    train_set: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     _, protocol, _ = PAIRS[name]
     click = name == "wide_deep"
     exclude_seen = name != "sasrec"  # RecBole hides seen items for general models only
@@ -145,9 +155,10 @@ def run_ours(name: str, inter: Interactions, seed: int, threads: int) -> dict[st
         model: Recommender = Popularity(train)
         epochs = 0
     else:
-        model = build_model(name, inter, seed=seed)
+        model = build_model(name, inter, seed=seed, **(model_set or {}))
         validate = make_validator(model, inter, split, protocol, exclude_seen=exclude_seen)
-        history = fit(model, train, validate, train_config(name, seed=seed, threads=threads))
+        overrides = {"seed": seed, "threads": threads, **(train_set or {})}
+        history = fit(model, train, validate, train_config(name, **overrides))
         epochs = len(history.epochs)
     seconds = time.perf_counter() - started
     result = evaluate(model, inter, split, protocol, exclude_seen=exclude_seen)
@@ -270,18 +281,40 @@ def main() -> None:
         default=2020,
         help="seeds both sides (RecBole's cached SASRec figure is seed 2020)",
     )
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config field (JSON value), e.g. stride=10",
+    )
+    parser.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training setting (JSON value), e.g. lr=5e-4",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.models.split(",") if n]
     unknown = set(names) - set(PAIRS)
     if unknown:
         parser.error(f"unknown models: {', '.join(sorted(unknown))}")
+    config_fields = [MODELS[n].config_cls for n in names if n in MODELS]
+    if args.model_set and not config_fields:
+        parser.error("--model-set: no model in --models has a config (pop has none)")
+    model_set = parse_settings(parser, "--model-set", args.model_set, config_fields)
+    train_set = parse_settings(parser, "--train-set", args.train_set, [TrainConfig])
 
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_db_engine(f"sqlite:///{tmp}/bench.db")
         create_schema(engine)
         inter = build(load_movielens(args.data), IdRegistry(engine))
-        ours = {name: run_ours(name, inter, args.seed, args.threads) for name in names}
+        ours = {
+            name: run_ours(name, inter, args.seed, args.threads, model_set, train_set)
+            for name in names
+        }
 
     theirs: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
     notes: dict[str, str] = {}
@@ -301,6 +334,8 @@ def main() -> None:
                                f"epochs x {per_epoch:.0f} s measured now")  # fmt: skip
             theirs[name] = result
 
+    if model_set or train_set:
+        print(f"ours with model config {model_set} and training settings {train_set}")
     print(f"{'pair':<24} {'metric':<9} {'ours':>8} {'RecBole':>8} {'ratio':>6} "
           f"{'ours_s':>8} {'theirs_s':>8}")  # fmt: skip
     for name in names:
@@ -324,6 +359,28 @@ def main() -> None:
               f"HR@10 {sampled['hr@10']:.4f} (paper {paper['hr@10']}), "
               f"NDCG@10 {sampled['ndcg@10']:.4f} (paper {paper['ndcg@10']})")  # fmt: skip
     print(json.dumps(summary(names, ours, theirs)))
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, option: str, pairs: list[str], classes: list[type]
+) -> dict[str, Any]:
+    """KEY=VALUE pairs as a dict (values parsed as JSON, else kept as text); every key must be
+    a field of each class in ``classes``."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            parser.error(f"{option} expects KEY=VALUE, got {pair!r}")
+        for cls in classes:
+            known = {f.name for f in dataclasses.fields(cls)}
+            if key not in known:
+                parser.error(f"{option}: {cls.__name__} has no field {key!r} "
+                             f"(fields: {', '.join(sorted(known))})")  # fmt: skip
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key] = text
+    return settings
 
 
 def summary(
