@@ -70,17 +70,25 @@ def _taste_by_gender(registry: IdRegistry, with_users: bool) -> Interactions:
     return build(InteractionData("taste", rows, items, users if with_users else {}), registry)
 
 
-def _cold_user_auc(inter: Interactions, registry: IdRegistry) -> float:
-    """AUC on users never seen in training (10 women, 10 men, so that item popularity alone
-    scores 0.5): only their demographics can tell them apart."""
-    cold_ids = registry.lookup(IdKind.USER, [f"u{n}" for n in range(20)]).values()
-    cold = np.isin(inter.users, list(cold_ids))
+def _cold_auc(
+    inter: Interactions, registry: IdRegistry, kind: IdKind, cold_ids: list[str]
+) -> float:
+    """AUC on the users (or items) ``cold_ids``, left out of training and with their id
+    embeddings zeroed as a newcomer starts (noise would be a coin toss): only their features
+    can tell them apart."""
+    rows, table = (inter.users, "user_emb") if kind is IdKind.USER else (inter.items, "item_emb")
+    cold = np.isin(rows, list(registry.lookup(kind, cold_ids).values()))
     model = build_model("wide_deep", inter, **SMALL)
     config = TrainConfig(epochs=8, batch_size=256, lr=1e-2, threads=1, patience=8)
     fit(model, inter.subset(np.flatnonzero(~cold)), None, config)
-    with torch.no_grad():  # as a new user starts: no id signal (noise would be a coin toss)
-        model.user_emb.weight[np.unique(inter.users[cold])] = 0.0
+    with torch.no_grad():
+        getattr(model, table).weight[np.unique(rows[cold])] = 0.0
     return evaluate_click(model, inter, np.flatnonzero(cold))["auc"]
+
+
+def _cold_user_auc(inter: Interactions, registry: IdRegistry) -> float:
+    """10 women and 10 men, so that item popularity alone scores 0.5."""
+    return _cold_auc(inter, registry, IdKind.USER, [f"u{n}" for n in range(20)])
 
 
 def test_demographics_predict_cold_users(registry: IdRegistry) -> None:
@@ -137,16 +145,8 @@ def _taste_by_era(registry: IdRegistry, with_years: bool) -> Interactions:
 
 
 def _cold_item_auc(inter: Interactions, registry: IdRegistry) -> float:
-    """AUC on items never seen in training (half old, half new): only their release year can
-    tell them apart."""
-    cold_ids = registry.lookup(IdKind.ITEM, [f"i{n}" for n in range(20)]).values()
-    cold = np.isin(inter.items, list(cold_ids))
-    model = build_model("wide_deep", inter, **SMALL)
-    config = TrainConfig(epochs=8, batch_size=256, lr=1e-2, threads=1, patience=8)
-    fit(model, inter.subset(np.flatnonzero(~cold)), None, config)
-    with torch.no_grad():  # as a new item starts: no id signal
-        model.item_emb.weight[np.unique(inter.items[cold])] = 0.0
-    return evaluate_click(model, inter, np.flatnonzero(cold))["auc"]
+    """10 items of the 1970s and 10 of the 1990s: only their release year tells them apart."""
+    return _cold_auc(inter, registry, IdKind.ITEM, [f"i{n}" for n in range(20)])
 
 
 def test_release_years_predict_cold_items(registry: IdRegistry) -> None:
