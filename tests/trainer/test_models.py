@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from core.datasets import InteractionData, Rating
 from core.errors import InvalidInput
-from trainer.data import Interactions, leave_one_out, pad_sequences
+from core.ids import IdRegistry
+from trainer.data import Interactions, build, leave_one_out, pad_sequences
 from trainer.evaluate import evaluate, evaluate_click, make_validator
 from trainer.loop import TrainConfig, fit
 from trainer.models import MODELS, Query, build_model
+from trainer.models.base import CONFIG_FILE
+from trainer.models.sasrec import SASRec
 
 FAST: dict[str, dict[str, object]] = {
     "mf": {"dim": 16},
@@ -60,11 +67,25 @@ def _query(model, tiny: Interactions, users: list[int]) -> Query:  # type: ignor
     return Query(torch.tensor(users), seqs)
 
 
+def _in_recent_items(query: Query, max_len: int, n_items: int) -> torch.Tensor:
+    """(B, n_items) 1.0 where the item is among the query's last max_len items."""
+    assert query.seqs is not None
+    mask = torch.zeros(len(query.seqs), n_items)
+    for row, seq in enumerate(query.seqs[:, -max_len:].tolist()):
+        for item in seq:
+            if item > 0:
+                mask[row, item - 1] = 1.0
+    return mask
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_scores_are_consistent(name: str, tiny: Interactions) -> None:
     model = build_model(name, tiny, **FAST[name]).eval()
     query = _query(model, tiny, [0, 3, 5])
+    repeat = getattr(model, "repeat_w", None)  # SASRec's learned score for items in the input
     with torch.no_grad():
+        if repeat is not None:
+            repeat.fill_(-2.0)  # starts at 0, which would hide a missing or misplaced offset
         full = model.full_scores(query)
         cands = torch.tensor([[1, 7, 2], [0, 4, 9], [3, 3, 8]])
         assert full.shape == (3, tiny.n_items)
@@ -73,6 +94,8 @@ def test_scores_are_consistent(name: str, tiny: Interactions) -> None:
         assert users.shape[1] == items.shape[1] and items.shape[0] == tiny.n_items
         if name in ("mf", "bpr", "sasrec"):  # exact dot-product models
             offset = full - users @ items.T  # per-user constants only (MF: user bias + mean)
+            if repeat is not None:
+                offset -= -2.0 * _in_recent_items(query, model.config.max_len, tiny.n_items)
             assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-5)
 
 
@@ -114,6 +137,47 @@ def test_sasrec_user_vector_ignores_padding_width(tiny: Interactions) -> None:
         a = model.user_vectors(Query(torch.tensor([0]), short))
         b = model.user_vectors(Query(torch.tensor([0]), wide))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def _sequences_data(repeat: bool, seed: int = 0) -> InteractionData:
+    """60 users x 30 events over 80 items: each user either picks from a personal pool of 4
+    items again and again (``repeat``) or never picks the same item twice."""
+    rng = np.random.default_rng(seed)
+    ratings = []
+    for user in range(60):
+        pool = rng.choice(80, size=4, replace=False)
+        items = rng.choice(pool, size=30) if repeat else rng.choice(80, size=30, replace=False)
+        ratings += [Rating(f"u{user}", f"i{item}", 4.0, 1000 * user + t)
+                    for t, item in enumerate(items)]  # fmt: skip
+    ratings.sort(key=lambda r: r.ts)
+    return InteractionData(name="repeat" if repeat else "explore", ratings=ratings)
+
+
+@pytest.mark.parametrize("repeat", [True, False])
+def test_sasrec_learns_whether_users_repeat(repeat: bool, registry: IdRegistry) -> None:
+    inter = build(_sequences_data(repeat), registry)
+    model = build_model("sasrec", inter, **FAST["sasrec"])
+    assert model.config.repeat_score  # on by default
+    # 32 Adam steps of 1e-2: the offset moves at most 0.32, every step the same way if the
+    # data say so consistently.
+    fit(model, inter, None, TrainConfig(epochs=4, batch_size=16, lr=1e-2, threads=1))
+    learned = float(model.repeat_w.detach())
+    assert (learned > 0.15) if repeat else (learned < -0.15), learned
+
+
+def test_sasrec_checkpoint_without_repeat_score_loads_plain(
+    tiny: Interactions, tmp_path: Path
+) -> None:
+    model = build_model("sasrec", tiny, **{**FAST["sasrec"], "repeat_score": False}).eval()
+    model.save_artifacts(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del config["repeat_score"]  # as written before the option existed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    loaded = SASRec.load_artifacts(tmp_path)
+    assert not loaded.config.repeat_score and not hasattr(loaded, "repeat_w")
+    query = _query(model, tiny, [0, 1])
+    with torch.no_grad():
+        assert torch.equal(loaded.full_scores(query), model.full_scores(query))
 
 
 def test_sasrec_needs_a_sequence(tiny: Interactions) -> None:
