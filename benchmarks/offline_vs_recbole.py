@@ -26,10 +26,10 @@ Pairs and protocols (RecBole's defaults for ml-100k, see /work/shared/peers/recb
   hidden. Ours also learns one score offset for items already in its input (``repeat_score``,
   see trainer/models/sasrec.py); RecBole's has none, and ``--model-set repeat_score=false``
   runs ours without it. A full RecBole SASRec run takes one to two hours here (145-250
-  s/epoch), so by default the
-  script times ``--recbole-sasrec-epochs`` epochs side by side and takes RecBole's final quality
-  from the cached full run recorded in recbole.md (the table says "cached"; that run used seed
-  2020). ``--recbole-sasrec-epochs 0`` runs RecBole's full SASRec instead.
+  s/epoch), so by default the script times ``--recbole-sasrec-epochs`` epochs side by side and
+  takes RecBole's final quality from the cached full run recorded in recbole.md (the table says
+  "cached"; that run used seed 2020). ``--recbole-sasrec-epochs 0`` runs RecBole's full SASRec
+  instead.
 * Our SASRec on the sampled protocol (100 negatives) next to the paper's ML-1M figures, for
   orientation only (different data).
 
@@ -364,10 +364,12 @@ def main() -> None:
               f"HR@10 {sampled['hr@10']:.4f} (paper {paper['hr@10']}), "
               f"NDCG@10 {sampled['ndcg@10']:.4f} (paper {paper['ndcg@10']})")  # fmt: skip
         repeat = ours["sasrec"]["repeat_w"]
-        print("Our SASRec " + (f"learned a score of {repeat:+.2f} for items already in its input "
-                               "(repeat_score; RecBole's SASRec has none; plain SASRec: "
-                               "--model-set repeat_score=false)" if repeat is not None
-                               else "ran without repeat_score (plain SASRec)"))  # fmt: skip
+        if repeat is None:
+            print("Our SASRec ran without repeat_score (plain SASRec)")
+        else:
+            print(f"Our SASRec learned a score of {repeat:+.2f} for items already in its input "
+                  "(repeat_score; RecBole's SASRec has none; plain SASRec: "
+                  "--model-set repeat_score=false)")  # fmt: skip
     print(json.dumps(summary(names, ours, theirs)))
 
 
