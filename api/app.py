@@ -8,21 +8,26 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.readiness import readiness_for
 from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
 from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
+from consumers.membership import hold_groups
 from core.embedded import EmbeddedAddresses
 from core.metrics import Metrics
 from core.services import open_services
 from core.settings import Settings
 from producers.publisher import EventPublisher
+from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
 from stores.schema import create_schema
 from stores.vectors import open_vector_store
@@ -36,6 +41,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     run_consumers: bool = False,
+    consumer_groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
     on_started: StartupHook | None = None,
 ) -> FastAPI:
     """Build the API. ``run_consumers=True`` also runs the consumer groups in this process
@@ -45,15 +51,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.require_api_keys()
+        budget = ShutdownBudget(settings.shutdown_timeout_seconds)
         async with AsyncExitStack() as stack:
             services = await stack.enter_async_context(open_services(settings))
             await asyncio.to_thread(create_schema, services.engine)
             metrics = Metrics()
             publisher = EventPublisher(
-                services.kafka_bootstrap, metrics=metrics, client_id="streamrec-api"
+                services.kafka_bootstrap,
+                metrics=metrics,
+                client_id="streamrec-api",
+                timeout_seconds=settings.publish_timeout_seconds,
             )
             await publisher.start()
-            stack.push_async_callback(publisher.stop)
+            stack.push_async_callback(_bounded, budget, "the Kafka publisher", publisher.stop)
             # Qdrant Edge (embedded) opens its shards lazily; a server is reached over HTTP.
             vectors = await asyncio.to_thread(open_vector_store, settings)
             stack.callback(vectors.close)
@@ -66,21 +76,31 @@ def create_app(
                 archive=Archive(services.engine),
                 vectors=vectors,
             )
-            if run_consumers:
+            if run_consumers and consumer_groups:
+                if "kafka" in services.embedded:
+                    # One member per group on the embedded broker: `streamrec consume` beside
+                    # this process is refused the groups held here (consumers.membership).
+                    stack.enter_context(
+                        hold_groups(settings.var_dir, consumer_groups, "streamrec up")
+                    )
                 runtime.consumers = build_consumer_broker(
-                    services, metrics, DEFAULT_GROUPS, vectors
+                    services, metrics, consumer_groups, vectors
                 )
                 await runtime.consumers.start()
-                stack.push_async_callback(runtime.consumers.stop)
+                stack.push_async_callback(_bounded, budget, "the consumers", runtime.consumers.stop)
             if services.embedded:
                 EmbeddedAddresses(
                     kafka_bootstrap=services.kafka_bootstrap[0],
                     redis_url=services.redis_url,
                     pid=os.getpid(),
+                    kafka_log_id=services.kafka_log_id or "",
                 ).write(settings.var_dir)
                 stack.callback(EmbeddedAddresses.remove, settings.var_dir)
             app.state.runtime = runtime
-            stack.push_async_callback(_drain, runtime)
+            app.state.readiness = readiness_for(runtime)
+            stack.push_async_callback(
+                _bounded, budget, "background tasks", partial(_drain, runtime)
+            )
             if on_started is not None:
                 await on_started(runtime)
             # What start-up built (models, connections, caches) lives as long as the process:
@@ -107,7 +127,10 @@ def create_app(
     app.include_router(experiments.router)
     app.include_router(ops_page.router)
 
+    # Added last, so it runs outermost of the two: an oversized body is refused before
+    # anything else touches the request.
     app.add_middleware(RequestTimer)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
 
@@ -146,4 +169,34 @@ class RequestTimer:
 async def _drain(runtime: Runtime) -> None:
     """Let in-flight background publishes (impressions) finish before the publisher stops."""
     if runtime.background:
-        await asyncio.wait(runtime.background, timeout=5)
+        await asyncio.wait(runtime.background)
+
+
+class ShutdownBudget:
+    """One deadline shared by every shutdown step, set when the first step starts, so the
+    whole shutdown stays within ``Settings.shutdown_timeout_seconds`` whatever is down."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._deadline: float | None = None
+
+    def remaining(self) -> float:
+        if self._deadline is None:
+            self._deadline = self._clock() + self._seconds
+        # Every step gets a moment: one that needs no service (a local flush) still completes.
+        return max(self._deadline - self._clock(), 0.1)
+
+
+async def _bounded(budget: ShutdownBudget, what: str, stop: Callable[[], Awaitable[None]]) -> None:
+    """Run one shutdown step within what is left of the budget; abandon it (logged) beyond.
+    Stopping a client whose service is down otherwise waits for its request timeouts (the
+    consumers' leave-group and commit took 40 s with Kafka down)."""
+    deadline = asyncio.timeout(budget.remaining())
+    try:
+        async with deadline:
+            await stop()
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        log.warning("stopping %s did not finish within the shutdown budget; abandoned", what)

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from api.app import create_app
 from api.runtime import Runtime
+from consumers.app import DEFAULT_GROUPS
+from consumers.membership import parse_group_list
 from core.errors import StreamrecError
 from core.logs import configure_logging
 from core.settings import Settings
@@ -48,6 +50,14 @@ def register(app: typer.Typer) -> None:
         rate: Annotated[
             float | None, typer.Option(min=0.001, help="Replay rate in events/s.")
         ] = None,
+        groups: Annotated[
+            str,
+            typer.Option(
+                help="Consumer groups to run in this process, comma-separated "
+                "(features, archive, vectors, online-rl), `all` or `none`; run the others "
+                "beside it with `streamrec consume -g ...`."
+            ),
+        ] = "all",
     ) -> None:
         """Run broker, Redis, consumers and API in one process on the embedded defaults.
 
@@ -57,6 +67,10 @@ def register(app: typer.Typer) -> None:
         """
         settings = Settings()
         configure_logging(settings.log_level)
+        try:
+            consumer_groups = parse_group_list(groups, DEFAULT_GROUPS)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--groups") from exc
         data = load_source(replay) if replay else None
 
         async def started(runtime: Runtime) -> None:
@@ -71,8 +85,19 @@ def register(app: typer.Typer) -> None:
                 runtime.spawn(run_replay(), name="replay")
 
         try:
-            application = create_app(settings, run_consumers=True, on_started=started)
-            uvicorn.run(application, host=host, port=port, log_level="warning")
+            application = create_app(
+                settings,
+                run_consumers=True,
+                consumer_groups=consumer_groups,
+                on_started=started,
+            )
+            uvicorn.run(
+                application,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            )
         except StreamrecError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
@@ -109,7 +134,13 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
         if workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+            uvicorn.run(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            )
         else:
             # Each worker process builds its own app (and connections) from the environment.
             uvicorn.run(
@@ -119,4 +150,5 @@ def register(app: typer.Typer) -> None:
                 port=port,
                 workers=workers,
                 log_level="warning",
+                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
             )

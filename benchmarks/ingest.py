@@ -43,6 +43,7 @@ from core.embedded import EmbeddedKafka  # noqa: E402
 from producers.publisher import EventPublisher  # noqa: E402
 from schemas.events import RatingEvent  # noqa: E402
 from schemas.topics import ConsumerGroup, Topic  # noqa: E402
+from stores.features import user_key  # noqa: E402
 
 TARGETS = {"end_to_end_events_per_s": 30_000, "ratio_to_raw": 0.5, "freshness_p99_ms": 100}
 GROUP = ConsumerGroup.FEATURES.value
@@ -170,7 +171,7 @@ async def freshness(
     await wait_applied(client, already + n, timeout=120)
     async with client.pipeline(transaction=False) as pipe:
         for i in range(n):
-            pipe.hmget(f"sr:u:fresh{i}", ["last_ts", "updated_ms"])
+            pipe.hmget(user_key(f"fresh{i}"), ["last_ts", "updated_ms"])
         rows = await pipe.execute()
     lags_ms = np.array([int(updated) - float(ts) * 1000 for ts, updated in rows])
     return {

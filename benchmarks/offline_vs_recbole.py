@@ -78,12 +78,22 @@ from trainer.models.base import Query, Recommender  # noqa: E402
 PEERS = ROOT / "benchmarks" / "peers"
 VENV = PEERS / "recbole-venv"
 RECBOLE_PINS = [
-    "recbole==1.2.1", "setuptools>=77.0.3,<81", "numpy<2", "pandas<2.3", "scipy<1.14",
-    "scikit-learn<1.6", "ray==2.6.3",
-]  # fmt: skip
+    "recbole==1.2.1",
+    "setuptools>=77.0.3,<81",
+    "numpy<2",
+    "pandas<2.3",
+    "scipy<1.14",
+    "scikit-learn<1.6",
+    "ray==2.6.3",
+]
 # RecBole's full SASRec run on this machine (recbole.md): best valid at epoch 17, stopped at 28.
-CACHED_RECBOLE_SASREC = {"ndcg@10": 0.0609, "hr@10": 0.1251, "recall@10": 0.1251,
-                         "mrr@10": 0.0417, "seconds_per_epoch": 145.0}  # fmt: skip
+CACHED_RECBOLE_SASREC = {
+    "ndcg@10": 0.0609,
+    "hr@10": 0.1251,
+    "recall@10": 0.1251,
+    "mrr@10": 0.0417,
+    "seconds_per_epoch": 145.0,
+}
 PAPER_SASREC_ML1M = {"hr@10": 0.8245, "ndcg@10": 0.5905}
 
 PAIRS = {  # ours → (RecBole model, protocol, key metric)
@@ -209,9 +219,14 @@ def ensure_recbole() -> Path:
 
 
 def recbole_config(model: str, epochs: int | None, seed: int = 2020) -> dict[str, Any]:
-    config: dict[str, Any] = {"use_gpu": False, "seed": seed, "reproducibility": True,
-                              "epochs": epochs or (30 if model == "SASRec" else 50),
-                              "worker": 0, "show_progress": False}  # fmt: skip
+    config: dict[str, Any] = {
+        "use_gpu": False,
+        "seed": seed,
+        "reproducibility": True,
+        "epochs": epochs or (30 if model == "SASRec" else 50),
+        "worker": 0,
+        "show_progress": False,
+    }
     if model == "SASRec":
         config["train_neg_sample_args"] = None  # cross-entropy over all items
     if model == "WideDeep":
@@ -241,14 +256,23 @@ def run_recbole(
     with tempfile.TemporaryDirectory() as workdir:  # RecBole writes logs into the cwd
         proc = subprocess.run(
             [str(python), "-c", RUNNER, model, json.dumps(config)],
-            capture_output=True, text=True, cwd=workdir, env=recbole_env(threads),
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            env=recbole_env(threads),
+        )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"RecBole {model} failed:\n{proc.stderr[-2000:]}")
     raw = json.loads(lines[-1].removeprefix("RESULT "))
-    names = {"ndcg@10": "ndcg@10", "hit@10": "hr@10", "recall@10": "recall@10",
-             "mrr@10": "mrr@10", "auc": "auc", "logloss": "logloss"}  # fmt: skip
+    names = {
+        "ndcg@10": "ndcg@10",
+        "hit@10": "hr@10",
+        "recall@10": "recall@10",
+        "mrr@10": "mrr@10",
+        "auc": "auc",
+        "logloss": "logloss",
+    }
     metrics = {names[k.lower()]: v for k, v in raw["test"].items() if k.lower() in names}
     return {"metrics": metrics, "seconds": raw["seconds"]}
 
@@ -256,16 +280,19 @@ def run_recbole(
 # --- report -----------------------------------------------------------------------------------
 
 
-def _row(pair: str, metric: str, ours: dict[str, Any], theirs: dict[str, Any] | None,
-         note: str = "") -> str:  # fmt: skip
+def _row(
+    pair: str, metric: str, ours: dict[str, Any], theirs: dict[str, Any] | None, note: str = ""
+) -> str:
     mine = ours["metrics"].get(metric, float("nan"))
     if theirs is None:
         return f"{pair:<24} {metric:<9} {mine:>8.4f} {'-':>8} {'-':>6} {ours['seconds']:>8.1f}"
     other = theirs["metrics"].get(metric, float("nan"))
     # Log loss: lower is better, so the ratio is inverted to keep ">= 1.0 means we win".
     ratio = other / mine if metric == "logloss" else mine / other if other else float("nan")
-    return (f"{pair:<24} {metric:<9} {mine:>8.4f} {other:>8.4f} {ratio:>6.3f} "
-            f"{ours['seconds']:>8.1f} {theirs['seconds']:>8.1f} {note}")  # fmt: skip
+    return (
+        f"{pair:<24} {metric:<9} {mine:>8.4f} {other:>8.4f} {ratio:>6.3f} "
+        f"{ours['seconds']:>8.1f} {theirs['seconds']:>8.1f} {note}"
+    )
 
 
 def main() -> None:
@@ -335,41 +362,59 @@ def main() -> None:
                     "metrics": CACHED_RECBOLE_SASREC,
                     "seconds": per_epoch * 28,
                 }  # cached run's 28 epochs at today's speed
-                notes[name] = (f"RecBole quality cached (recbole.md, seed 2020), its time = 28 "
-                               f"epochs x {per_epoch:.0f} s measured now")  # fmt: skip
+                notes[name] = (
+                    f"RecBole quality cached (recbole.md, seed 2020), its time = 28 "
+                    f"epochs x {per_epoch:.0f} s measured now"
+                )
             theirs[name] = result
 
     if model_set or train_set:
         print(f"ours with model config {model_set} and training settings {train_set}")
-    print(f"{'pair':<24} {'metric':<9} {'ours':>8} {'RecBole':>8} {'ratio':>6} "
-          f"{'ours_s':>8} {'theirs_s':>8}")  # fmt: skip
+    print(
+        f"{'pair':<24} {'metric':<9} {'ours':>8} {'RecBole':>8} {'ratio':>6} "
+        f"{'ours_s':>8} {'theirs_s':>8}"
+    )
     for name in names:
         peer, _, key = PAIRS[name]
         pair = f"{name} vs {peer}"
-        metrics = ("auc", "logloss") if key == "auc" else ("ndcg@10", "hr@10", "recall@10",
-                                                            "mrr@10")  # fmt: skip
+        metrics = (
+            ("auc", "logloss") if key == "auc" else ("ndcg@10", "hr@10", "recall@10", "mrr@10")
+        )
         for metric in metrics:
-            print(_row(pair, metric, ours[name], theirs[name],
-                       notes.get(name, "") if metric == key else ""))  # fmt: skip
+            print(
+                _row(
+                    pair,
+                    metric,
+                    ours[name],
+                    theirs[name],
+                    notes.get(name, "") if metric == key else "",
+                )
+            )
         print(f"{'':<24} epochs run: {ours[name]['epochs']}")
     if "pop" in ours:
         counting = ours["pop"]["recbole_counting"]
-        print(f"\nPop with RecBole's per-batch counting reproduced (see recbole_pop_counts), same "
-              f"split and protocol as ours: NDCG@10 {counting['ndcg@10']:.4f}, "
-              f"HR@10 {counting['hr@10']:.4f}, MRR@10 {counting['mrr@10']:.4f}")  # fmt: skip
+        print(
+            f"\nPop with RecBole's per-batch counting reproduced (see recbole_pop_counts), same "
+            f"split and protocol as ours: NDCG@10 {counting['ndcg@10']:.4f}, "
+            f"HR@10 {counting['hr@10']:.4f}, MRR@10 {counting['mrr@10']:.4f}"
+        )
     if "sasrec" in ours:
         sampled = ours["sasrec"]["sampled"]
         paper = PAPER_SASREC_ML1M
-        print(f"\nSASRec, 100 sampled negatives (orientation only: paper figures are ML-1M): "
-              f"HR@10 {sampled['hr@10']:.4f} (paper {paper['hr@10']}), "
-              f"NDCG@10 {sampled['ndcg@10']:.4f} (paper {paper['ndcg@10']})")  # fmt: skip
+        print(
+            f"\nSASRec, 100 sampled negatives (orientation only: paper figures are ML-1M): "
+            f"HR@10 {sampled['hr@10']:.4f} (paper {paper['hr@10']}), "
+            f"NDCG@10 {sampled['ndcg@10']:.4f} (paper {paper['ndcg@10']})"
+        )
         repeat = ours["sasrec"]["repeat_w"]
         if repeat is None:
             print("Our SASRec ran without repeat_score (plain SASRec)")
         else:
-            print(f"Our SASRec learned a score of {repeat:+.2f} for items already in its input "
-                  "(repeat_score; RecBole's SASRec has none; plain SASRec: "
-                  "--model-set repeat_score=false)")  # fmt: skip
+            print(
+                f"Our SASRec learned a score of {repeat:+.2f} for items already in its input "
+                "(repeat_score; RecBole's SASRec has none; plain SASRec: "
+                "--model-set repeat_score=false)"
+            )
     print(json.dumps(summary(names, ours, theirs)))
 
 
@@ -386,8 +431,10 @@ def parse_settings(
         for cls in classes:
             known = {f.name for f in dataclasses.fields(cls)}
             if key not in known:
-                parser.error(f"{option}: {cls.__name__} has no field {key!r} "
-                             f"(fields: {', '.join(sorted(known))})")  # fmt: skip
+                parser.error(
+                    f"{option}: {cls.__name__} has no field {key!r} "
+                    f"(fields: {', '.join(sorted(known))})"
+                )
         try:
             settings[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -406,12 +453,18 @@ def summary(
     for name in names:
         key = PAIRS[name][2]
         mine, other = ours[name], theirs[name]
-        row: dict[str, Any] = {"metric": key, "ours": mine["metrics"].get(key),
-                               "ours_seconds": mine["seconds"]}  # fmt: skip
+        row: dict[str, Any] = {
+            "metric": key,
+            "ours": mine["metrics"].get(key),
+            "ours_seconds": mine["seconds"],
+        }
         if other is not None:
             value = other["metrics"].get(key)
-            row |= {"theirs": value, "theirs_seconds": other["seconds"],
-                    "ratio": row["ours"] / value if value else None}  # fmt: skip
+            row |= {
+                "theirs": value,
+                "theirs_seconds": other["seconds"],
+                "ratio": row["ours"] / value if value else None,
+            }
             if name != "pop":
                 met &= bool(row["ratio"] and row["ratio"] >= 1.0)
                 met &= mine["seconds"] <= other["seconds"]

@@ -39,8 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-TARGETS = {"dqn_vs_base_min": 1.10, "learner_transitions_per_s_min": 2000.0,
-           "rerank_p99_ms_max": 5.0}  # fmt: skip
+TARGETS = {
+    "dqn_vs_base_min": 1.10,
+    "learner_transitions_per_s_min": 2000.0,
+    "rerank_p99_ms_max": 5.0,
+}
 
 
 def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, Any]:
@@ -50,8 +53,9 @@ def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, An
     data = load_movielens(data_path)
     config = SimulationConfig(slates=slates, seed=seed)
     started = time.perf_counter()
-    report = run_simulation(data, config, on_stage=lambda s: print(f"  seed {seed}: {s}",
-                                                                     flush=True))  # fmt: skip
+    report = run_simulation(
+        data, config, on_stage=lambda s: print(f"  seed {seed}: {s}", flush=True)
+    )
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_curves(report, out / f"online_rl_seed{seed}.png")
     (out / f"online_rl_seed{seed}.json").write_text(json.dumps(report.as_dict(), indent=2))
@@ -87,12 +91,27 @@ def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[s
     for s in range(slates):
         shown = [f"i{i}" for i in rng.choice(n_items, k, replace=False)]
         at = t0 + timedelta(seconds=s)
-        log = PolicyLog(content_version=1, state=rng.normal(size=size).round(4).tolist(),
-                        propensities=[1.0] * k)  # fmt: skip
-        events.append(ImpressionEvent(user_id=f"u{s % 300}", request_id=f"r{s}", item_ids=shown,
-                                      model="bpr+dqn", ts=at, policy=log))  # fmt: skip
-        events.append(ClickEvent(user_id=f"u{s % 300}", item_id=shown[0], request_id=f"r{s}",
-                                 ts=at + timedelta(seconds=0.5)))  # fmt: skip
+        log = PolicyLog(
+            content_version=1, state=rng.normal(size=size).round(4).tolist(), propensities=[1.0] * k
+        )
+        events.append(
+            ImpressionEvent(
+                user_id=f"u{s % 300}",
+                request_id=f"r{s}",
+                item_ids=shown,
+                model="bpr+dqn",
+                ts=at,
+                policy=log,
+            )
+        )
+        events.append(
+            ClickEvent(
+                user_id=f"u{s % 300}",
+                item_id=shown[0],
+                request_id=f"r{s}",
+                ts=at + timedelta(seconds=0.5),
+            )
+        )
     joiner = FeedbackJoiner(lambda ids: {i: index[i] for i in ids}, 1, size, window_s=5.0)
     buffer = ReplayBuffer(50_000, size, 50)
     learner = DQNLearner(DuelingDQN(DuelingDQNConfig(state_dim=size, item_dim=dim)))
@@ -100,8 +119,9 @@ def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[s
     started, cpu_started = time.perf_counter(), time.process_time()
     transitions, owed = 0, 0.0
     for chunk in range(0, len(events), 200):  # consumer batches
-        closed = joiner.observe(events[chunk : chunk + 200]) + ([] if chunk + 200 < len(events)
-                                                               else joiner.flush())  # fmt: skip
+        closed = joiner.observe(events[chunk : chunk + 200]) + (
+            [] if chunk + 200 < len(events) else joiner.flush()
+        )
         for t in closed:
             buffer.push(t)
         transitions += len(closed)
@@ -113,10 +133,15 @@ def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[s
     cpu = time.process_time() - cpu_started
     # Wall time counts whatever else the machine runs; CPU time is what the learner costs on
     # a core of its own (one torch thread, so the two agree on an idle machine).
-    return {"transitions": transitions, "updates": learner.steps, "seconds": round(seconds, 2),
-            "cpu_seconds": round(cpu, 2), "transitions_per_s": transitions / seconds,
-            "transitions_per_cpu_s": transitions / cpu,
-            "updates_per_s": learner.steps / seconds}  # fmt: skip
+    return {
+        "transitions": transitions,
+        "updates": learner.steps,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "transitions_per_s": transitions / seconds,
+        "transitions_per_cpu_s": transitions / cpu,
+        "updates_per_s": learner.steps / seconds,
+    }
 
 
 def rerank_latency(data_path: Path, calls: int = 2000) -> dict[str, float]:
@@ -141,11 +166,17 @@ def rerank_latency(data_path: Path, calls: int = 2000) -> dict[str, float]:
         d2v = Doc2VecModel().fit(data.items, ids)
         dim = d2v.item_vectors().shape[1]
         registry.register("doc2vec", d2v, activate=True)
-        registry.register("dqn", DuelingDQN(DuelingDQNConfig(state_dim=state_dim(dim),
-                                                             item_dim=dim)).eval(),
-                          activate=True)  # fmt: skip
-        server = RLServer(ActiveModels(registry, check_every_s=2.0), ids,
-                          Exploration("epsilon_greedy", 0.05), seed=0)  # fmt: skip
+        registry.register(
+            "dqn",
+            DuelingDQN(DuelingDQNConfig(state_dim=state_dim(dim), item_dim=dim)).eval(),
+            activate=True,
+        )
+        server = RLServer(
+            ActiveModels(registry, check_every_s=2.0),
+            ids,
+            Exploration("epsilon_greedy", 0.05),
+            seed=0,
+        )
         items = list(data.items)
         rng = np.random.default_rng(0)
         stats = {"ratings": "20", "rating_sum": "70", "clicks": "5", "impressions": "40"}
@@ -158,8 +189,11 @@ def rerank_latency(data_path: Path, calls: int = 2000) -> dict[str, float]:
             timings.append((time.perf_counter() - t0) * 1000)
         engine.dispose()
     ms = np.asarray(timings[100:])  # after warm-up (first loads, caches)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "calls": len(ms)}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "calls": len(ms),
+    }
 
 
 def table(figures: dict[str, Any]) -> str:
@@ -167,14 +201,19 @@ def table(figures: dict[str, Any]) -> str:
     for policy in ("random", "popular", "base", "dqn"):
         row = "".join(f"{figures['seeds'][s]['ctr'][policy]:<14.4f}" for s in figures["seeds"])
         lines.append(f"{policy:<12}{row}")
-    lines.append("dqn / base  " + "".join(f"{figures['seeds'][s]['dqn_vs_base']:<14.3f}"
-                                          for s in figures["seeds"]))  # fmt: skip
+    lines.append(
+        "dqn / base  "
+        + "".join(f"{figures['seeds'][s]['dqn_vs_base']:<14.3f}" for s in figures["seeds"])
+    )
     lr, rr = figures["learner"], figures["rerank"]
-    lines.append(f"learner: {lr['transitions_per_s']:,.0f} transitions/s wall, "
-                 f"{lr['transitions_per_cpu_s']:,.0f} per CPU second "
-                 f"({lr['updates_per_s']:,.0f} updates/s of 64)")  # fmt: skip
-    lines.append(f"rerank=dqn, 100 candidates: p50 {rr['p50_ms']:.2f} ms, "
-                 f"p99 {rr['p99_ms']:.2f} ms")  # fmt: skip
+    lines.append(
+        f"learner: {lr['transitions_per_s']:,.0f} transitions/s wall, "
+        f"{lr['transitions_per_cpu_s']:,.0f} per CPU second "
+        f"({lr['updates_per_s']:,.0f} updates/s of 64)"
+    )
+    lines.append(
+        f"rerank=dqn, 100 candidates: p50 {rr['p50_ms']:.2f} ms, p99 {rr['p99_ms']:.2f} ms"
+    )
     return "\n".join(lines)
 
 
@@ -200,11 +239,15 @@ def main() -> int:
     print("rerank latency", flush=True)
     figures["rerank"] = rerank_latency(args.data)
     ratios = [f["dqn_vs_base"] for f in figures["seeds"].values()]
-    above = all(f["dqn_vs_popular"] > 1.0 and f["dqn_vs_random"] > 1.0
-                for f in figures["seeds"].values())  # fmt: skip
-    met = (min(ratios) >= TARGETS["dqn_vs_base_min"] and above
-           and figures["learner"]["transitions_per_s"] >= TARGETS["learner_transitions_per_s_min"]
-           and figures["rerank"]["p99_ms"] <= TARGETS["rerank_p99_ms_max"])  # fmt: skip
+    above = all(
+        f["dqn_vs_popular"] > 1.0 and f["dqn_vs_random"] > 1.0 for f in figures["seeds"].values()
+    )
+    met = (
+        min(ratios) >= TARGETS["dqn_vs_base_min"]
+        and above
+        and figures["learner"]["transitions_per_s"] >= TARGETS["learner_transitions_per_s_min"]
+        and figures["rerank"]["p99_ms"] <= TARGETS["rerank_p99_ms_max"]
+    )
     print(table(figures))
     print(json.dumps({"figures": figures, "targets": TARGETS, "met": met}))
     return 0 if met else 1

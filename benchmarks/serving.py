@@ -90,8 +90,12 @@ async def _load(url: str, model: str, users: list[str], seconds: float, clients:
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
-            **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        **{f"{k}_ms": v for k, v in percentiles(latencies).items()},
+    }
 
 
 def _content_length(head: bytes) -> int:
@@ -105,10 +109,24 @@ def _content_length(head: bytes) -> int:
 def run_load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
     """The load generator in its own process, so it does not share the server's event loop."""
     out = subprocess.run(
-        [sys.executable, __file__, "--load", url, "--model", model, "--seconds", str(seconds),
-         "--clients", str(clients), "--users", ",".join(users)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--load",
+            url,
+            "--model",
+            model,
+            "--seconds",
+            str(seconds),
+            "--clients",
+            str(clients),
+            "--users",
+            ",".join(users),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,8 +161,12 @@ def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
     inter = build(data, ids)
     started = time.perf_counter()
     net = build_model("sasrec", inter, dim=64, max_len=50)
-    fit(net, inter, None, TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, threads=2,
-                                      patience=epochs))  # fmt: skip
+    fit(
+        net,
+        inter,
+        None,
+        TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, threads=2, patience=epochs),
+    )
     trained = time.perf_counter() - started
     models = ModelRegistry(engine, var_dir / "models")
     models.register("sasrec", net, {}, inter.n_users, inter.n_items, activate=True)
@@ -152,8 +174,11 @@ def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
     from schemas.events import ItemEvent, SourcedEvent
     from stores.catalog import Archive
 
-    catalog = [SourcedEvent(e, "streamrec.items", 0, n)
-               for n, e in enumerate(replay_events(data)) if isinstance(e, ItemEvent)]  # fmt: skip
+    catalog = [
+        SourcedEvent(e, "streamrec.items", 0, n)
+        for n, e in enumerate(replay_events(data))
+        if isinstance(e, ItemEvent)
+    ]
     Archive(engine).write_batch(catalog)
     with open_vector_store(settings) as store:
         publish_item_vectors(models, store, ids, sql_payloads(engine), "sasrec")
@@ -190,8 +215,9 @@ async def _drain(runtime: Any) -> None:
 
     for group in (ConsumerGroup.FEATURES.value, ConsumerGroup.VECTORS.value):
         while True:
-            report = await consumer_lag(runtime.services.kafka_bootstrap, groups=[group],
-                                        with_seconds=False)  # fmt: skip
+            report = await consumer_lag(
+                runtime.services.kafka_bootstrap, groups=[group], with_seconds=False
+            )
             if report.total_lag == 0:
                 break
             await asyncio.sleep(1.0)
@@ -220,8 +246,11 @@ async def direct(runtime: Any, model: str, users: list[str], seconds: float, cli
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed,
-            **{f"{k}_ms": v for k, v in percentiles(latencies).items()}}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        **{f"{k}_ms": v for k, v in percentiles(latencies).items()},
+    }
 
 
 async def empty_endpoint(users: list[str], seconds: float, clients: int) -> dict:
@@ -231,15 +260,19 @@ async def empty_endpoint(users: list[str], seconds: float, clients: int) -> dict
     from fastapi import FastAPI
 
     app = FastAPI()
-    answer = {"items": [{"item_id": str(i), "score": 1.0, "title": "", "genres": []}
-                        for i in range(10)]}  # fmt: skip
+    answer = {
+        "items": [{"item_id": str(i), "score": 1.0, "title": "", "genres": []} for i in range(10)]
+    }
 
     @app.get("/v1/users/{user_id}/recommendations")
     async def constant(user_id: str, model: str = "popular", k: int = 10) -> dict:
         return answer
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(),
-                                           log_level="warning", access_log=False))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=_free_port(), log_level="warning", access_log=False
+        )
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
@@ -268,8 +301,11 @@ async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
             published = time.time()
             await runtime.publisher.publish(ClickEvent(user_id=user, item_id=rng.choice(items)))
             while True:
-                body = (await client.get(f"/v1/users/{user}/recommendations",
-                                         params={"model": "sasrec"})).json()  # fmt: skip
+                body = (
+                    await client.get(
+                        f"/v1/users/{user}/recommendations", params={"model": "sasrec"}
+                    )
+                ).json()
                 now = time.time()
                 age = body.get("state_age_ms")
                 if not body["fallback"] and age is not None and now - age / 1000 >= published:
@@ -296,8 +332,9 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings(_env_file=None, var_dir=var_dir, log_level="WARNING")  # type: ignore[call-arg]
     app = create_app(settings, run_consumers=True)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.1)
@@ -321,8 +358,7 @@ async def main(args: argparse.Namespace) -> None:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(f"{args.profile}.{model}.pstats")
-        figures[f"direct_{model}"] = await direct(runtime, model, users, args.seconds,
-                                                  args.clients)  # fmt: skip
+        figures[f"direct_{model}"] = await direct(runtime, model, users, args.seconds, args.clients)
     figures["http_empty"] = await empty_endpoint(users, args.seconds, args.clients)
     fresh = await freshness(runtime, data, args.clicks)
     figures["freshness_ms"] = percentiles(fresh)
@@ -336,8 +372,10 @@ def report(figures: dict[str, Any]) -> None:
     print(f"{'path':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for key in ("http_sasrec", "direct_sasrec", "http_popular", "direct_popular", "http_empty"):
         row = figures[key]
-        print(f"{key:<16}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
-              f"{row.get('errors', 0):>8}")  # fmt: skip
+        print(
+            f"{key:<16}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
+            f"{row.get('errors', 0):>8}"
+        )
     fresh = figures["freshness_ms"]
     print(f"freshness click→recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms")
     for model in ("sasrec", "popular"):

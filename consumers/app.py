@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 
 from consumers import archive, features, online_rl, vectors
 from consumers.dlq import DeadLetterSink
+from core.errors import ServiceUnavailable
 from core.metrics import Metrics
 from core.services import Services
 from schemas.topics import ConsumerGroup
@@ -45,9 +47,16 @@ class ConsumerBroker(KafkaBroker):
     FastStream's "Dynamic Subscribers"); stopping is already concurrent in FastStream.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Run after connect() and before any subscriber starts (the features group's log check).
+        self.before_start: list[Callable[[], Awaitable[object]]] = []
+
     async def start(self) -> None:
         await self.connect()
         try:
+            for prepare in self.before_start:
+                await prepare()
             try:
                 # A failure cancels the other starts before it propagates.
                 async with asyncio.TaskGroup() as starting:
@@ -101,11 +110,33 @@ def build_consumer_broker(
     if unknown:
         names = ", ".join(sorted(g.value for g in unknown))
         raise ValueError(f"consumer groups not available yet: {names}")
+    log_id = services.kafka_log_id
+    if log_id is None:
+        # Offsets (Redis guard, archive coordinates) must name their log: no id, no consuming.
+        raise ServiceUnavailable(
+            f"Kafka at {', '.join(services.kafka_bootstrap)} did not answer at start-up: "
+            "consumers need it; start them again once it is up"
+        )
     if ConsumerGroup.FEATURES in groups:
-        features.register(broker, feature_store(services), dead_letters, metrics, settings)
+        store = feature_store(services)
+        features.register(broker, store, dead_letters, metrics, settings)
+        broker.before_start.append(
+            lambda: features.follow_log(
+                store,
+                Archive(services.engine),
+                services.kafka_bootstrap,
+                log_id,
+                settings,
+            )
+        )
     if ConsumerGroup.ARCHIVE in groups:
         archive.register(
-            broker, Archive(services.engine), services.ids, dead_letters, metrics, settings
+            broker,
+            Archive(services.engine, log_id=log_id),
+            services.ids,
+            dead_letters,
+            metrics,
+            settings,
         )
     if ConsumerGroup.VECTORS in groups:
         if vector_store is None:

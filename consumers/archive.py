@@ -10,7 +10,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decode import decode_batch
 from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics, with_backoff
+from consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
@@ -54,14 +54,15 @@ def register(
         *event_topics(settings, ConsumerGroup.ARCHIVE), **batch_subscriber_options(settings, GROUP)
     )
     async def archive_events_to_sql(body: list[bytes | None], msg: KafkaMessage) -> None:
-        batch = decode_batch(msg.raw_message, GROUP)
-        await dead_letters.send(batch.dead)
-        if not batch.events:
-            return
-        with metrics.batch_seconds.labels(GROUP).time():
-            await with_backoff(
-                lambda: asyncio.to_thread(archive_events, archive, ids, batch.events),
-                what="archiving a batch to SQL",
-            )
-        for topic, n in Counter(s.topic for s in batch.events).items():
-            metrics.events_consumed.labels(GROUP, topic).inc(n)
+        async with settle(msg, GROUP):
+            batch = decode_batch(msg.raw_message, GROUP)
+            await dead_letters.send(batch.dead)
+            if not batch.events:
+                return
+            with metrics.batch_seconds.labels(GROUP).time():
+                await with_backoff(
+                    lambda: asyncio.to_thread(archive_events, archive, ids, batch.events),
+                    what="archiving a batch to SQL",
+                )
+            for topic, n in Counter(s.topic for s in batch.events).items():
+                metrics.events_consumed.labels(GROUP, topic).inc(n)

@@ -20,6 +20,7 @@ from schemas.events import (
     describe_validation_error,
 )
 from schemas.topics import Topic
+from stores.features import STATE_CONFLICT
 
 # Which event type each topic carries; anything else on a topic is misrouted.
 TOPIC_EVENT_TYPE = {
@@ -36,10 +37,15 @@ class DecodedBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     # Highest offset seen per (topic, partition), valid or not: all of it is handled.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    # The record each event was read from (by the event's identity), to dead-letter its exact
+    # bytes if the event later turns out to be unappliable.
+    records: dict[int, Any] = field(default_factory=dict)
 
-
-def _text(raw: bytes | None) -> str:
-    return raw.decode("utf-8", errors="replace") if raw is not None else ""
+    def dead_letters_of(
+        self, group: str, rejected: Sequence[tuple[SourcedEvent, str]]
+    ) -> list[DeadLetter]:
+        """Dead letters for events of this batch that could not be applied."""
+        return [dead_letter(self.records[id(s)], group, reason) for s, reason in rejected]
 
 
 def _validate(record: Any) -> Event | str:
@@ -69,24 +75,28 @@ def decode_batch(records: Sequence[Any], group: str) -> DecodedBatch:
         batch.positions[key] = max(batch.positions.get(key, -1), record.offset)
         outcome = _validate(record)
         if not isinstance(outcome, str):
-            batch.events.append(
-                SourcedEvent(
-                    outcome, record.topic, record.partition, record.offset, record.timestamp
-                )
+            sourced = SourcedEvent(
+                outcome, record.topic, record.partition, record.offset, record.timestamp
             )
+            batch.events.append(sourced)
+            batch.records[id(sourced)] = record
             continue
-        batch.dead.append(
-            DeadLetter(
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                source_key=_text(record.key) or None,
-                consumer_group=group,
-                error=outcome,
-                payload=_text(record.value),
-            )
-        )
+        batch.dead.append(dead_letter(record, group, outcome))
     return batch
+
+
+def dead_letter(record: Any, group: str, error: str) -> DeadLetter:
+    """The dead letter of one aiokafka ``ConsumerRecord``: its exact bytes and the reason."""
+    return DeadLetter(
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        source_timestamp_ms=record.timestamp,
+        source_key=record.key,  # the exact bytes: never decoded (binary-safe)
+        consumer_group=group,
+        error=error,
+        payload=record.value,
+    )
 
 
 def dead_letter_kind(letter: DeadLetter) -> str:
@@ -100,4 +110,6 @@ def dead_letter_kind(letter: DeadLetter) -> str:
         return "unknown_type"
     if "does not belong on topic" in error:
         return "wrong_topic"
+    if error.startswith(STATE_CONFLICT):
+        return "state_conflict"
     return "invalid"

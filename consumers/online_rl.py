@@ -47,7 +47,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decode import decode_batch
 from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics
+from consumers.policy import batch_subscriber_options, event_topics, settle
 from core.errors import NotFound
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
@@ -521,15 +521,16 @@ def register(
 
     @broker.subscriber(*topics, **batch_subscriber_options(settings, GROUP))
     async def learn_from_feedback(body: list[bytes | None], msg: KafkaMessage) -> None:
-        batch = decode_batch(msg.raw_message, GROUP)
-        await dead_letters.send(batch.dead)
-        if not batch.events:
-            return
-        before = Counter(learner.joiner.skipped) if learner.joiner else Counter()
-        with metrics.batch_seconds.labels(GROUP).time():
-            await asyncio.to_thread(learner.observe, [s.event for s in batch.events])
-        learner.schedule_training()
-        _record_batch(metrics, batch.events, learner, before)
+        async with settle(msg, GROUP):
+            batch = decode_batch(msg.raw_message, GROUP)
+            await dead_letters.send(batch.dead)
+            if not batch.events:
+                return
+            before = Counter(learner.joiner.skipped) if learner.joiner else Counter()
+            with metrics.batch_seconds.labels(GROUP).time():
+                await asyncio.to_thread(learner.observe, [s.event for s in batch.events])
+            learner.schedule_training()
+            _record_batch(metrics, batch.events, learner, before)
 
 
 def _record_batch(

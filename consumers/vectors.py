@@ -32,7 +32,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from consumers.decode import decode_batch
 from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics, with_backoff
+from consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
 from core.errors import NotFound, StreamrecError
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
@@ -261,11 +261,14 @@ def register(
 
     @broker.subscriber(*topics, **batch_subscriber_options(settings, GROUP))
     async def refresh_user_vectors(body: list[bytes | None], msg: KafkaMessage) -> None:
-        batch = decode_batch(msg.raw_message, GROUP)
-        await dead_letters.send(batch.dead)
-        if not batch.events:
-            return
-        with metrics.batch_seconds.labels(GROUP).time():
-            await with_backoff(lambda: updater.handle(batch.events), what="refreshing user vectors")
-        for topic, n in Counter(s.topic for s in batch.events).items():
-            metrics.events_consumed.labels(GROUP, topic).inc(n)
+        async with settle(msg, GROUP):
+            batch = decode_batch(msg.raw_message, GROUP)
+            await dead_letters.send(batch.dead)
+            if not batch.events:
+                return
+            with metrics.batch_seconds.labels(GROUP).time():
+                await with_backoff(
+                    lambda: updater.handle(batch.events), what="refreshing user vectors"
+                )
+            for topic, n in Counter(s.topic for s in batch.events).items():
+                metrics.events_consumed.labels(GROUP, topic).inc(n)

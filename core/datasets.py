@@ -106,8 +106,12 @@ def _item(item_id: str, title: str, genres: tuple[str, ...]) -> Item:
 
 def _user(user_id: str, age: str, gender: str, occupation: str) -> User:
     age = age.strip()
-    return User(user_id, int(age) if age.isdigit() else None, gender.strip() or None,
-                occupation.strip() or None)  # fmt: skip
+    return User(
+        user_id,
+        int(age) if age.isdigit() else None,
+        gender.strip() or None,
+        occupation.strip() or None,
+    )
 
 
 def _read_users(path: Path, sep: str, columns: tuple[int, int, int]) -> dict[str, User]:

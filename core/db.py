@@ -6,7 +6,9 @@ async callers hand it to a thread (``asyncio.to_thread``) so the event loop neve
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase
@@ -43,13 +45,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(
+    url: str,
+    *,
+    connect_timeout_seconds: float | None = None,
+    pool_timeout_seconds: float | None = None,
+) -> Engine:
+    """An engine for ``url``. The timeouts (``Settings.sql_*``; None: the drivers' defaults)
+    bound how long a call waits for a new connection and for a free pooled one, so a server
+    that is down fails the call (``OperationalError``, pool ``TimeoutError``) instead of
+    hanging it."""
     url = normalise_database_url(url)
+    pool_options: dict[str, Any] = {}
+    if pool_timeout_seconds is not None:
+        pool_options["pool_timeout"] = pool_timeout_seconds
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool_options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_args: dict[str, Any] = {}
+    if connect_timeout_seconds is not None and url.startswith("postgresql"):
+        # libpq takes whole seconds and raises anything below 2 to 2.
+        connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout_seconds))
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args=connect_args,
+        **pool_options,
+    )

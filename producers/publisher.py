@@ -9,8 +9,9 @@
 
 Each event goes to its topic (``event.topic``), keyed by user (items by item id) so a user's
 events stay in order. The producer is idempotent (no duplicates from its own retries) with
-``acks=all``; sends that still fail are retried with exponential backoff, and what fails after
-the last retry raises ``PublishError`` saying how many events were lost.
+``acks=all``; sends that still fail are retried with exponential backoff. What is not
+acknowledged after the last retry, or by the optional timeout, raises ``PublishError`` saying
+how many Kafka acknowledged and carrying every event id, so the batch can be re-sent safely.
 """
 
 from __future__ import annotations
@@ -51,9 +52,13 @@ class EventPublisher:
         linger_ms: int = 5,
         metrics: Metrics | None = None,
         client_id: str = "streamrec-publisher",
+        timeout_seconds: float | None = None,
     ) -> None:
+        """``timeout_seconds`` bounds each ``publish_many`` call, retries included (None: only
+        the retries bound it, which with Kafka down takes minutes)."""
         self._bootstrap = list(bootstrap_servers)
         self._retries = retries
+        self._timeout = timeout_seconds
         self._backoff = backoff_seconds
         self._metrics = metrics
         self._producer = AIOKafkaProducer(
@@ -101,13 +106,54 @@ class EventPublisher:
     async def publish(self, event: Event) -> None:
         await self.publish_many([event])
 
+    async def check(self, timeout_seconds: float) -> None:
+        """Ask a broker for the cluster metadata now (a readiness probe: it proves a broker
+        answers, unlike ``started``); ``ServiceUnavailable`` when none does in time."""
+        where = ",".join(self._bootstrap)
+        if not self._started:
+            raise ServiceUnavailable(f"Kafka at {where}: the publisher is not started")
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self._producer.client.fetch_all_metadata()
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"Kafka at {where} did not answer within {timeout_seconds:g}s"
+            ) from exc
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"Kafka at {where} did not answer: {exc}") from exc
+
     async def publish_many(self, events: Iterable[Event]) -> int:
-        """Publish events and wait until Kafka has them all; returns how many were written."""
-        pending = [encode(e) for e in events]
+        """Publish events and wait until Kafka has them all; returns how many were written.
+
+        Raises ``PublishError`` when some were not acknowledged after the retries or within
+        the timeout. Those may still reach Kafka (they are in flight): the error carries every
+        event id of the batch, so re-sending it is safe (consumers drop ids they applied).
+        """
+        batch = list(events)
+        progress = _Progress()
+        deadline = asyncio.timeout(self._timeout)
+        try:
+            async with deadline:
+                return await self._publish_with_retries(batch, progress)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            unconfirmed = len(batch) - progress.acknowledged
+            raise PublishError(
+                f"Kafka did not acknowledge {unconfirmed} of {len(batch)} events within "
+                f"{self._timeout:g}s; they may be partially published: re-send them with the "
+                "same event_ids (safe: consumers drop an event_id they already applied)",
+                failed=unconfirmed,
+                published=progress.acknowledged,
+                event_ids=[str(e.event_id) for e in batch],
+            ) from exc
+
+    async def _publish_with_retries(self, batch: list[Event], progress: _Progress) -> int:
+        pending = [encode(e) for e in batch]
         written = 0
         delay = self._backoff
         for attempt in range(self._retries + 1):
-            failed = await self._send_all(pending)
+            failed = await self._send_all(pending, progress)
             written += len(pending) - len(failed)
             if not failed:
                 return written
@@ -124,31 +170,51 @@ class EventPublisher:
             delay *= 2
             pending = failed
         raise PublishError(
-            f"{len(failed)} of {written + len(failed)} events were not written to Kafka "
-            f"after {self._retries} retries",
+            f"{len(failed)} of {len(batch)} events were not acknowledged by Kafka after "
+            f"{self._retries} retries; they may be partially published: re-send them with the "
+            "same event_ids (safe: consumers drop an event_id they already applied)",
             failed=len(failed),
+            published=written,
+            event_ids=[str(e.event_id) for e in batch],
         )
 
-    async def _send_all(self, pending: list[tuple[str, bytes, bytes]]) -> list:
+    async def _send_all(
+        self, pending: list[tuple[str, bytes, bytes]], progress: _Progress
+    ) -> list[tuple[str, bytes, bytes]]:
         """Send everything, then wait once: aiokafka batches sends per partition meanwhile."""
-        sends = []
+        sends: list[asyncio.Future | BaseException] = []
         for topic, key, value in pending:
             try:
-                sends.append(await self._producer.send(topic, value=value, key=key))
+                sent = await self._producer.send(topic, value=value, key=key)
             except KafkaError as exc:
                 sends.append(exc)
-        outcomes = await asyncio.gather(
-            *(s for s in sends if not isinstance(s, BaseException)), return_exceptions=True
-        )
-        results = iter(outcomes)
+                continue
+            # Counted as each acknowledgement lands, so a timeout can say how many made it.
+            sent.add_done_callback(progress.note)
+            sends.append(sent)
+        waiting = [s for s in sends if not isinstance(s, BaseException)]
+        if waiting:
+            # asyncio.wait, not gather: a timeout cancelling this wait must not cancel the
+            # sends themselves (aiokafka still delivers them, and counts them).
+            await asyncio.wait(waiting)
         failed = []
         for message, send in zip(pending, sends, strict=True):
-            outcome = send if isinstance(send, BaseException) else next(results)
-            if isinstance(outcome, BaseException):
+            if isinstance(send, BaseException) or send.cancelled() or send.exception() is not None:
                 failed.append(message)
             elif self._metrics is not None:
                 self._metrics.events_published.labels(message[0]).inc()
         return failed
+
+
+class _Progress:
+    """Acknowledgements of one ``publish_many`` call so far, retries included."""
+
+    def __init__(self) -> None:
+        self.acknowledged = 0
+
+    def note(self, sent: asyncio.Future) -> None:
+        if not sent.cancelled() and sent.exception() is None:
+            self.acknowledged += 1
 
 
 class SyncEventPublisher:

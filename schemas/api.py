@@ -6,9 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool
 
 from schemas.events import ExplorationMethod
+from schemas.numbers import NotBool
 
 
 class EventsAccepted(BaseModel):
@@ -20,6 +21,17 @@ class RecommendationModel(StrEnum):
     """Models that can serve recommendations; every one but popular answers from vectors."""
 
     POPULAR = "popular"
+    MF = "mf"
+    NCF = "ncf"
+    WIDE_DEEP = "wide_deep"
+    SASREC = "sasrec"
+    CONTENT = "content"
+
+
+class VectorModel(StrEnum):
+    """Models with published item vectors: every recommendation model but popular, which has
+    no item vectors and so no notion of similar items."""
+
     MF = "mf"
     NCF = "ncf"
     WIDE_DEEP = "wide_deep"
@@ -55,15 +67,17 @@ class Recommendations(BaseModel):
     version: int | None = Field(None, description="Model version; null for popularity")
     requested_model: RecommendationModel | None = Field(None, description="The model asked for")
     fallback: bool = Field(
-        False, description="True when the requested model could not serve (no user vector or "
-        "nothing published) and popular items were served instead"
-    )  # fmt: skip
+        False,
+        description="True when the requested model could not serve (no user vector or "
+        "nothing published) and popular items were served instead",
+    )
     variant: str = "default"
     known_user: bool = Field(description="Whether the user has any events yet")
     state_age_ms: int | None = Field(
-        None, description="Age in ms of the user state used: the user vector for vector models, "
-        "the feature state for popular"
-    )  # fmt: skip
+        None,
+        description="Age in ms of the user state used: the user vector for vector models, "
+        "the feature state for popular",
+    )
     reranked_by: RerankedBy | None = Field(
         None, description="Set when rerank=dqn re-ordered the base model's candidates"
     )
@@ -77,7 +91,7 @@ class Recommendations(BaseModel):
 class SimilarItems(BaseModel):
     request_id: str
     item_id: str
-    model: RecommendationModel
+    model: VectorModel
     version: int
     items: list[RecommendedItem]
 
@@ -110,15 +124,16 @@ class Health(BaseModel):
 # -- the DQN edge (api/routers/rl.py) ---------------------------------------------------------
 MAX_BATCH = 1000  # items, vectors or texts per request
 MAX_TEXT_CHARS = 10_000
-Vector = Annotated[list[FiniteFloat], Field(min_length=1)]
+Vector = Annotated[list[Annotated[FiniteFloat, NotBool]], Field(min_length=1)]
 
 
 class QValuesRequest(BaseModel):
     user_embedding: Vector = Field(description="The user state vector (the dqn state size)")
     item_embeddings: list[Vector] = Field(
-        min_length=1, max_length=MAX_BATCH,
+        min_length=1,
+        max_length=MAX_BATCH,
         description=f"1..{MAX_BATCH} item content vectors (the dqn item size)",
-    )  # fmt: skip
+    )
 
 
 class QValues(BaseModel):
@@ -130,9 +145,10 @@ class QValues(BaseModel):
 class RankRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=256)
     item_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        min_length=1, max_length=MAX_BATCH,
+        min_length=1,
+        max_length=MAX_BATCH,
         description=f"1..{MAX_BATCH} candidate item ids; duplicates are ranked once",
-    )  # fmt: skip
+    )
 
 
 class RankedItem(BaseModel):
@@ -230,14 +246,22 @@ class TrainingJobRequest(BaseModel):
     data: TrainingData = Field(
         description="synthetic (generated, seeded) or archive (the SQL interactions archive)"
     )
-    epochs: int | None = Field(None, ge=1, le=100, description="Most epochs; null: default")
-    batch_size: int | None = Field(None, ge=16, le=65_536)
-    lr: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate")
-    patience: int | None = Field(None, ge=1, le=50, description="Epochs without improvement")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    # NotBool after the bounds, so that the schema still states them (minimum, maximum).
+    epochs: Annotated[int, Field(ge=1, le=100), NotBool] | None = Field(
+        None, description="Most epochs; null: default"
+    )
+    batch_size: Annotated[int, Field(ge=16, le=65_536), NotBool] | None = None
+    lr: Annotated[float, Field(gt=0.0, le=1.0), NotBool] | None = Field(
+        None, description="Adam learning rate"
+    )
+    patience: Annotated[int, Field(ge=1, le=50), NotBool] | None = Field(
+        None, description="Epochs without improvement"
+    )
+    seed: Annotated[int, NotBool] = Field(0, ge=0, le=2**31 - 1)
     protocol: TrainingProtocol = "loo-full"
-    exclude_seen: bool = True
-    activate: bool = Field(True, description="Make the new version the active one")
+    # Strict: lax booleans would take 0, 1, "yes" and "off", which the schema does not allow.
+    exclude_seen: StrictBool = True
+    activate: StrictBool = Field(True, description="Make the new version the active one")
 
 
 class ModelVersionRef(BaseModel):

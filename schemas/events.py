@@ -7,7 +7,11 @@ External ids are strings; integers (MovieLens) are accepted and stringified.
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal, NamedTuple
 
@@ -20,21 +24,74 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
+from schemas.numbers import NotBool
 from schemas.topics import Topic
 
 SCHEMA_VERSION = 1
 MAX_ID_LENGTH = 128
+# What an id may not contain: whitespace and control characters (C0, DEL, C1). Redis keys are
+# built so that no id can name another key (stores/features.py), so ':' and '{' are fine.
+_FORBIDDEN_IN_ID = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"  # the same rule, for the JSON schema
+
+
+@dataclass
+class EventTimeBounds:
+    """Which event times are accepted: from ``floor`` to ``max_future_seconds`` past now.
+
+    Far-future times would move the popularity decay's landmark past every real event (and
+    freeze popularity); times before the floor are clock or parsing errors. Configured once per
+    process from Settings (``configure_event_time_bounds``); the defaults hold otherwise.
+    """
+
+    floor: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    max_future_seconds: float = 3600.0
+    clock: Callable[[], float] = time.time
+
+
+EVENT_TIME_BOUNDS = EventTimeBounds()
+
+
+def configure_event_time_bounds(floor: datetime, max_future_seconds: float) -> None:
+    """Set the accepted event-time range for this process (called by the service factory)."""
+    EVENT_TIME_BOUNDS.floor = _aware(floor)
+    EVENT_TIME_BOUNDS.max_future_seconds = max_future_seconds
+
+
+# Integer ids are JSON's safe integers: every JSON parser (JavaScript's too) reads them
+# exactly, and so does every tool that checks the published bounds as doubles.
+MAX_INTEGER_ID = 2**53 - 1
 
 
 def _stringify_id(value: object) -> object:
     # MovieLens and most apps number users and items; ids are strings everywhere inside.
     if isinstance(value, bool):
         return value  # let str validation reject it with a clear message
+    if isinstance(value, float) and value.is_integer():
+        # JSON does not tell 396 from 396.0 (the schema's "integer" accepts both), and some
+        # encoders write one for the other: the same id.
+        value = int(value)
     if isinstance(value, int):
+        if abs(value) > MAX_INTEGER_ID:
+            raise ValueError(
+                f"integer ids are at most {MAX_INTEGER_ID} in magnitude (2^53 - 1): send a "
+                "larger one as a string"
+            )
         return str(value)
+    return value
+
+
+def _printable_id(value: str) -> str:
+    found = _FORBIDDEN_IN_ID.search(value)
+    if found is not None:
+        raise ValueError(
+            f"ids may not contain whitespace or control characters: found "
+            f"U+{ord(found.group()):04X} at position {found.start()}"
+        )
     return value
 
 
@@ -44,25 +101,83 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _bounded_time(value: datetime) -> datetime:
+    value = _aware(value)
+    bounds = EVENT_TIME_BOUNDS
+    if value < bounds.floor:
+        raise ValueError(
+            f"{value.isoformat()} is before the earliest accepted event time "
+            f"{bounds.floor.isoformat()} (STREAMREC_EVENT_TIME_FLOOR)"
+        )
+    ahead = value.timestamp() - bounds.clock()
+    if ahead > bounds.max_future_seconds:
+        raise ValueError(
+            f"{value.isoformat()} is {ahead:.0f} s in the future; at most "
+            f"{bounds.max_future_seconds:.0f} s are accepted (STREAMREC_EVENT_MAX_FUTURE_SECONDS)"
+        )
+    return value
+
+
 ExternalId = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s]+$"),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
     BeforeValidator(_stringify_id),
+    AfterValidator(_printable_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ID_LENGTH,
+                    "pattern": ID_PATTERN,
+                },
+                # Integers (MovieLens numbers its users and items) are taken as their decimal
+                # string.
+                {"type": "integer", "minimum": -MAX_INTEGER_ID, "maximum": MAX_INTEGER_ID},
+            ]
+        }
+    ),
 ]
-EventTime = Annotated[datetime, AfterValidator(_aware)]
+
+
+def _iso_time(value: object) -> object:
+    # Pydantic would read a number as Unix seconds, or milliseconds past 2e10: ambiguous, and
+    # not what the schema says (an RFC 3339 date-time string).
+    if isinstance(value, int | float):
+        raise ValueError(
+            "give an RFC 3339 date-time string (e.g. 2026-01-01T00:00:00Z), not a number"
+        )
+    return value
+
+
+EventTime = Annotated[datetime, BeforeValidator(_iso_time), AfterValidator(_bounded_time)]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _type_required(schema: dict[str, object]) -> None:
+    # `type` has a default for Python callers, but a JSON event must carry it: it is the tag
+    # that picks the event class, so the schema says it is required.
+    required = schema.setdefault("required", [])
+    if isinstance(required, list) and "type" not in required:
+        required.append("type")
+
+
 class EventBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+        json_schema_extra=_type_required,
+    )
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     user_id: ExternalId
     ts: EventTime = Field(default_factory=_now)
-    version: Literal[1] = SCHEMA_VERSION
+    version: Annotated[Literal[1], NotBool] = SCHEMA_VERSION
 
     @property
     def topic(self) -> Topic:
@@ -77,7 +192,7 @@ class EventBase(BaseModel):
 class RatingEvent(EventBase):
     type: Literal["rating"] = "rating"
     item_id: ExternalId
-    rating: Annotated[float, Field(ge=0.5, le=5.0)]
+    rating: Annotated[float, Field(ge=0.5, le=5.0), NotBool]
 
     @property
     def topic(self) -> Topic:
@@ -88,7 +203,7 @@ class ClickEvent(EventBase):
     type: Literal["click"] = "click"
     item_id: ExternalId
     request_id: str | None = Field(None, max_length=64)
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000), NotBool] | None = None
     model: str | None = Field(None, max_length=64)
     variant: str | None = Field(None, max_length=64)
 
@@ -112,17 +227,21 @@ class PolicyLog(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: str = Field("dqn", min_length=1, max_length=64)
-    policy_version: int | None = Field(
-        None, ge=1, description="The policy version that ordered the slate; None: no policy "
-        "was active and the base order was served"
-    )  # fmt: skip
-    content_version: int = Field(ge=1, description="The doc2vec version behind `state`")
-    state: Annotated[list[float], Field(min_length=1, max_length=MAX_STATE_DIM)]
+    # NotBool after the bounds, so that the schema still states them (minimum, maximum).
+    policy_version: Annotated[int, Field(ge=1), NotBool] | None = Field(
+        None,
+        description="The policy version that ordered the slate; None: no policy "
+        "was active and the base order was served",
+    )
+    content_version: Annotated[int, NotBool] = Field(
+        ge=1, description="The doc2vec version behind `state`"
+    )
+    state: Annotated[list[Annotated[float, NotBool]], Field(min_length=1, max_length=MAX_STATE_DIM)]
     exploration: ExplorationMethod = "greedy"
-    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    temperature: Annotated[float, Field(gt=0.0)] | None = None
+    epsilon: Annotated[float, Field(ge=0.0, le=1.0), NotBool] | None = None
+    temperature: Annotated[float, Field(gt=0.0), NotBool] | None = None
     propensities: Annotated[
-        list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=1000)
+        list[Annotated[float, Field(ge=0.0, le=1.0), NotBool]], Field(min_length=1, max_length=1000)
     ] = Field(description="Per shown item: the probability the policy put it at its position")
 
 
@@ -131,7 +250,9 @@ class ImpressionEvent(EventBase):
     request_id: str = Field(min_length=1, max_length=64)
     item_ids: Annotated[list[ExternalId], Field(min_length=1, max_length=1000)]
     model: str = Field(min_length=1, max_length=64)
-    model_version: int | None = Field(None, ge=1, description="Version of a vector model")
+    model_version: Annotated[int, Field(ge=1), NotBool] | None = Field(
+        None, description="Version of a vector model"
+    )
     variant: str = Field("default", min_length=1, max_length=64)
     policy: PolicyLog | None = Field(None, description="Set when a policy re-ranked the slate")
 
@@ -157,7 +278,7 @@ class ItemEvent(EventBase):
     item_id: ExternalId
     title: str = Field("", max_length=500)
     genres: Annotated[list[str], Field(max_length=50)] = Field(default_factory=list)
-    year: Annotated[int, Field(ge=1800, le=2200)] | None = None
+    year: Annotated[int, Field(ge=1800, le=2200), NotBool] | None = None
     text: str = Field("", max_length=20_000)
 
     @property
@@ -179,17 +300,24 @@ INTERACTION_TYPES = ("rating", "click")
 
 
 class DeadLetter(BaseModel):
-    """What the DLQ topic carries: the original bytes and why they were rejected."""
+    """A record a consumer could not use: its exact bytes, where it came from and why.
 
-    model_config = ConfigDict(extra="forbid")
+    ``payload`` and ``source_key`` are the original value and key byte for byte (``None`` for a
+    null one), never decoded: a dead letter is evidence, and ``streamrec dlq replay`` publishes
+    it again unchanged. On the DLQ topic (``consumers.dlq``) the record *is* those bytes and the
+    rest travels in headers; in JSON (``streamrec dlq list --json``) bytes are base64.
+    """
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
     source_topic: str
     source_partition: int
     source_offset: int
-    source_key: str | None
+    source_timestamp_ms: int = -1  # the source record's timestamp (-1: unknown)
+    source_key: bytes | None
     consumer_group: str
     error: str
-    payload: str  # the original bytes, decoded as UTF-8 with replacement
+    payload: bytes | None
     failed_at: datetime = Field(default_factory=_now)
 
 

@@ -1,7 +1,14 @@
--- Apply one aggregated batch of feature updates (built by stores/features.py).
--- Runs inside the consumer's MULTI/EXEC, next to the offset and event-id writes, so the whole
--- batch is one atomic step. Doing the per-key work here instead of one Python command per key
--- is what makes ingest fast: Python sends one payload, Redis runs the loops in C/Lua.
+-- Apply one aggregated batch of feature updates (built by stores/features.py), together with
+-- the consumer's applied offsets, as ONE atomic step. Doing the per-key work here instead of
+-- one Python command per key is what makes ingest fast: Python sends one payload, Redis runs
+-- the loops in C/Lua.
+--
+-- Redis rolls back neither scripts nor MULTI/EXEC, so the script runs in two phases:
+--   1. check: every key it will touch must be absent or of the type it expects. If one is not,
+--      it returns {'wrong', key, type, key, type, ...} having written NOTHING, and the caller
+--      dead-letters the events behind those keys and applies the rest.
+--   2. write: only commands that cannot fail on keys of the right type (HMGET/HSET with
+--      numbers computed here, ZADD, SADD, ZINCRBY, SET), and the offsets last.
 --
 -- ARGV[1]  JSON payload:
 --   meta     {item: {title=..., genres="a|b", year=...}}     catalog upserts (applied first)
@@ -10,18 +17,64 @@
 --   pop      {item: decayed increment}
 --   variants {"model|variant|field": n}
 --   ids      [event id, ...] applied by this batch, for de-duplication
+--   offsets  [[offset key, offset as a string], ...]: only ever moved forward
+--   rebase   factor to multiply every popularity score by before adding, or false
+--   landmark the new popularity landmark (a string), or false
 -- ARGV[2]  cap of the recent-items sorted set per user
 -- ARGV[3]  now, in ms (the users' updated_ms)
 -- ARGV[4]  key prefix ("sr")
 -- ARGV[5]  the de-duplication set of the current time bucket
 -- ARGV[6]  its time to live, in seconds
 --
--- Keys are derived from ids, not passed as KEYS: fine on one Redis server or a replicated
--- one; Redis Cluster would need hash-tagged keys per user.
+-- Keys are derived from ids exactly as stores/features.py builds them: a type marker, then the
+-- id inside braces (`sr:u:{alice}`, `sr:seq:{alice}`, `sr:seen:{alice}`, `sr:i:{m1}`), so no id
+-- can name another key, and a user's keys share a Redis Cluster hash slot.
 local p = cjson.decode(ARGV[1])
 local cap = tonumber(ARGV[2])
 local now_ms = ARGV[3]
 local pre = ARGV[4]
+local popularity = pre .. ':popularity'
+local landmark = pre .. ':popularity:landmark'
+local variants = pre .. ':variants'
+
+local function user_hash(id) return pre .. ':u:{' .. id .. '}' end
+local function user_seq(id) return pre .. ':seq:{' .. id .. '}' end
+local function user_seen(id) return pre .. ':seen:{' .. id .. '}' end
+local function item_hash(id) return pre .. ':i:{' .. id .. '}' end
+
+-- Phase 1: check -------------------------------------------------------------------------
+local wrong = {'wrong'}
+local checked = {}
+local function expect(key, kind)
+  if checked[key] then return end
+  checked[key] = true
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    wrong[#wrong + 1] = key
+    wrong[#wrong + 1] = found
+  end
+end
+
+expect(popularity, 'zset')
+expect(landmark, 'string')
+expect(variants, 'hash')
+expect(ARGV[5], 'set')
+for _, pair in ipairs(p.offsets) do expect(pair[1], 'string') end
+for item in pairs(p.meta) do expect(item_hash(item), 'hash') end
+for _, it in ipairs(p.items) do expect(item_hash(it[1]), 'hash') end
+for _, u in ipairs(p.users) do
+  expect(user_hash(u[1]), 'hash')
+  expect(user_seq(u[1]), 'zset')
+  expect(user_seen(u[1]), 'set')
+  for _, pair in ipairs(u[6]) do expect(item_hash(pair[1]), 'hash') end
+end
+if #wrong > 1 then return wrong end
+
+-- Phase 2: write -------------------------------------------------------------------------
+if p.rebase then
+  redis.call('ZUNIONSTORE', popularity, 1, popularity, 'WEIGHTS', p.rebase)
+end
+if p.landmark then redis.call('SET', landmark, p.landmark) end
 
 for item, meta in pairs(p.meta) do
   local args = {}
@@ -29,7 +82,7 @@ for item, meta in pairs(p.meta) do
     args[#args + 1] = name
     args[#args + 1] = value
   end
-  if #args > 0 then redis.call('HSET', pre .. ':i:' .. item, unpack(args)) end
+  if #args > 0 then redis.call('HSET', item_hash(item), unpack(args)) end
 end
 
 local genres_of = {}
@@ -37,7 +90,7 @@ local function genres(item)
   local found = genres_of[item]
   if found == nil then
     found = {}
-    local raw = redis.call('HGET', pre .. ':i:' .. item, 'genres')
+    local raw = redis.call('HGET', item_hash(item), 'genres')
     if raw then
       for genre in string.gmatch(raw, '[^|]+') do found[#found + 1] = genre end
     end
@@ -46,10 +99,28 @@ local function genres(item)
   return found
 end
 
+-- Add `delta` (field -> number) to the numeric fields of a hash: one read and one write per
+-- key, not one call per field; a field that does not hold a number counts as 0.
+local function add_numbers(key, delta, fields)
+  local names = {}
+  for name in pairs(delta) do names[#names + 1] = name end
+  if #names == 0 and #fields == 0 then return {} end
+  local sums = {}
+  if #names > 0 then
+    local current = redis.call('HMGET', key, unpack(names))
+    for i, name in ipairs(names) do
+      local value = (tonumber(current[i]) or 0) + delta[name]
+      sums[name] = value
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
+  end
+  redis.call('HSET', key, unpack(fields))
+  return sums
+end
+
 for _, u in ipairs(p.users) do
-  local key = pre .. ':u:' .. u[1]
-  -- Every numeric field of the user (counters, rating sum, genre affinities "g:<genre>") is
-  -- read once and written once: two calls per user instead of one per field.
+  -- Every numeric field of the user (counters, rating sum, genre affinities "g:<genre>").
   local delta = {ratings = 0, clicks = 0}
   for name, n in pairs(u[2]) do delta[name] = n end
   if u[3] ~= 0 then delta.rating_sum = u[3] end
@@ -59,18 +130,8 @@ for _, u in ipairs(p.users) do
       delta[name] = (delta[name] or 0) + pair[2]
     end
   end
-  local names = {}
-  for name in pairs(delta) do names[#names + 1] = name end
-  local current = redis.call('HMGET', key, unpack(names))
-  local fields = {'last_ts', u[4], 'updated_ms', now_ms}
-  local total = 0
-  for i, name in ipairs(names) do
-    local value = (tonumber(current[i]) or 0) + delta[name]
-    fields[#fields + 1] = name
-    fields[#fields + 1] = value
-    if name == 'ratings' or name == 'clicks' then total = total + value end
-  end
-  redis.call('HSET', key, unpack(fields))
+  local sums = add_numbers(user_hash(u[1]), delta, {'last_ts', u[4], 'updated_ms', now_ms})
+  local total = sums.ratings + sums.clicks
   local seq = u[5]
   if #seq > 0 then
     local scored, members = {}, {}
@@ -80,29 +141,39 @@ for _, u in ipairs(p.users) do
       members[#members + 1] = pair[1]
     end
     -- GT: an item seen again moves to its latest time; an older event never moves it back.
-    redis.call('ZADD', key .. ':seq', 'GT', unpack(scored))
+    redis.call('ZADD', user_seq(u[1]), 'GT', unpack(scored))
     -- The set holds distinct items, never more than the user's events: trim only past the cap.
-    if total > cap then redis.call('ZREMRANGEBYRANK', key .. ':seq', 0, -cap - 1) end
-    redis.call('SADD', key .. ':seen', unpack(members))
+    if total > cap then redis.call('ZREMRANGEBYRANK', user_seq(u[1]), 0, -cap - 1) end
+    redis.call('SADD', user_seen(u[1]), unpack(members))
   end
 end
 
 for _, it in ipairs(p.items) do
-  local key = pre .. ':i:' .. it[1]
-  for name, n in pairs(it[2]) do redis.call('HINCRBY', key, name, n) end
-  if it[3] ~= 0 then redis.call('HINCRBYFLOAT', key, 'rating_sum', it[3]) end
+  local delta = {}
+  for name, n in pairs(it[2]) do delta[name] = n end
+  if it[3] ~= 0 then delta.rating_sum = it[3] end
+  add_numbers(item_hash(it[1]), delta, {})
 end
 
 for item, score in pairs(p.pop) do
-  redis.call('ZINCRBY', pre .. ':popularity', score, item)
+  redis.call('ZINCRBY', popularity, score, item)
 end
 
-for name, n in pairs(p.variants) do
-  redis.call('HINCRBY', pre .. ':variants', name, n)
+if next(p.variants) ~= nil then
+  local delta = {}
+  for name, n in pairs(p.variants) do delta[name] = n end
+  add_numbers(variants, delta, {})
 end
+
 local ids = p.ids
 for start = 1, #ids, 4000 do  -- unpack has a stack limit: add in slices
   redis.call('SADD', ARGV[5], unpack(ids, start, math.min(start + 3999, #ids)))
 end
 if #ids > 0 then redis.call('EXPIRE', ARGV[5], ARGV[6]) end
-return #p.users
+
+-- Offsets last, and only forward: a smaller redelivered batch never lowers the guard.
+for _, pair in ipairs(p.offsets) do
+  local current = tonumber(redis.call('GET', pair[1]))
+  if current == nil or tonumber(pair[2]) > current then redis.call('SET', pair[1], pair[2]) end
+end
+return {'ok', #p.users}

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Uuid,
     func,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
@@ -89,10 +90,14 @@ class InteractionRow(Base):
     topic: Mapped[str] = mapped_column(String(64))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+    # The Kafka log (cluster id) the coordinates above belong to: the embedded broker starts a
+    # new log on every `up`, so (topic, partition, offset) alone can name two events.
+    log_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_interactions_user_ts", "user_id", "ts"),
         Index("ix_interactions_type_ts", "type", "ts"),
+        Index("ix_interactions_log_position", "log_id", "topic", "partition", "offset"),
     )
 
 
@@ -104,8 +109,9 @@ def _insert(engine: Engine, table):  # type: ignore[no-untyped-def]
 class Archive:
     """Bulk writes of events into the catalog and interactions tables."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, log_id: str | None = None) -> None:
         self._engine = engine
+        self._log_id = log_id  # the Kafka log the written coordinates belong to
 
     def write_batch(self, events: Sequence[SourcedEvent]) -> int:
         """Insert events and their log coordinates in one transaction.
@@ -127,7 +133,9 @@ class Archive:
                 }
                 continue
             users.setdefault(event.user_id, {"user_id": event.user_id, "first_seen": event.ts})
-            interactions.append(_interaction_row(event, topic, partition, offset))
+            row = _interaction_row(event, topic, partition, offset)
+            row["log_id"] = self._log_id
+            interactions.append(row)
         inserted = 0
         with self._engine.begin() as conn:
             if items:
@@ -202,10 +210,81 @@ class Archive:
             rows = conn.execute(query).all()
         return [_impression_from_row(row) for row in rows]
 
+    def count_items(self) -> int:
+        with self._engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(ItemRow)).scalar_one()
+
+    def positions(self, log_id: str) -> dict[tuple[str, int], int]:
+        """The newest archived offset per (topic, partition) of the Kafka log ``log_id``."""
+        t = InteractionRow.__table__.c
+        query = (
+            select(t.topic, t.partition, func.max(t.offset))
+            .where(t.log_id == log_id)
+            .group_by(t.topic, t.partition)
+        )
+        with self._engine.connect() as conn:
+            return {(topic, part): high for topic, part, high in conn.execute(query)}
+
+    def catalog_events(self) -> list[ItemEvent]:
+        """Every catalog item as the item event that last set it (title, genres, year, text)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(ItemRow.__table__).order_by(ItemRow.item_id)).all()
+        return [
+            ItemEvent(
+                item_id=row.item_id,
+                title=row.title,
+                genres=row.genres or [],
+                year=row.year,
+                text=row.text,
+                ts=row.updated_at,
+            )
+            for row in rows
+        ]
+
+    def interaction_page(
+        self, after: tuple[Any, Any] | None, limit: int
+    ) -> tuple[list[Event], tuple[Any, Any] | None]:
+        """Up to ``limit`` archived ratings, clicks and impressions after the cursor ``after``,
+        rebuilt as the events that were applied, in event-time order (ties by event id), and
+        the cursor of the next page (None at the end). Keyset paging: each page is one short
+        query, whatever the archive's size."""
+        table = InteractionRow.__table__
+        t = table.c
+        query = select(table).order_by(t.ts, t.event_id).limit(limit)
+        if after is not None:
+            query = query.where(tuple_(t.ts, t.event_id) > tuple_(*after))
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        cursor = (rows[-1].ts, rows[-1].event_id) if len(rows) == limit else None
+        return [_event_from_row(row) for row in rows], cursor
+
     def items(self, item_ids: Sequence[str]) -> dict[str, ItemRow]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(ItemRow).where(ItemRow.item_id.in_(list(item_ids))))
             return {row.item_id: row for row in rows}
+
+
+def _event_from_row(row: Row[Any]) -> Event:
+    if row.type == "impression":
+        return _impression_from_row(row)
+    if row.type == "rating":
+        return RatingEvent(
+            event_id=row.event_id,
+            user_id=row.user_id,
+            ts=row.ts,
+            item_id=row.item_id,
+            rating=row.rating,
+        )
+    return ClickEvent(
+        event_id=row.event_id,
+        user_id=row.user_id,
+        ts=row.ts,
+        item_id=row.item_id,
+        request_id=row.request_id,
+        position=row.position,
+        model=row.model,
+        variant=row.variant,
+    )
 
 
 def _impression_from_row(row: Row[Any]) -> ImpressionEvent:

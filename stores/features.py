@@ -6,23 +6,30 @@ Per batch, ``FeatureStore.apply_batch``:
 2. reads (one pipeline) those offsets, the recent event-id sets and the decay landmark;
 3. drops events at or below their partition's applied offset (re-delivery after a crash) and
    events whose ``event_id`` was seen in the de-duplication window (an app sending twice);
-4. aggregates what is left (one increment per user and field, not per event) and writes it
-   in ONE MULTI/EXEC together with the new offsets and event ids. The aggregate is applied by
-   a Lua script (``apply_features.lua``) inside that transaction: one payload instead of a
-   Python-side command per key, which is where a plain pipeline spends its time.
+4. aggregates what is left (one increment per user and field, not per event) and hands it to
+   ONE Lua script (``apply_features.lua``) inside MULTI/EXEC, with the new offsets and event
+   ids: one payload instead of a Python-side command per key, which is where a plain pipeline
+   spends its time.
+
+Redis rolls back neither scripts nor transactions, so the script first checks every key it will
+touch and writes nothing if one has the wrong type; the events behind such keys go to the
+dead-letter callback and the rest of the batch is applied. Offsets are written last, inside the
+same script, and only ever move forward.
 
 If another consumer touched the same partitions in between (a rebalance zombie), EXEC fails
 on the WATCH and the batch is re-read and re-applied from scratch.
 
-Key layout (all under ``sr:``):
+Key layout (all under ``sr:``). Every per-id key is a type marker followed by the id in braces,
+so no id, whatever its characters, can name another key (``196:seen`` is ``sr:u:{196:seen}``,
+never ``sr:u:{196}``'s seen set), and a user's three keys share a Redis Cluster hash slot:
 
 =========================  ======  ===================================================
 ``sr:u:{user}``            hash    ratings, rating_sum, clicks, impressions, last_ts,
                                    updated_ms (when the state last changed), and
                                    g:{genre} -> affinity (ratings centred at 2.5, clicks +1)
-``sr:u:{user}:seq``        zset    recent distinct items scored by event time, capped
+``sr:seq:{user}``          zset    recent distinct items scored by event time, capped
                                    (event time, not arrival: topics are fetched apart)
-``sr:u:{user}:seen``       set     every item the user rated or clicked
+``sr:seen:{user}``         set     every item the user rated or clicked
 ``sr:i:{item}``            hash    title, genres ("|"-joined), year, ratings, rating_sum,
                                    clicks, impressions
 ``sr:popularity``          zset    item -> forward-decayed popularity
@@ -30,6 +37,7 @@ Key layout (all under ``sr:``):
 ``sr:variants``            hash    "{model}|{variant}|impressions|clicks" -> count
 ``sr:offset:{g}:{t}:{p}``  string  last offset of topic t, partition p applied by group g
 ``sr:dedup:{g}:{bucket}``  set     event ids applied by group g in a time bucket
+``sr:log:{g}``             string  the Kafka log (cluster id) group g's offsets count in
 =========================  ======  ===================================================
 
 Popularity uses forward decay (Cormode et al. 2009): an event at time t adds
@@ -44,13 +52,14 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from core.errors import StateConflict
 from schemas.events import (
     ClickEvent,
     Event,
@@ -72,19 +81,19 @@ _READ_SCRIPT = (Path(__file__).parent / "read_state.lua").read_text()
 
 
 def user_key(user_id: str) -> str:
-    return f"{PREFIX}:u:{user_id}"
+    return f"{PREFIX}:u:{{{user_id}}}"
 
 
 def user_seq_key(user_id: str) -> str:
-    return f"{PREFIX}:u:{user_id}:seq"
+    return f"{PREFIX}:seq:{{{user_id}}}"
 
 
 def user_seen_key(user_id: str) -> str:
-    return f"{PREFIX}:u:{user_id}:seen"
+    return f"{PREFIX}:seen:{{{user_id}}}"
 
 
 def item_key(item_id: str) -> str:
-    return f"{PREFIX}:i:{item_id}"
+    return f"{PREFIX}:i:{{{item_id}}}"
 
 
 def offset_key(group: str, topic: str, partition: int) -> str:
@@ -101,6 +110,14 @@ class ApplyResult:
     redelivered: int  # at or below the partition's applied offset
     duplicates: int  # event_id already applied within the window
     lag_seconds: list[float] = field(default_factory=list)  # published -> committed
+    rejected: int = 0  # handed to the dead-letter callback: their keys hold foreign types
+
+
+# The reason given for events whose keys hold a foreign type (a dead letter's kind keys on it).
+STATE_CONFLICT = "feature state cannot be updated"
+# Events that cannot be applied, each with the reason; the consumer dead-letters them.
+RejectedEvents = list[tuple[SourcedEvent, str]]
+OnRejected = Callable[[RejectedEvents], Awaitable[None]]
 
 
 @dataclass
@@ -128,6 +145,9 @@ class _Aggregate:
     popularity: Counter[str] = field(default_factory=Counter)
     variants: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
+    offsets: list[tuple[str, str]] = field(default_factory=list)  # (key, offset)
+    rebase: float | None = None  # factor for every popularity score, when the landmark moves
+    landmark: float | None = None  # the new landmark, when it changes
 
     def payload(self) -> str:
         """The JSON the apply script reads (see apply_features.lua for the layout)."""
@@ -142,12 +162,13 @@ class _Aggregate:
                 "pop": self.popularity,
                 "variants": self.variants,
                 "ids": self.event_ids,
+                "offsets": self.offsets,
+                # JSON null would be truthy in Lua (cjson.null): send false for "none".
+                "rebase": False if self.rebase is None else self.rebase,
+                "landmark": False if self.landmark is None else repr(self.landmark),
             },
             separators=(",", ":"),
         )
-
-    def __bool__(self) -> bool:
-        return bool(self.users or self.items or self.meta or self.event_ids)
 
 
 class FeatureStore:
@@ -175,9 +196,15 @@ class FeatureStore:
         group: str,
         events: Sequence[SourcedEvent],
         positions: dict[tuple[str, int], int] | None = None,
+        on_rejected: OnRejected | None = None,
     ) -> ApplyResult:
         """Apply a batch once. ``positions`` holds the highest offset per (topic, partition)
         the batch covers, including messages that were dead-lettered, so they count as done.
+
+        An event whose keys hold a type the update cannot apply to (state written by someone
+        else) is handed to ``on_rejected`` (the consumer dead-letters it) BEFORE the rest of the
+        batch and the offsets are written; without a callback, ``StateConflict`` is raised and
+        nothing is written.
         """
         high = dict(positions or {})
         for sourced in events:
@@ -185,11 +212,20 @@ class FeatureStore:
             high[key] = max(high.get(key, -1), sourced.offset)
         if not high:
             return ApplyResult(0, 0, 0)
+        pending, rejected = list(events), 0
         for _ in range(_MAX_WATCH_RETRIES):
             try:
-                return await self._apply_once(group, events, high)
+                outcome = await self._apply_once(group, pending, high)
             except WatchError:
                 continue  # another consumer moved one of our partitions: re-read, re-apply
+            if isinstance(outcome, ApplyResult):
+                return replace(outcome, rejected=rejected)
+            refused, pending = _split_by_keys(pending, outcome)
+            if not refused or on_rejected is None:
+                found = ", ".join(f"{key} is a {kind}" for key, kind in outcome.items())
+                raise StateConflict(f"Redis holds keys the feature update cannot apply to: {found}")
+            await on_rejected(refused)
+            rejected += len(refused)
         raise WatchError(f"offsets of {group} kept changing during {_MAX_WATCH_RETRIES} tries")
 
     async def _apply_once(
@@ -197,7 +233,8 @@ class FeatureStore:
         group: str,
         events: Sequence[SourcedEvent],
         high: dict[tuple[str, int], int],
-    ) -> ApplyResult:
+    ) -> ApplyResult | dict[str, str]:
+        """The batch's result, or the keys (key -> found type) that stopped it unwritten."""
         partitions = sorted(high)
         offset_keys = [offset_key(group, t, p) for t, p in partitions]
         bucket = int(time.time() // self._dedup_bucket)
@@ -209,28 +246,26 @@ class FeatureStore:
             )
             done = dict(zip(partitions, applied_offsets, strict=True))
             fresh, redelivered, duplicates = _select_fresh(events, ids, done, seen)
-            agg, landmark_now, rebase = self._aggregate([events[i] for i in fresh], landmark)
+            agg = self._aggregate([events[i] for i in fresh], landmark)
             agg.event_ids = [ids[i] for i in fresh]
-
+            agg.offsets = [
+                (key, str(high[partition]))
+                for partition, key in zip(partitions, offset_keys, strict=True)
+            ]
+            now_ms = int(time.time() * 1000)  # just before EXEC: when the state changes
+            args = [
+                agg.payload(),
+                self._recent_cap,
+                now_ms,
+                PREFIX,
+                dedup_key(group, bucket),
+                2 * self._dedup_bucket,
+            ]
             tx.multi()
-            if rebase:
-                tx.zunionstore(POPULARITY, {POPULARITY: rebase})
-            if landmark_now != landmark:
-                tx.set(LANDMARK, repr(landmark_now))
-            if agg:
-                now_ms = int(time.time() * 1000)  # just before EXEC: when the state changes
-                args = [
-                    agg.payload(),
-                    self._recent_cap,
-                    now_ms,
-                    PREFIX,
-                    dedup_key(group, bucket),
-                    2 * self._dedup_bucket,
-                ]
-                await self._apply_script(args=args, client=tx)  # queued, runs at EXEC
-            for (topic, partition), key in zip(partitions, offset_keys, strict=True):
-                tx.set(key, high[(topic, partition)])
-            await tx.execute()
+            await self._apply_script(args=args, client=tx)  # queued, runs at EXEC
+            [reply] = await tx.execute()
+        if reply[0] == "wrong":
+            return dict(zip(reply[1::2], reply[2::2], strict=True))
         committed = time.time()
         lags = [
             committed - events[i].published_ms / 1000.0 for i in fresh if events[i].published_ms
@@ -249,12 +284,12 @@ class FeatureStore:
         offsets += [-1] * (len(offset_keys) - len(offsets))
         return offsets, seen, float(landmark) if landmark else None
 
-    def _aggregate(
-        self, fresh: list[SourcedEvent], landmark: float | None
-    ) -> tuple[_Aggregate, float | None, float]:
+    def _aggregate(self, fresh: list[SourcedEvent], landmark: float | None) -> _Aggregate:
         events = [s.event for s in fresh]
-        landmark, rebase = self._move_landmark(events, landmark)
-        agg = _Aggregate()
+        times = [e.ts.timestamp() for e in events if not isinstance(e, ItemEvent)]
+        moved, rebase = move_landmark(times, landmark, self._half_life)
+        agg = _Aggregate(rebase=rebase, landmark=moved if moved != landmark else None)
+        landmark = moved
         for event in events:
             if isinstance(event, ItemEvent):
                 meta = {"title": event.title, "genres": "|".join(event.genres)}
@@ -265,22 +300,7 @@ class FeatureStore:
                 self._fold_impression(agg, event)
             else:
                 self._fold_interaction(agg, event, landmark)
-        return agg, landmark, rebase
-
-    def _move_landmark(
-        self, events: list[Event], landmark: float | None
-    ) -> tuple[float | None, float]:
-        """Set the forward-decay landmark on first use; move it when exponents grow large."""
-        times = [e.ts.timestamp() for e in events if not isinstance(e, ItemEvent)]
-        if not times:
-            return landmark, 0.0
-        if landmark is None:
-            return min(times), 0.0
-        half_lives = (max(times) - landmark) / self._half_life
-        if half_lives <= _REBASE_AFTER_HALF_LIVES:
-            return landmark, 0.0
-        shift = math.floor(half_lives) - 1
-        return landmark + shift * self._half_life, 2.0**-shift
+        return agg
 
     @staticmethod
     def _fold_impression(agg: _Aggregate, event: ImpressionEvent) -> None:
@@ -298,8 +318,7 @@ class FeatureStore:
         user, item = agg.users[event.user_id], agg.items[event.item_id]
         user.last_ts = max(user.last_ts, ts)
         user.recent[event.item_id] = max(user.recent.get(event.item_id, ts), ts)
-        weight = 2.0 ** ((ts - landmark) / self._half_life) if landmark is not None else 1.0
-        agg.popularity[event.item_id] += weight
+        agg.popularity[event.item_id] += decay_weight(ts, landmark, self._half_life)
         if isinstance(event, RatingEvent):
             user.counts["ratings"] += 1
             user.rating_sum += event.rating
@@ -377,6 +396,98 @@ class FeatureStore:
     async def applied_offset(self, group: str, topic: str, partition: int) -> int:
         value = await self._redis.get(offset_key(group, topic, partition))
         return int(value) if value is not None else -1
+
+    # ------------------------------------------------------------------ the log's identity
+
+    async def log_of(self, group: str) -> str | None:
+        """The Kafka log (cluster id, core.kafka_log) ``group``'s stored offsets refer to."""
+        return await self._redis.get(f"{PREFIX}:log:{{{group}}}")
+
+    async def adopt_log(
+        self, group: str, log_id: str, partitions: Sequence[tuple[str, int]]
+    ) -> str | None:
+        """Make ``log_id`` the log that ``group``'s stored offsets refer to.
+
+        When another log (or none) is recorded, the group's offsets of ``partitions`` are
+        deleted in the transaction that records the new id: they count positions in a log that
+        is gone (the embedded broker starts a new, empty one on every `up`), and as the guard
+        only moves forward they would skip the new log's events as "redelivered". Event-id
+        de-duplication is kept, which also covers a first start after an upgrade (no id
+        recorded yet). Returns the previously recorded id when it changed ("" when none was),
+        None when ``log_id`` was already recorded.
+        """
+        key = f"{PREFIX}:log:{{{group}}}"
+        async with self._redis.pipeline(transaction=True) as tx:
+            await tx.watch(key)  # two starts racing: one EXEC fails (WatchError), none half-done
+            previous = await tx.get(key)
+            if previous == log_id:
+                return None
+            tx.multi()
+            stale = [offset_key(group, topic, partition) for topic, partition in partitions]
+            if stale:
+                tx.delete(*stale)
+            tx.set(key, log_id)
+            await tx.execute()
+        return previous or ""
+
+
+def move_landmark(
+    times: Sequence[float], landmark: float | None, half_life: float
+) -> tuple[float | None, float | None]:
+    """The forward-decay landmark after a batch with these event times, and the factor every
+    stored score must be multiplied by when it moves (None: it did not move).
+
+    Set on first use one half-life before the newest time (not at the oldest: a batch can span
+    thousands of half-lives, and 2 ** that overflows); moved forward when the newest time is more
+    than 64 half-lives past it, so that no weight exceeds 2 ** 64. The factor can underflow to
+    0.0 when the jump is over ~1,074 half-lives: scores that old have decayed to nothing
+    relative to the new events, and 0.0 is then the right answer.
+    """
+    if not times:
+        return landmark, None
+    if landmark is None:
+        return max(times) - half_life, None
+    half_lives = (max(times) - landmark) / half_life
+    if half_lives <= _REBASE_AFTER_HALF_LIVES:
+        return landmark, None
+    shift = math.floor(half_lives) - 1
+    return landmark + shift * half_life, 2.0**-shift
+
+
+def decay_weight(ts: float, landmark: float | None, half_life: float) -> float:
+    """An event's forward-decayed weight: 2 ** ((ts - landmark) / half_life). Never overflows
+    for a landmark set by ``move_landmark`` over the same times; events over ~1,074
+    half-lives older than the landmark weigh 0.0 (they no longer move a ranking)."""
+    if landmark is None:
+        return 1.0
+    exponent = (ts - landmark) / half_life
+    return 2.0**exponent if exponent > -1100.0 else 0.0
+
+
+def _event_keys(event: Event) -> list[str]:
+    """The per-id keys the apply script checks for this event (see apply_features.lua)."""
+    if isinstance(event, ItemEvent):
+        return [item_key(event.item_id)]
+    user = [user_key(event.user_id), user_seq_key(event.user_id), user_seen_key(event.user_id)]
+    if isinstance(event, ImpressionEvent):
+        return user + [item_key(item) for item in event.item_ids]
+    return [*user, item_key(event.item_id)]
+
+
+def _split_by_keys(
+    events: Sequence[SourcedEvent], wrong: dict[str, str]
+) -> tuple[RejectedEvents, list[SourcedEvent]]:
+    """Events touching a wrong-typed key (with the reason), and the others."""
+    refused: RejectedEvents = []
+    keep: list[SourcedEvent] = []
+    for sourced in events:
+        bad = [key for key in _event_keys(sourced.event) if key in wrong]
+        if bad:
+            reason = "; ".join(f"Redis key {key} holds a {wrong[key]}" for key in bad)
+            refused.append((sourced, f"{STATE_CONFLICT}: {reason}"))
+        else:
+            keep.append(sourced)
+    return refused, keep
 
 
 def _select_fresh(

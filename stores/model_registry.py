@@ -132,8 +132,12 @@ class ModelRegistry:
         staging.mkdir(parents=True)
         try:
             config = artifact.save_artifacts(staging)
-            meta = {"artifact_class": class_path, "n_users": n_users, "n_items": n_items,
-                    "data_window": data_window or {}}  # fmt: skip
+            meta = {
+                "artifact_class": class_path,
+                "n_users": n_users,
+                "n_items": n_items,
+                "data_window": data_window or {},
+            }
             _write_json(staging / META_FILE, meta)
             _write_json(staging / METRICS_FILE, metrics or {})
             version = self._commit(name, staging, class_path, config, meta, metrics or {})
@@ -145,9 +149,14 @@ class ModelRegistry:
         return self.get(name, version)
 
     def _commit(
-        self, name: str, staging: Path, class_path: str, config: dict[str, Any],
-        meta: dict[str, Any], metrics: dict[str, Any],
-    ) -> int:  # fmt: skip
+        self,
+        name: str,
+        staging: Path,
+        class_path: str,
+        config: dict[str, Any],
+        meta: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> int:
         """Move the staged files to the next free ``v<N>`` and insert its row."""
         for _ in range(5):  # another writer may take the same number; the constraint tells us
             version = self._next_version(name)
@@ -156,12 +165,18 @@ class ModelRegistry:
                 raise InvalidInput(f"{target} exists but is not registered; move it away")
             staging.rename(target)
             row = ModelVersionRow(
-                name=name, version=version, created_at=datetime.now(UTC),
-                artifact_class=class_path, metrics=metrics, config=config,
-                n_users=meta["n_users"], n_items=meta["n_items"],
+                name=name,
+                version=version,
+                created_at=datetime.now(UTC),
+                artifact_class=class_path,
+                metrics=metrics,
+                config=config,
+                n_users=meta["n_users"],
+                n_items=meta["n_items"],
                 data_window=meta["data_window"],
-                path=target.relative_to(self.root).as_posix(), active=False,
-            )  # fmt: skip
+                path=target.relative_to(self.root).as_posix(),
+                active=False,
+            )
             try:
                 with self._engine.begin() as conn:
                     conn.execute(ModelVersionRow.__table__.insert(), [_row_values(row)])
@@ -249,17 +264,24 @@ class ModelRegistry:
 
     def _version(self, row: Any) -> ModelVersion:
         return ModelVersion(
-            name=row["name"], version=row["version"], created_at=row["created_at"],
-            artifact_class=row["artifact_class"], metrics=dict(row["metrics"] or {}),
-            config=dict(row["config"] or {}), n_users=row["n_users"], n_items=row["n_items"],
-            data_window=dict(row["data_window"] or {}), path=self.root / row["path"],
+            name=row["name"],
+            version=row["version"],
+            created_at=row["created_at"],
+            artifact_class=row["artifact_class"],
+            metrics=dict(row["metrics"] or {}),
+            config=dict(row["config"] or {}),
+            n_users=row["n_users"],
+            n_items=row["n_items"],
+            data_window=dict(row["data_window"] or {}),
+            path=self.root / row["path"],
             active=bool(row["active"]),
-        )  # fmt: skip
+        )
 
 
 def _row_values(row: ModelVersionRow) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in ModelVersionRow.__table__.columns
-            if c.name != "id"}  # fmt: skip
+    return {
+        c.name: getattr(row, c.name) for c in ModelVersionRow.__table__.columns if c.name != "id"
+    }
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -15,10 +15,11 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 import core.ids
 import stores.catalog
+import stores.dlq_replays
 import stores.model_registry
 from core.db import Base
 
-_TABLE_MODULES = (core.ids, stores.catalog, stores.model_registry)
+_TABLE_MODULES = (core.ids, stores.catalog, stores.dlq_replays, stores.model_registry)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"

@@ -20,7 +20,17 @@ def commands() -> None:
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("up", "serve", "consume", "lag", "replay", "simulate", "train", "vectors"):
+    for command in (
+        "up",
+        "serve",
+        "consume",
+        "lag",
+        "replay",
+        "simulate",
+        "train",
+        "vectors",
+        "rebuild",
+    ):
         assert command in result.output
 
 

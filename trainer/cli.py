@@ -47,10 +47,11 @@ class Protocol(StrEnum):
 
 MODEL_OPT = typer.Option("--model", "-m", help="Which model to train or evaluate.")
 DATA_OPT = typer.Option(
-    "--data", "-d",
+    "--data",
+    "-d",
     help="A MovieLens folder (ratings.csv, u.data or ratings.dat layout), 'synthetic' "
     "(generated, seeded) or 'archive' (the SQL interactions archive).",
-)  # fmt: skip
+)
 VAR_OPT = typer.Option("--var-dir", help="State directory (default: STREAMREC_VAR_DIR or var).")
 SEEN_OPT = typer.Option(
     "--exclude-seen/--keep-seen",
@@ -58,10 +59,11 @@ SEEN_OPT = typer.Option(
     "for general models, not for SASRec).",
 )
 PROTOCOL_OPT = typer.Option(
-    "--protocol", "-p",
+    "--protocol",
+    "-p",
     help="loo-full: time-ordered leave-one-out over all items; loo-sampled: the same against "
     "100 sampled negatives; random-split: RecBole's per-user 80/10/10.",
-)  # fmt: skip
+)
 
 
 def _services(var_dir: Path | None) -> tuple[Engine, ModelRegistry]:
@@ -106,48 +108,81 @@ def train(
     try:
         engine, models = _services(var_dir)
         raw = load_data(data, engine, seed)
-        opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-                "seed": seed, "threads": threads}  # fmt: skip
-        version = train_model(model.value, raw, IdRegistry(engine), models, protocol.value,
-                              opts, exclude_seen, activate, show_progress=True)  # fmt: skip
+        opts = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "patience": patience,
+            "seed": seed,
+            "threads": threads,
+        }
+        version = train_model(
+            model.value,
+            raw,
+            IdRegistry(engine),
+            models,
+            protocol.value,
+            opts,
+            exclude_seen,
+            activate,
+            show_progress=True,
+        )
     except (StreamrecError, OSError, ValueError) as error:
         raise _fail(error) from None
-    console.print(f"registered [bold]{version.name} v{version.version}[/]"
-                  f"{' (active)' if version.active else ''} at {version.path}")  # fmt: skip
+    console.print(
+        f"registered [bold]{version.name} v{version.version}[/]"
+        f"{' (active)' if version.active else ''} at {version.path}"
+    )
     test = version.metrics.get("test", {})
     if test:
         console.print(_metric_table({f"{version.name} v{version.version}": test}))
 
 
 def train_model(
-    name: str, raw: InteractionData, ids: IdRegistry, models: ModelRegistry, protocol: str,
-    opts: dict[str, Any], exclude_seen: bool = True, activate: bool = True,
+    name: str,
+    raw: InteractionData,
+    ids: IdRegistry,
+    models: ModelRegistry,
+    protocol: str,
+    opts: dict[str, Any],
+    exclude_seen: bool = True,
+    activate: bool = True,
     show_progress: bool = False,
-) -> Any:  # fmt: skip
+) -> Any:
     """Train model ``name`` on ``raw`` and register it: what ``streamrec train`` and the API's
     training jobs both run. ``opts``: epochs, batch_size, lr, patience, seed, threads (None
     keeps the model's default); ``show_progress`` draws a progress bar on the console."""
     if name == ModelName.doc2vec.value:
         return _train_doc2vec(raw, ids, models, opts.get("seed") or 0, activate)
-    return _train_torch(name, raw, ids, models, protocol, opts, exclude_seen, activate,
-                        show_progress)  # fmt: skip
+    return _train_torch(
+        name, raw, ids, models, protocol, opts, exclude_seen, activate, show_progress
+    )
 
 
-def _train_doc2vec(raw: InteractionData, ids: IdRegistry, models: ModelRegistry, seed: int,
-                   activate: bool) -> Any:  # fmt: skip
+def _train_doc2vec(
+    raw: InteractionData, ids: IdRegistry, models: ModelRegistry, seed: int, activate: bool
+) -> Any:
     from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 
     if not raw.items:
         raise typer.BadParameter("this dataset has no item catalog to learn text vectors from")
     d2v = Doc2VecModel(Doc2VecConfig(seed=seed)).fit(raw.items, ids)
-    return models.register("doc2vec", d2v, {"items": len(raw.items)}, n_items=d2v.config.n_items,
-                           activate=activate)  # fmt: skip
+    return models.register(
+        "doc2vec", d2v, {"items": len(raw.items)}, n_items=d2v.config.n_items, activate=activate
+    )
 
 
 def _train_torch(
-    name: str, raw: InteractionData, ids: IdRegistry, models: ModelRegistry, protocol: str,
-    opts: dict[str, Any], exclude_seen: bool, activate: bool, show_progress: bool,
-) -> Any:  # fmt: skip
+    name: str,
+    raw: InteractionData,
+    ids: IdRegistry,
+    models: ModelRegistry,
+    protocol: str,
+    opts: dict[str, Any],
+    exclude_seen: bool,
+    activate: bool,
+    show_progress: bool,
+) -> Any:
     from trainer.data import build
     from trainer.evaluate import evaluate, make_validator, protocol_split
     from trainer.loop import fit
@@ -157,14 +192,23 @@ def _train_torch(
     split = protocol_split(inter, protocol, seed=opts["seed"], click=name == "wide_deep")
     net = build_model(name, inter, seed=opts["seed"])
     config = train_config(name, **opts)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
     with Progress(*columns, console=console, transient=True, disable=not show_progress) as bar:
         history = fit(net, inter.subset(split.train), validate, config, bar)
     test = evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
-    metrics = {"protocol": protocol, "dataset": raw.name, "exclude_seen": exclude_seen,
-               "test": test, **history.as_dict()}  # fmt: skip
+    metrics = {
+        "protocol": protocol,
+        "dataset": raw.name,
+        "exclude_seen": exclude_seen,
+        "test": test,
+        **history.as_dict(),
+    }
     window = {"start_ts": inter.window[0], "end_ts": inter.window[1], "events": len(inter)}
     return models.register(name, net, metrics, inter.n_users, inter.n_items, window, activate)
 
@@ -187,8 +231,9 @@ def evaluate_cmd(
         raise typer.BadParameter("doc2vec has no ranking evaluation; it gives content vectors")
     try:
         engine, models = _services(var_dir)
-        metrics, found = _evaluate_version(engine, models, model.value, data, protocol.value,
-                                           version, seed, exclude_seen)  # fmt: skip
+        metrics, found = _evaluate_version(
+            engine, models, model.value, data, protocol.value, version, seed, exclude_seen
+        )
     except (StreamrecError, OSError, ValueError) as error:
         raise _fail(error) from None
     label = f"{found.name} v{found.version}"
@@ -199,9 +244,15 @@ def evaluate_cmd(
 
 
 def _evaluate_version(
-    engine: Engine, models: ModelRegistry, name: str, data: str, protocol: str,
-    version: int | None, seed: int, exclude_seen: bool,
-) -> tuple[dict[str, float], Any]:  # fmt: skip
+    engine: Engine,
+    models: ModelRegistry,
+    name: str,
+    data: str,
+    protocol: str,
+    version: int | None,
+    seed: int,
+    exclude_seen: bool,
+) -> tuple[dict[str, float], Any]:
     from trainer.data import build
     from trainer.evaluate import evaluate, protocol_split
 
@@ -240,10 +291,12 @@ def _svg_curve(title: str, values: list[float], width: int = 360, height: int = 
     )
 
 
-def _html_report(label: str, protocol: str, metrics: dict[str, float],
-                 trained: dict[str, Any]) -> str:  # fmt: skip
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
-                   for k, v in sorted(metrics.items()))  # fmt: skip
+def _html_report(
+    label: str, protocol: str, metrics: dict[str, float], trained: dict[str, Any]
+) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items())
+    )
     epochs = trained.get("epochs", [])
     curves = "".join(
         _svg_curve(key, [float(e[key]) for e in epochs if key in e])

@@ -8,6 +8,7 @@ sizes at build time, so rows may exist for items a given dataset never mentions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -53,9 +54,12 @@ class Interactions:
         """Rows ``idx`` (kept in time order) with the same sizes and catalog."""
         idx = np.sort(np.asarray(idx, dtype=np.int64))
         return replace(
-            self, users=self.users[idx], items=self.items[idx],
-            ratings=self.ratings[idx], ts=self.ts[idx],
-        )  # fmt: skip
+            self,
+            users=self.users[idx],
+            items=self.items[idx],
+            ratings=self.ratings[idx],
+            ts=self.ts[idx],
+        )
 
     @cached_property
     def known_keys(self) -> np.ndarray:
@@ -116,8 +120,14 @@ def item_genre_matrix(
 
 
 # MovieLens 1M's age groups; ml-1m stores the group's lower bound, ml-100k exact ages.
-AGE_GROUPS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"),
-              (56, "50-55"))  # fmt: skip
+AGE_GROUPS = (
+    (18, "<18"),
+    (25, "18-24"),
+    (35, "25-34"),
+    (45, "35-44"),
+    (50, "45-49"),
+    (56, "50-55"),
+)
 
 
 def age_group(age: int) -> str:
@@ -181,11 +191,16 @@ def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> Intera
     5.0 so implicit models see them as positives.
     """
     query = (
-        select(InteractionRow.user_id, InteractionRow.item_id, InteractionRow.rating,
-               InteractionRow.ts, InteractionRow.type)
+        select(
+            InteractionRow.user_id,
+            InteractionRow.item_id,
+            InteractionRow.rating,
+            InteractionRow.ts,
+            InteractionRow.type,
+        )
         .where(InteractionRow.type.in_(types), InteractionRow.item_id.is_not(None))
         .order_by(InteractionRow.ts, InteractionRow.offset)
-    )  # fmt: skip
+    )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         catalog = conn.execute(select(ItemRow.__table__)).mappings().all()
@@ -193,10 +208,15 @@ def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> Intera
         Rating(u, i, float(r) if r is not None else 5.0, _unix(ts)) for u, i, r, ts, _ in rows
     ]
     items = {
-        row["item_id"]: Item(row["item_id"], row["title"] or "", tuple(row["genres"] or ()),
-                             row["year"], row["text"] or "")
+        row["item_id"]: Item(
+            row["item_id"],
+            row["title"] or "",
+            tuple(row["genres"] or ()),
+            row["year"],
+            row["text"] or "",
+        )
         for row in catalog
-    }  # fmt: skip
+    }
     return InteractionData(name="archive", ratings=ratings, items=items)
 
 
@@ -337,13 +357,28 @@ def iter_batches(
     elif kind == "pairwise":
         yield from _pairwise_batches(train, batch_size, rng)
     elif kind == "pointwise":
-        yield from _pointwise_batches(train, batch_size, rng, int(opts.get("neg", 0)),
-                                      opts.get("label_threshold"))  # fmt: skip
+        yield from _pointwise_batches(
+            train, batch_size, rng, int(opts.get("neg", 0)), opts.get("label_threshold")
+        )
     elif kind == "sequence":
-        yield from _sequence_batches(train, batch_size, rng, int(opts["max_len"]),
-                                     int(opts.get("stride", 0)))  # fmt: skip
+        yield from _sequence_batches(
+            train, batch_size, rng, int(opts["max_len"]), int(opts.get("stride", 0))
+        )
     else:
         raise InvalidInput(f"unknown input kind {kind!r}")
+
+
+def count_batches(kind: str, train: Interactions, batch_size: int, **opts: float) -> int:
+    """How many batches ``iter_batches`` yields per epoch: a progress bar's true total."""
+    if kind in ("ratings", "pairwise"):
+        rows = len(train)
+    elif kind == "pointwise":
+        rows = len(train) * (1 + int(opts.get("neg", 0)))
+    elif kind == "sequence":
+        rows = len(sequence_windows(train, int(opts["max_len"]), int(opts.get("stride", 0)))[0])
+    else:
+        raise InvalidInput(f"unknown input kind {kind!r}")
+    return math.ceil(rows / batch_size)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -354,8 +389,11 @@ def _rating_batches(train: Interactions, size: int, rng: np.random.Generator) ->
     order = rng.permutation(len(train))
     for start in range(0, len(order), size):
         rows = order[start : start + size]
-        yield {"users": _tensor(train.users[rows]), "items": _tensor(train.items[rows]),
-               "ratings": _tensor(train.ratings[rows])}  # fmt: skip
+        yield {
+            "users": _tensor(train.users[rows]),
+            "items": _tensor(train.items[rows]),
+            "ratings": _tensor(train.ratings[rows]),
+        }
 
 
 def sample_negatives(
@@ -389,8 +427,11 @@ def _pairwise_batches(train: Interactions, size: int, rng: np.random.Generator) 
     neg = sample_negatives(train, train.users[order], 1, rng)[:, 0]
     for start in range(0, len(order), size):
         rows = order[start : start + size]
-        yield {"users": _tensor(train.users[rows]), "pos": _tensor(train.items[rows]),
-               "neg": _tensor(neg[start : start + size])}  # fmt: skip
+        yield {
+            "users": _tensor(train.users[rows]),
+            "pos": _tensor(train.items[rows]),
+            "neg": _tensor(neg[start : start + size]),
+        }
 
 
 def _pointwise_batches(
@@ -411,8 +452,11 @@ def _pointwise_batches(
     order = rng.permutation(len(users))
     for start in range(0, len(order), size):
         rows = order[start : start + size]
-        yield {"users": _tensor(users[rows]), "items": _tensor(items[rows]),
-               "labels": _tensor(labels[rows])}  # fmt: skip
+        yield {
+            "users": _tensor(users[rows]),
+            "items": _tensor(items[rows]),
+            "labels": _tensor(labels[rows]),
+        }
 
 
 def sequence_windows(

@@ -59,16 +59,26 @@ class Doc2VecModel:
 
     def _gensim_kwargs(self) -> dict[str, Any]:
         c = self.config
-        return {"vector_size": c.vector_size, "window": c.window, "min_count": c.min_count,
-                "epochs": c.epochs, "dm": c.dm, "dbow_words": c.dbow_words,
-                "negative": c.negative, "sample": c.sample, "seed": c.seed,
-                "workers": c.workers}  # fmt: skip
+        return {
+            "vector_size": c.vector_size,
+            "window": c.window,
+            "min_count": c.min_count,
+            "epochs": c.epochs,
+            "dm": c.dm,
+            "dbow_words": c.dbow_words,
+            "negative": c.negative,
+            "sample": c.sample,
+            "seed": c.seed,
+            "workers": c.workers,
+        }
 
     def fit(self, items: dict[str, Item], registry: IdRegistry) -> Self:
         """Train on every item's text; tags are the registry's item indices."""
         index = registry.assign(IdKind.ITEM, items)
-        docs = [TaggedDocument(tokenize(item_text(item)), [index[item_id]])
-                for item_id, item in items.items()]  # fmt: skip
+        docs = [
+            TaggedDocument(tokenize(item_text(item)), [index[item_id]])
+            for item_id, item in items.items()
+        ]
         docs = [d for d in docs if d.words]
         if not docs:
             raise InvalidInput("no item has any text (title, genres or text) to learn from")
@@ -119,8 +129,12 @@ class Doc2VecModel:
         config = asdict(self.config)
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         (directory / VOCAB_FILE).write_text(json.dumps(vocab))
-        np.savez(directory / ARRAYS_FILE, wv=model.wv.vectors, syn1neg=model.syn1neg,
-                 items=self._item_vectors)  # fmt: skip
+        np.savez(
+            directory / ARRAYS_FILE,
+            wv=model.wv.vectors,
+            syn1neg=model.syn1neg,
+            items=self._item_vectors,
+        )
         return config
 
     @classmethod

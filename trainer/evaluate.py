@@ -145,11 +145,14 @@ def evaluate_sampled(
     """Each user's (first) target against ``n_negatives`` items they never interacted with."""
     model.eval()
     rng = np.random.default_rng(seed)
-    negatives = np.stack([
-        _sample_unseen(rng, model.n_items, user_items.get(int(u), np.zeros(0, np.int64)),
-                       n_negatives)
-        for u in es.users
-    ])  # fmt: skip
+    negatives = np.stack(
+        [
+            _sample_unseen(
+                rng, model.n_items, user_items.get(int(u), np.zeros(0, np.int64)), n_negatives
+            )
+            for u in es.users
+        ]
+    )
     targets = np.array([t[0] for t in es.targets], dtype=np.int64)
     totals: dict[str, float] = {}
     for start in range(0, len(es.users), chunk):
@@ -180,8 +183,12 @@ def evaluate_click(
     model.eval()
     users = torch.as_tensor(inter.users[rows])
     items = torch.as_tensor(inter.items[rows])
-    logits = torch.cat([model.logits(users[s : s + 8192], items[s : s + 8192])  # type: ignore[operator]
-                        for s in range(0, len(users), 8192)])  # fmt: skip
+    logits = torch.cat(
+        [
+            model.logits(users[s : s + 8192], items[s : s + 8192])  # type: ignore[operator]
+            for s in range(0, len(users), 8192)
+        ]
+    )
     labels = (inter.ratings[rows] >= threshold).astype(np.float32)
     probs = torch.sigmoid(logits).numpy()
     return {"auc": auc(labels, probs), "logloss": log_loss(labels, probs)}
@@ -208,9 +215,13 @@ def is_click_model(model: Recommender) -> bool:
 
 
 def make_validator(
-    model: Recommender, inter: Interactions, split: Split, protocol: str = "loo-full",
-    k: int = 10, exclude_seen: bool = True,
-) -> Callable[[Recommender], dict[str, float]]:  # fmt: skip
+    model: Recommender,
+    inter: Interactions,
+    split: Split,
+    protocol: str = "loo-full",
+    k: int = 10,
+    exclude_seen: bool = True,
+) -> Callable[[Recommender], dict[str, float]]:
     """The metric function the training loop calls after each epoch (on the valid part).
 
     Click models are validated on AUC and log loss only: ranking every item through their MLP
@@ -223,25 +234,37 @@ def make_validator(
 
 
 def evaluate(
-    model: Recommender, inter: Interactions, split: Split, protocol: str = "loo-full",
-    k: int = 10, exclude_seen: bool = True, part: str = "test",
-) -> dict[str, float]:  # fmt: skip
+    model: Recommender,
+    inter: Interactions,
+    split: Split,
+    protocol: str = "loo-full",
+    k: int = 10,
+    exclude_seen: bool = True,
+    part: str = "test",
+) -> dict[str, float]:
     """Metrics of ``model`` on ``part`` of ``split`` under ``protocol``."""
     return _evaluator(model, inter, split, part, protocol, k, exclude_seen)(model)
 
 
 def _evaluator(
-    model: Recommender, inter: Interactions, split: Split, part: str, protocol: str,
-    k: int, exclude_seen: bool,
-) -> Callable[[Recommender], dict[str, float]]:  # fmt: skip
+    model: Recommender,
+    inter: Interactions,
+    split: Split,
+    part: str,
+    protocol: str,
+    k: int,
+    exclude_seen: bool,
+) -> Callable[[Recommender], dict[str, float]]:
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     rows = split.valid if part == "valid" else split.test
     es = eval_set(inter, split, part)
     if is_click_model(model):
         threshold = float(model.config.label_threshold)
-        return lambda m: {**evaluate_click(m, inter, rows, threshold),
-                          **evaluate_full(m, es, k, exclude_seen)}  # fmt: skip
+        return lambda m: {
+            **evaluate_click(m, inter, rows, threshold),
+            **evaluate_full(m, es, k, exclude_seen),
+        }
     if protocol == "loo-sampled":
         seen_all = user_items(inter)
         return lambda m: evaluate_sampled(m, es, seen_all, k=k)

@@ -23,7 +23,7 @@ import torch
 from rich.progress import Progress
 
 from core.errors import InvalidInput
-from trainer.data import Interactions, iter_batches
+from trainer.data import Interactions, count_batches, iter_batches
 
 if TYPE_CHECKING:  # trainer.models imports this module for TrainConfig
     from trainer.models.base import Recommender
@@ -53,8 +53,12 @@ class History:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch,
-                "best_metric": self.best_metric, "seconds": self.seconds}  # fmt: skip
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
+            "seconds": self.seconds,
+        }
 
 
 def seed_everything(seed: int) -> None:
@@ -94,7 +98,7 @@ def fit(
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history, best_state, stale = History(), None, 0
-    n_batches = math.ceil(len(train) / config.batch_size)
+    n_batches = count_batches(model.input_kind, train, config.batch_size, **_batch_options(model))
     task = progress.add_task("training", total=config.epochs * n_batches) if progress else None
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -108,8 +112,9 @@ def fit(
         log.info("epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})
         score = record.get(config.metric, -loss)  # without validation: lowest loss wins
         if progress is not None and task is not None:
-            progress.update(task, description=f"epoch {epoch} loss {loss:.4f} "
-                                              f"{config.metric} {score:.4f}")  # fmt: skip
+            progress.update(
+                task, description=f"epoch {epoch} loss {loss:.4f} {config.metric} {score:.4f}"
+            )
         if score > history.best_metric:
             history.best_metric, history.best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -118,6 +123,9 @@ def fit(
             if stale >= config.patience:
                 log.info("early stop at epoch %d (best %d)", epoch, history.best_epoch)
                 break
+    if progress is not None and task is not None:
+        # An early stop ran fewer batches than planned: the bar ends full, at what really ran.
+        progress.update(task, total=len(history.epochs) * n_batches)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

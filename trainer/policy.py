@@ -237,8 +237,14 @@ class RLServer:
             dqn = self._models.get(DQN)
         except NotFound:
             slate = candidates[:k]
-            return Reranked(None, d2v.version, [(i, None) for i in slate], state,
-                            Exploration(), [1.0] * len(slate))  # fmt: skip
+            return Reranked(
+                None,
+                d2v.version,
+                [(i, None) for i in slate],
+                state,
+                Exploration(),
+                [1.0] * len(slate),
+            )
         _check_pair(dqn, d2v, table.shape[1])
         pair = _Pair(dqn.version, d2v.version, dqn.model, table)
         vectors = content_vectors(self._ids, table, candidates)

@@ -85,10 +85,12 @@ def sql_payloads(engine: Engine) -> PayloadSource:
             for r in rows
         }
         return {
-            item: {**found.get(item, {"title": "", "genres": []}),
-                   "popularity": popularity.get(item, 0.0)}
+            item: {
+                **found.get(item, {"title": "", "genres": []}),
+                "popularity": popularity.get(item, 0.0),
+            }
             for item in wanted
-        }  # fmt: skip
+        }
 
     return payloads
 
@@ -175,13 +177,26 @@ def publish_item_vectors(
         checkpoint_path=checkpoint,
         batch_size=chunk,
         on_progress=(lambda done: on_progress(done, total)) if on_progress else None,
-    )  # fmt: skip (bulk_upsert optimizes (Edge index build) before we swap)
+    )  # bulk_upsert optimizes (Edge index build) before we swap
     alias = items_alias(model)
     previous = vectors.swap_alias(alias, collection)
-    log.info("published %s v%d: %d points in %s (was %s)", model, found.version, total,
-             collection, previous)  # fmt: skip
-    return Published(model, found.version, collection, alias, result.points, previous,
-                     time.perf_counter() - started)  # fmt: skip
+    log.info(
+        "published %s v%d: %d points in %s (was %s)",
+        model,
+        found.version,
+        total,
+        collection,
+        previous,
+    )
+    return Published(
+        model,
+        found.version,
+        collection,
+        alias,
+        result.points,
+        previous,
+        time.perf_counter() - started,
+    )
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -212,16 +227,24 @@ def publish_cmd(
         settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
         engine = create_db_engine(settings.database_url)
         create_schema(engine)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())  # fmt: skip
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with open_vector_store(settings) as store, Progress(*columns, console=console) as bar:
             task = bar.add_task(f"publishing {model}", total=None)
             done = publish_item_vectors(
-                ModelRegistry(engine, settings.var_dir / "models"), store, IdRegistry(engine),
-                sql_payloads(engine), model, version,
+                ModelRegistry(engine, settings.var_dir / "models"),
+                store,
+                IdRegistry(engine),
+                sql_payloads(engine),
+                model,
+                version,
                 checkpoint_dir=settings.var_dir / "publish",
                 on_progress=lambda n, total: bar.update(task, completed=n, total=total),
-            )  # fmt: skip
+            )
         engine.dispose()
     except (StreamrecError, OSError) as error:
         console.print(f"[red]error:[/] {error}")

@@ -161,11 +161,16 @@ class ReplaySample:
         items, mask = _gather(table, self.candidates)
         next_items, next_mask = _gather(table, self.next_candidates)
         return DQNBatch(
-            states=torch.from_numpy(self.states), items=items, mask=mask,
-            actions=torch.from_numpy(self.actions), rewards=torch.from_numpy(self.rewards),
-            next_states=torch.from_numpy(self.next_states), next_items=next_items,
-            next_mask=next_mask, done=torch.from_numpy(self.done),
-        )  # fmt: skip
+            states=torch.from_numpy(self.states),
+            items=items,
+            mask=mask,
+            actions=torch.from_numpy(self.actions),
+            rewards=torch.from_numpy(self.rewards),
+            next_states=torch.from_numpy(self.next_states),
+            next_items=next_items,
+            next_mask=next_mask,
+            done=torch.from_numpy(self.done),
+        )
 
 
 def _gather(table: Tensor, idx: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -214,8 +219,15 @@ class ReplayBuffer:
         return sum(a.nbytes for a in self._arrays())
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self._states, self._next_states, self._candidates, self._next_candidates,
-                self._actions, self._rewards, self._done)  # fmt: skip
+        return (
+            self._states,
+            self._next_states,
+            self._candidates,
+            self._next_candidates,
+            self._actions,
+            self._rewards,
+            self._done,
+        )
 
     def __len__(self) -> int:
         return self.size
@@ -244,8 +256,9 @@ class ReplayBuffer:
                 f"{len(t.candidates)} and {len(t.next_candidates)}"
             )
         if not 0 <= t.action < len(t.candidates):
-            raise InvalidInput(f"action {t.action} is not an index into {len(t.candidates)} "
-                               "candidates")  # fmt: skip
+            raise InvalidInput(
+                f"action {t.action} is not an index into {len(t.candidates)} candidates"
+            )
         if min(t.candidates) < 0 or (len(t.next_candidates) and min(t.next_candidates) < 0):
             raise InvalidInput("item indices must be ≥ 0")
         if not math.isfinite(t.reward):
@@ -259,12 +272,14 @@ class ReplayBuffer:
 
     def _take(self, rows: np.ndarray) -> ReplaySample:
         return ReplaySample(
-            states=self._states[rows], candidates=_trim(self._candidates[rows]),
-            actions=self._actions[rows].astype(np.int64), rewards=self._rewards[rows],
+            states=self._states[rows],
+            candidates=_trim(self._candidates[rows]),
+            actions=self._actions[rows].astype(np.int64),
+            rewards=self._rewards[rows],
             next_states=self._next_states[rows],
             next_candidates=_trim(self._next_candidates[rows]),
             done=self._done[rows],
-        )  # fmt: skip
+        )
 
     def newest(self, n: int) -> ReplaySample:
         """The ``n`` most recent transitions, oldest first (inspection and tests)."""
@@ -294,9 +309,11 @@ class DQNLearner:
         self.config = config or model.config
         arch = (model.config.state_dim, model.config.item_dim)
         if (self.config.state_dim, self.config.item_dim) != arch:
-            raise InvalidInput(f"learner config is for (state_dim, item_dim) = "
-                               f"{(self.config.state_dim, self.config.item_dim)}, "
-                               f"the model is {arch}")  # fmt: skip
+            raise InvalidInput(
+                f"learner config is for (state_dim, item_dim) = "
+                f"{(self.config.state_dim, self.config.item_dim)}, "
+                f"the model is {arch}"
+            )
         self.online = model.train()
         self.target = copy.deepcopy(model).eval()
         self.target.requires_grad_(False)
@@ -304,9 +321,12 @@ class DQNLearner:
         # is bound by per-tensor call overhead, not arithmetic.
         self._online_params = list(self.online.parameters())
         self._target_params = list(self.target.parameters())
-        self.optimizer = torch.optim.Adam(self._online_params, lr=self.config.lr,
-                                          weight_decay=self.config.weight_decay,
-                                          foreach=True)  # fmt: skip
+        self.optimizer = torch.optim.Adam(
+            self._online_params,
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            foreach=True,
+        )
         self.steps = 0
 
     @torch.no_grad()

@@ -80,8 +80,10 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         unknown = set(self.policies) - set(POLICIES)
         if unknown or not self.policies:
-            raise InvalidInput(f"policies must be among {', '.join(POLICIES)}; got "
-                               f"{', '.join(sorted(unknown)) or 'none'}")  # fmt: skip
+            raise InvalidInput(
+                f"policies must be among {', '.join(POLICIES)}; got "
+                f"{', '.join(sorted(unknown)) or 'none'}"
+            )
         if self.slates < 1 or self.k < 1 or self.depth < self.k:
             raise InvalidInput("slates and k must be >= 1 and depth >= k")
         if not 0.0 < self.train_fraction < 1.0:
@@ -118,15 +120,25 @@ class SimulationReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "config": asdict(self.config), "dataset": self.dataset, "users": self.users,
-            "items": self.items, "setup_seconds": round(self.setup_seconds, 1),
+            "config": asdict(self.config),
+            "dataset": self.dataset,
+            "users": self.users,
+            "items": self.items,
+            "setup_seconds": round(self.setup_seconds, 1),
             "results": {
-                name: {"ctr": r.ctr, "reward_per_slate": r.reward_per_slate, "slates": r.slates,
-                       "shown": r.shown, "clicks": r.clicks, "seconds": round(r.seconds, 2),
-                       "curve": r.curve, **r.extra}
+                name: {
+                    "ctr": r.ctr,
+                    "reward_per_slate": r.reward_per_slate,
+                    "slates": r.slates,
+                    "shown": r.shown,
+                    "clicks": r.clicks,
+                    "seconds": round(r.seconds, 2),
+                    "curve": r.curve,
+                    **r.extra,
+                }
                 for name, r in self.results.items()
             },
-        }  # fmt: skip
+        }
 
 
 # -- the world ---------------------------------------------------------------------------------
@@ -175,8 +187,7 @@ def build_world(
     fit(base, past, None, train_config("bpr", epochs=config.base_epochs, seed=config.seed))
     on_stage("training the taste model (explicit MF) on all ratings")
     oracle = build_model("mf", everything, seed=config.seed)
-    fit(oracle, everything, None, train_config("mf", epochs=config.oracle_epochs,
-                                               seed=config.seed))  # fmt: skip
+    fit(oracle, everything, None, train_config("mf", epochs=config.oracle_epochs, seed=config.seed))
     with torch.no_grad():
         every_user = Query(torch.arange(everything.n_users))
         taste = oracle.full_scores(every_user).clamp(0.5, 5.0).numpy()  # (U, I)
@@ -188,12 +199,17 @@ def build_world(
     valid = np.zeros(everything.n_items, np.bool_)
     valid[everything.items] = True
     return World(
-        data=data, past=past_data,
-        user_ids=ids.external_ids(IdKind.USER), item_ids=ids.external_ids(IdKind.ITEM),
-        taste=taste, base=base_scores,
+        data=data,
+        past=past_data,
+        user_ids=ids.external_ids(IdKind.USER),
+        item_ids=ids.external_ids(IdKind.ITEM),
+        taste=taste,
+        base=base_scores,
         popularity=np.bincount(past.items, minlength=everything.n_items).astype(np.float64),
-        seen=seen, users=np.flatnonzero(counts >= config.min_history), valid_items=valid,
-    )  # fmt: skip
+        seen=seen,
+        users=np.flatnonzero(counts >= config.min_history),
+        valid_items=valid,
+    )
 
 
 # -- policies without learning -----------------------------------------------------------------
@@ -280,14 +296,20 @@ def simulation_settings(var_dir: Path, config: SimulationConfig) -> Settings:
     """Embedded services of its own under ``var_dir``, and the learner tuned to simulated time."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        kafka_bootstrap="embedded", redis_url="embedded", qdrant_url="embedded",
-        database_url="", var_dir=var_dir, log_level="WARNING",
-        rl_exploration=config.exploration, rl_epsilon=config.epsilon,  # type: ignore[arg-type]
-        rl_temperature=config.temperature, rl_feedback_window_seconds=config.window_s,
+        kafka_bootstrap="embedded",
+        redis_url="embedded",
+        qdrant_url="embedded",
+        database_url="",
+        var_dir=var_dir,
+        log_level="WARNING",
+        rl_exploration=config.exploration,
+        rl_epsilon=config.epsilon,  # type: ignore[arg-type]
+        rl_temperature=config.temperature,
+        rl_feedback_window_seconds=config.window_s,
         rl_train_every=config.train_every,
         rl_snapshot_every_updates=config.snapshot_every_updates,
         rl_snapshot_seconds=86_400.0,  # by updates only: wall time means nothing here
-    )  # fmt: skip
+    )
 
 
 async def _wait_for(predicate: Callable[[], Any], timeout: float = 120.0) -> None:
@@ -335,11 +357,17 @@ class OnlineLoop:
 
         on_stage("training Doc2Vec on the catalog")
         d2v = await asyncio.to_thread(
-            Doc2VecModel(Doc2VecConfig(seed=self.config.seed)).fit, self.world.data.items,
+            Doc2VecModel(Doc2VecConfig(seed=self.config.seed)).fit,
+            self.world.data.items,
             self.services.ids,
-        )  # fmt: skip
-        self.registry.register("doc2vec", d2v, {"items": len(self.world.data.items)},
-                               n_items=d2v.config.n_items, activate=True)  # fmt: skip
+        )
+        self.registry.register(
+            "doc2vec",
+            d2v,
+            {"items": len(self.world.data.items)},
+            n_items=d2v.config.n_items,
+            activate=True,
+        )
         await self.broker.start()
         await self.publisher.start()
         on_stage(f"replaying {len(self.world.past.ratings):,} past ratings through Kafka")
@@ -376,23 +404,39 @@ class OnlineLoop:
         candidates = _top(world.base[user], config.depth, exclude, world.valid_items)
         recent = await self.features.recent_items(user_id, STATE_RECENT_ITEMS)
         stats = await self.features.user_stats(user_id)
-        ranked = self.server.rerank([world.item_ids[i] for i in candidates], recent, stats,
-                                    config.k)  # fmt: skip
+        ranked = self.server.rerank(
+            [world.item_ids[i] for i in candidates], recent, stats, config.k
+        )
         shown = [item for item, _ in ranked.items]
         slate = np.asarray([self.index[i] for i in shown], np.int64)
         hits = clicks_on(world, config, user, slate, dice)
         at = self.start_ts + step * config.seconds_per_slate
         request_id = uuid.uuid4().hex
         model = "bpr+dqn" if ranked.dqn_version is not None else "bpr"
-        events: list[Any] = [ImpressionEvent(
-            user_id=user_id, request_id=request_id, item_ids=shown, model=model,
-            variant=VARIANT, ts=_time(at), policy=ranked.policy_log(),
-        )]  # fmt: skip
+        events: list[Any] = [
+            ImpressionEvent(
+                user_id=user_id,
+                request_id=request_id,
+                item_ids=shown,
+                model=model,
+                variant=VARIANT,
+                ts=_time(at),
+                policy=ranked.policy_log(),
+            )
+        ]
         for position in np.flatnonzero(hits).tolist():
             clicked_at = _time(at + 0.1 * (position + 1))  # read down the list
-            events.append(ClickEvent(user_id=user_id, item_id=shown[position],
-                                     request_id=request_id, position=position, model=model,
-                                     variant=VARIANT, ts=clicked_at))  # fmt: skip
+            events.append(
+                ClickEvent(
+                    user_id=user_id,
+                    item_id=shown[position],
+                    request_id=request_id,
+                    position=position,
+                    model=model,
+                    variant=VARIANT,
+                    ts=clicked_at,
+                )
+            )
         await self.publisher.publish_many(events)
         return len(slate), slate[hits]
 
@@ -402,9 +446,12 @@ def _time(seconds: float) -> datetime:
 
 
 async def run_dqn(
-    services: Any, world: World, config: SimulationConfig, episode: Episode,
+    services: Any,
+    world: World,
+    config: SimulationConfig,
+    episode: Episode,
     on_stage: Callable[[str], None],
-) -> PolicyResult:  # fmt: skip
+) -> PolicyResult:
     loop = OnlineLoop(services, world, config)
     await loop.start(on_stage)
     on_stage(f"serving {config.slates:,} slates with the DQN re-ranker (online learning)")
@@ -448,9 +495,11 @@ def run_simulation(
 
 
 async def _run(
-    data: InteractionData, config: SimulationConfig, var_dir: Path,
+    data: InteractionData,
+    config: SimulationConfig,
+    var_dir: Path,
     on_stage: Callable[[str], None],
-) -> SimulationReport:  # fmt: skip
+) -> SimulationReport:
     from core.services import open_services
     from stores.schema import create_schema
 
@@ -470,8 +519,9 @@ async def _run(
             else:
                 on_stage(f"serving {config.slates:,} slates with {policy}")
                 results[policy] = run_static(world, config, episode, policy)
-    return SimulationReport(config, data.name, len(world.users), int(world.valid_items.sum()),
-                            results, setup)  # fmt: skip
+    return SimulationReport(
+        config, data.name, len(world.users), int(world.valid_items.sum()), results, setup
+    )
 
 
 def plot_curves(report: SimulationReport, path: Path) -> Path:
@@ -487,8 +537,9 @@ def plot_curves(report: SimulationReport, path: Path) -> Path:
         ax.plot(xs, ys, label=f"{name} ({result.ctr:.3f})", linewidth=2 if name == "dqn" else 1)
     ax.set_xlabel("slates served")
     ax.set_ylabel("cumulative CTR")
-    ax.set_title(f"simulated users on {report.dataset} (k={report.config.k}, "
-                 f"seed {report.config.seed})")  # fmt: skip
+    ax.set_title(
+        f"simulated users on {report.dataset} (k={report.config.k}, seed {report.config.seed})"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -508,8 +559,10 @@ def _table(report: SimulationReport) -> Any:
     from rich.table import Table
 
     base = report.results.get("base")
-    table = Table(title=f"simulated users on {report.dataset}: {report.config.slates:,} slates "
-                        f"of {report.config.k} per policy, seed {report.config.seed}")  # fmt: skip
+    table = Table(
+        title=f"simulated users on {report.dataset}: {report.config.slates:,} slates "
+        f"of {report.config.k} per policy, seed {report.config.seed}"
+    )
     for column in ("policy", "CTR", "clicks/slate", "CTR vs base", "seconds"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, r in report.results.items():
@@ -555,14 +608,21 @@ def register(app: Any) -> None:
         """
         try:
             config = SimulationConfig(
-                slates=slates, k=k, depth=max(depth, k), exploration=exploration,
-                epsilon=epsilon, temperature=temperature, base_epochs=base_epochs,
-                oracle_epochs=oracle_epochs, seed=seed,
+                slates=slates,
+                k=k,
+                depth=max(depth, k),
+                exploration=exploration,
+                epsilon=epsilon,
+                temperature=temperature,
+                base_epochs=base_epochs,
+                oracle_epochs=oracle_epochs,
+                seed=seed,
                 policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
-            )  # fmt: skip
+            )
             if exploration not in ("greedy", "epsilon_greedy", "softmax"):
-                raise InvalidInput(f"exploration must be greedy, epsilon_greedy or softmax, "
-                                   f"not {exploration!r}")  # fmt: skip
+                raise InvalidInput(
+                    f"exploration must be greedy, epsilon_greedy or softmax, not {exploration!r}"
+                )
             raw = _data(data, seed)
             with console.status("setting up") as status:
                 report = run_simulation(raw, config, on_stage=lambda s: status.update(s))

@@ -7,9 +7,11 @@ from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
+from pydantic import Field
 
 from api.deps import IngestKey, PublisherDep, RuntimeDep
-from schemas.api import ErrorBody, EventsAccepted
+from api.responses import error_responses
+from schemas.api import EventsAccepted
 from schemas.events import Event
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -33,15 +35,21 @@ async def reject_oversized_batch(request: Request, runtime: RuntimeDep) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[IngestKey, Depends(reject_oversized_batch)],
-    responses={
-        401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key"},
-        413: {"model": ErrorBody, "description": "More events than the per-request limit"},
-        422: {"model": ErrorBody, "description": "An event breaks a rule (field and rule named)"},
-        503: {"model": ErrorBody, "description": "Kafka did not take the events"},
-    },
+    responses=error_responses(
+        described={
+            401: "Missing or wrong X-API-Key (the ingest or admin key)",
+            413: "More events than STREAMREC_MAX_EVENTS_PER_REQUEST, or a body larger than "
+            "STREAMREC_MAX_REQUEST_BYTES",
+            422: "An event breaks a rule (field and rule named), an empty list, or not JSON",
+            503: "Kafka did not take the events",
+        }
+    ),
 )
 async def publish_events(
-    events: Annotated[Event | list[Event], Body(description="One event or a list of events")],
+    events: Annotated[
+        Event | Annotated[list[Event], Field(min_length=1)],
+        Body(description="One event or a non-empty list of events"),
+    ],
     publisher: PublisherDep,
 ) -> EventsAccepted:
     """Validate and publish events; 202 once Kafka has acknowledged every one of them.
@@ -49,7 +57,5 @@ async def publish_events(
     All or nothing on validation: one invalid event rejects the request, naming the field.
     """
     batch = events if isinstance(events, list) else [events]
-    if not batch:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the list of events is empty")
     accepted = await publisher.publish_many(batch)
     return EventsAccepted(accepted=accepted, by_topic=dict(Counter(e.topic.value for e in batch)))

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Path
 
 from api.deps import RuntimeDep
 from api.experiment_stats import read_experiment, read_experiments
-from schemas.api import ErrorBody, Experiment, ExperimentList
+from api.responses import error_responses
+from schemas.api import Experiment, ExperimentList
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
@@ -21,13 +22,16 @@ ExperimentName = Annotated[
 ]
 
 
-@router.get("")
+@router.get("", responses=error_responses(503))
 async def list_experiments(runtime: RuntimeDep) -> ExperimentList:
     """Every experiment that has impressions or clicks, by name."""
     return await read_experiments(runtime.services.redis)
 
 
-@router.get("/{name}", responses={404: {"model": ErrorBody, "description": "Unknown experiment"}})
+@router.get(
+    "/{name}",
+    responses=error_responses(422, 503, described={404: "Unknown experiment"}),
+)
 async def get_experiment(name: ExperimentName, runtime: RuntimeDep) -> Experiment:
     """Per variant (and per serving model within it): impressions, clicks, CTR and its 95%
     Wilson interval. Impressions count lists served; clicks count click events that carry

@@ -18,12 +18,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, status
 
 from api.deps import AdminKey, ModelRegistryDep
+from api.responses import error_responses
 from core.errors import NotFound
 from schemas.api import (
     MAX_MODEL_NAME,
     MODEL_NAME_PATTERN,
     DeletedVersion,
-    ErrorBody,
     ModelInfo,
     ModelList,
     ModelVersionInfo,
@@ -39,9 +39,9 @@ ModelName = Annotated[
 ]  # fmt: skip
 Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="A registered version number")]
 
-_NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown model or version"}}
-_ADMIN = {401: {"model": ErrorBody, "description": "Missing or wrong admin X-API-Key"}}
-_BAD_NAME = {422: {"model": ErrorBody, "description": "Invalid model name or version"}}
+# Every route reads the registry (SQL): 503 while it is unavailable.
+_LOOKUP = {404: "Unknown model or version", 422: "Invalid model name or version"}
+_ADMIN = {401: "Missing or wrong admin X-API-Key"}
 
 
 def _scalars(values: dict[str, Any]) -> dict[str, Any]:
@@ -71,14 +71,14 @@ def _model_infos(versions: list[ModelVersion]) -> list[ModelInfo]:
     ]  # fmt: skip
 
 
-@router.get("")
+@router.get("", responses=error_responses(503))
 async def list_models(registry: ModelRegistryDep) -> ModelList:
     """Every registered model with its versions (metrics without the per-epoch history)."""
     versions = await asyncio.to_thread(registry.list)
     return ModelList(models=_model_infos(versions))
 
 
-@router.get("/{name}", responses={**_NOT_FOUND, **_BAD_NAME})
+@router.get("/{name}", responses=error_responses(503, described=_LOOKUP))
 async def get_model(name: ModelName, registry: ModelRegistryDep) -> ModelInfo:
     """One model's versions and which one is active."""
     versions = await asyncio.to_thread(registry.list, name)
@@ -90,7 +90,7 @@ async def get_model(name: ModelName, registry: ModelRegistryDep) -> ModelInfo:
 @router.post(
     "/{name}/versions/{version}/activate",
     dependencies=[AdminKey],
-    responses={**_ADMIN, **_NOT_FOUND, **_BAD_NAME},
+    responses=error_responses(503, described={**_ADMIN, **_LOOKUP}),
 )
 async def activate_version(
     name: ModelName, version: Version, registry: ModelRegistryDep
@@ -102,11 +102,10 @@ async def activate_version(
 @router.delete(
     "/{name}/versions/{version}",
     dependencies=[AdminKey],
-    responses={
-        **_ADMIN, **_NOT_FOUND, **_BAD_NAME,
-        409: {"model": ErrorBody, "description": "The version is the active one"},
-    },
-)  # fmt: skip
+    responses=error_responses(
+        503, described={**_ADMIN, **_LOOKUP, 409: "The version is the active one"}
+    ),
+)
 async def delete_version(
     name: ModelName, version: Version, registry: ModelRegistryDep
 ) -> DeletedVersion:

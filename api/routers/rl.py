@@ -9,13 +9,13 @@ import asyncio
 from fastapi import APIRouter
 
 from api.deps import FeaturesDep, RuntimeDep
+from api.responses import BODY_ERRORS, error_responses
 from api.runtime import Runtime
 from schemas.api import (
     EmbedBulkRequest,
     Embedding,
     Embeddings,
     EmbedRequest,
-    ErrorBody,
     QValues,
     QValuesRequest,
     RankedItem,
@@ -27,10 +27,12 @@ from trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1", tags=["dqn"])
 
-_NO_MODEL = {404: {"model": ErrorBody, "description": "No active version of the model"}}
-_BAD_INPUT = {
-    422: {"model": ErrorBody, "description": "Empty or oversized list, or wrong vector sizes"}
-}
+_NO_MODEL = "No active version of the model"
+# 503: the active version is looked up in the registry (SQL); rank also reads Redis.
+_ERRORS = error_responses(
+    *BODY_ERRORS,
+    described={404: _NO_MODEL, 422: "Empty or oversized list, wrong vector sizes, or not JSON"},
+)
 
 
 def _rl(runtime: Runtime) -> RLServer:
@@ -38,7 +40,7 @@ def _rl(runtime: Runtime) -> RLServer:
     return runtime.rl
 
 
-@router.post("/predict/q-values", responses={**_NO_MODEL, **_BAD_INPUT})
+@router.post("/predict/q-values", responses=_ERRORS)
 async def q_values(body: QValuesRequest, runtime: RuntimeDep) -> QValues:
     """Q-values of raw item vectors for a raw user state vector (the bulk predict)."""
     version, q = await asyncio.to_thread(
@@ -49,10 +51,10 @@ async def q_values(body: QValuesRequest, runtime: RuntimeDep) -> QValues:
 
 @router.post(
     "/rank",
-    responses={
-        **_NO_MODEL,
-        422: {"model": ErrorBody, "description": "Bad lists, or candidates without a vector"},
-    },
+    responses=error_responses(
+        *BODY_ERRORS,
+        described={404: _NO_MODEL, 422: "Bad lists, candidates without a vector, or not JSON"},
+    ),
 )
 async def rank(body: RankRequest, runtime: RuntimeDep, features: FeaturesDep) -> RankedItems:
     """The candidates ordered by Q-value for the user's current state (recent items' Doc2Vec
@@ -68,14 +70,14 @@ async def rank(body: RankRequest, runtime: RuntimeDep, features: FeaturesDep) ->
     )
 
 
-@router.post("/embeddings/doc2vec", responses={**_NO_MODEL, **_BAD_INPUT})
+@router.post("/embeddings/doc2vec", responses=_ERRORS)
 async def embed(body: EmbedRequest, runtime: RuntimeDep) -> Embedding:
     """The Doc2Vec vector of one text (the same text always gives the same vector)."""
     version, vectors = await asyncio.to_thread(_rl(runtime).embed, [body.text])
     return Embedding(version=version, vector=vectors[0].tolist())
 
 
-@router.post("/embeddings/doc2vec/bulk", responses={**_NO_MODEL, **_BAD_INPUT})
+@router.post("/embeddings/doc2vec/bulk", responses=_ERRORS)
 async def embed_bulk(body: EmbedBulkRequest, runtime: RuntimeDep) -> Embeddings:
     """Doc2Vec vectors of up to 1,000 texts; row i equals the single call on ``texts[i]``."""
     version, vectors = await asyncio.to_thread(_rl(runtime).embed, body.texts)

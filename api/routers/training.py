@@ -14,8 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Path, status
 
 from api.deps import AdminKey, TrainingJobsDep
+from api.responses import error_responses
 from api.training_jobs import TrainingJobs
-from schemas.api import ErrorBody, TrainingJob, TrainingJobList, TrainingJobRequest
+from schemas.api import TrainingJob, TrainingJobList, TrainingJobRequest
 
 
 @asynccontextmanager
@@ -36,7 +37,7 @@ router = APIRouter(
     tags=["training"],
     dependencies=[AdminKey],
     lifespan=run_training_jobs,
-    responses={401: {"model": ErrorBody, "description": "Missing or wrong admin X-API-Key"}},
+    responses=error_responses(described={401: "Missing or wrong admin X-API-Key"}),
 )
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id")]
@@ -45,10 +46,13 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={
-        422: {"model": ErrorBody, "description": "Unknown model or data, or a bound broken"},
-        503: {"model": ErrorBody, "description": "The queue is full"},
-    },
+    responses=error_responses(
+        413,
+        described={
+            422: "Unknown model or data, a bound broken, or not JSON",
+            503: "The queue is full",
+        },
+    ),
 )
 async def start_job(body: TrainingJobRequest, jobs: TrainingJobsDep) -> TrainingJob:
     """Queue a training job; 202 with its record. Follow it with GET .../jobs/{id}."""
@@ -63,7 +67,9 @@ async def list_jobs(jobs: TrainingJobsDep) -> TrainingJobList:
     )
 
 
-@router.get("/{job_id}", responses={404: {"model": ErrorBody, "description": "Unknown job"}})
+@router.get(
+    "/{job_id}", responses=error_responses(described={404: "Unknown job", 422: "Bad job id"})
+)
 async def get_job(job_id: JobId, jobs: TrainingJobsDep) -> TrainingJob:
     """Status (queued, running, succeeded, failed), stage, the registered version or the
     error."""

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import StringConstraints
 
 from api.deps import FeaturesDep, RuntimeDep
+from api.responses import error_responses
 from api.runtime import Runtime
 from api.serving import ItemMetaCache
 from core.errors import ConfigurationError, NotFound
 from schemas.api import (
-    ErrorBody,
     HistoryItem,
     RecommendationModel,
     Recommendations,
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 RERANK_MIN_CANDIDATES = 50
 RERANK_MAX_CANDIDATES = 200
 UserId = Annotated[str, "external user id"]
+# A genres value (one genre, or several comma-separated) is printable text: no control
+# characters, which no genre name has.
+GenreFilter = Annotated[
+    str, StringConstraints(max_length=1000, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")
+]
 
 
 def _genres(raw: str) -> list[str]:
@@ -145,6 +151,8 @@ async def _rerank_dqn(
     depend on the policy being deployed. Whenever Doc2Vec is active the slate carries a policy
     log (the state, the exploration and its propensities) for the online learner."""
     assert runtime.rl is not None  # built in Runtime.__post_init__
+    if not items:  # e.g. no events yet: a slate (and its policy log) needs at least one item
+        return _Reranked(items, note="the base model returned no candidates to re-rank")
     recent = await features.recent_items(user_id, STATE_RECENT_ITEMS)
     try:
         ranked = await asyncio.to_thread(
@@ -167,7 +175,7 @@ async def _rerank_dqn(
 
 @router.get(
     "/{user_id}/recommendations",
-    responses={422: {"model": ErrorBody, "description": "Unknown model or rerank, or bad k"}},
+    responses=error_responses(503, described={422: "Unknown model or rerank, or bad k"}),
 )
 async def recommend(
     user_id: str,
@@ -179,7 +187,8 @@ async def recommend(
     ),
     exclude_seen: Annotated[bool, Query(description="Leave out items the user has had")] = True,
     genres: Annotated[
-        list[str] | None, Query(description="Only these genres (repeat or comma-separate)")
+        list[GenreFilter] | None,
+        Query(description="Only these genres (repeat or comma-separate)"),
     ] = None,
     variant: Annotated[str, Query(max_length=64, description="A/B variant label")] = "default",
     rerank: Annotated[
@@ -234,7 +243,7 @@ async def recommend(
 
 @router.get(
     "/{user_id}/history",
-    responses={404: {"model": ErrorBody, "description": "The user has no events"}},
+    responses=error_responses(503, described={404: "The user has no events", 422: "Bad n"}),
 )
 async def history(
     user_id: str,

@@ -15,10 +15,11 @@ from sqlalchemy import Connection
 # Importing the table modules registers every table on Base.metadata, as stores/schema.py does.
 import core.ids
 import stores.catalog
+import stores.dlq_replays
 import stores.model_registry
 from core.db import Base, create_db_engine
 
-_TABLE_MODULES = (core.ids, stores.catalog, stores.model_registry)
+_TABLE_MODULES = (core.ids, stores.catalog, stores.dlq_replays, stores.model_registry)
 
 config = context.config
 target_metadata = Base.metadata

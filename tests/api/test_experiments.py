@@ -18,10 +18,16 @@ INGEST = {"X-API-Key": INGEST_KEY}
 
 def _impressions(n: int, model: str, variant: str) -> list[dict[str, Any]]:
     return [
-        {"type": "impression", "user_id": f"u{i}", "request_id": uuid.uuid4().hex,
-         "item_ids": ["i1", "i2"], "model": model, "variant": variant}
+        {
+            "type": "impression",
+            "user_id": f"u{i}",
+            "request_id": uuid.uuid4().hex,
+            "item_ids": ["i1", "i2"],
+            "model": model,
+            "variant": variant,
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _clicks(n: int, model: str | None, variant: str | None) -> list[dict[str, Any]]:
@@ -56,8 +62,10 @@ async def test_experiment_counts_ctr_and_wilson_interval(app_client) -> None:  #
     assert experiment["name"] == "rerank" and experiment["clicks"] == 5
     control, dqn = experiment["variants"]
     assert (control["variant"], control["impressions"], control["clicks"]) == (
-        "rerank:control", 10, 3,
-    )  # fmt: skip
+        "rerank:control",
+        10,
+        3,
+    )
     assert control["ctr"] == pytest.approx(0.3)
     assert (control["ctr_low"], control["ctr_high"]) == pytest.approx((0.1078, 0.6032), abs=1e-4)
     assert (dqn["variant"], dqn["impressions"], dqn["clicks"]) == ("rerank:dqn", 9, 2)
@@ -94,10 +102,13 @@ def test_wilson_interval_reference_values() -> None:
 
 def test_counter_fields_are_parsed_by_model_variant_and_kind() -> None:
     fields = {
-        "mf|exp:a|impressions": "4", "mf|exp:a|clicks": "1",
+        "mf|exp:a|impressions": "4",
+        "mf|exp:a|clicks": "1",
         "mf+dqn|exp:b|with|bar|impressions": "2",  # a "|" inside the variant label
-        "mf|exp:a|views": "9", "garbage": "7", "|exp:a|clicks": "3",  # not the layout: skipped
-    }  # fmt: skip
+        "mf|exp:a|views": "9",
+        "garbage": "7",
+        "|exp:a|clicks": "3",  # not the layout: skipped
+    }
     (experiment,) = build_experiments(parse_counters(fields)).experiments
     assert experiment.name == "exp" and (experiment.impressions, experiment.clicks) == (6, 1)
     assert [v.variant for v in experiment.variants] == ["exp:a", "exp:b|with|bar"]

@@ -49,8 +49,9 @@ def _registry(runtime: Any) -> ModelRegistry:
 
 def _dqn(seed: int) -> DuelingDQN:
     torch.manual_seed(seed)
-    return DuelingDQN(DuelingDQNConfig(state_dim=S, item_dim=DIM, hidden=(16, 8),
-                                       adv_hidden=(8,))).eval()  # fmt: skip
+    return DuelingDQN(
+        DuelingDQNConfig(state_dim=S, item_dim=DIM, hidden=(16, 8), adv_hidden=(8,))
+    ).eval()
 
 
 def _doc2vec(runtime: Any) -> Doc2VecModel:
@@ -94,8 +95,10 @@ async def test_rank_orders_candidates_by_q_value_of_the_user_state(
 ) -> None:
     runtime, client = edge
     dqn, d2v = _deploy(runtime)
-    ratings = [RatingEvent(user_id="u1", item_id=i, rating=r)
-               for i, r in (("m0", 5.0), ("m3", 4.0), ("m1", 1.0))]  # fmt: skip
+    ratings = [
+        RatingEvent(user_id="u1", item_id=i, rating=r)
+        for i, r in (("m0", 5.0), ("m3", 4.0), ("m1", 1.0))
+    ]
     sourced = [SourcedEvent(e, "streamrec.ratings", 0, n) for n, e in enumerate(ratings)]
     await runtime.features.apply_batch("test", sourced)
 
@@ -111,8 +114,9 @@ async def test_rank_orders_candidates_by_q_value_of_the_user_state(
     table = d2v.item_vectors()
     recent = await runtime.features.recent_items("u1")
     assert sorted(recent) == ["m0", "m1", "m3"]  # the state is not the empty user's
-    state = user_state(table[[index[i] for i in recent]],
-                       await runtime.features.user_stats("u1"), DIM)  # fmt: skip
+    state = user_state(
+        table[[index[i] for i in recent]], await runtime.features.user_stats("u1"), DIM
+    )
     unique = list(dict.fromkeys(candidates))
     q = dqn.q_values(state, table[[index[i] for i in unique]])
     expected = sorted(zip(unique, q.tolist(), strict=True), key=lambda p: -p[1])
@@ -142,17 +146,33 @@ async def test_bad_inputs_get_422_with_the_expected_shape(
     _deploy(runtime)
     post = client.post
     user, items = _vectors(1, S)[0], _vectors(3, DIM)
-    message = _error(await post("/v1/predict/q-values", json={
-        "user_embedding": user[:5], "item_embeddings": items}), 422)  # fmt: skip
+    message = _error(
+        await post(
+            "/v1/predict/q-values", json={"user_embedding": user[:5], "item_embeddings": items}
+        ),
+        422,
+    )
     assert f"user_embedding must have {S} values (the active dqn v1 state size)" in message
-    message = _error(await post("/v1/predict/q-values", json={
-        "user_embedding": user, "item_embeddings": [*items, [1.0, 2.0]]}), 422)  # fmt: skip
+    message = _error(
+        await post(
+            "/v1/predict/q-values",
+            json={"user_embedding": user, "item_embeddings": [*items, [1.0, 2.0]]},
+        ),
+        422,
+    )
     assert f"{DIM} values" in message and "item_embeddings[3] has 2" in message
-    message = _error(await post("/v1/predict/q-values", json={
-        "user_embedding": user, "item_embeddings": []}), 422)  # fmt: skip
+    message = _error(
+        await post("/v1/predict/q-values", json={"user_embedding": user, "item_embeddings": []}),
+        422,
+    )
     assert "item_embeddings" in message and "at least 1" in message
-    message = _error(await post("/v1/predict/q-values", json={
-        "user_embedding": user, "item_embeddings": [[0.0] * DIM] * 1001}), 422)  # fmt: skip
+    message = _error(
+        await post(
+            "/v1/predict/q-values",
+            json={"user_embedding": user, "item_embeddings": [[0.0] * DIM] * 1001},
+        ),
+        422,
+    )
     assert "item_embeddings" in message and "at most 1000" in message
 
     message = _error(await post("/v1/rank", json={"user_id": "u", "item_ids": []}), 422)
@@ -160,14 +180,14 @@ async def test_bad_inputs_get_422_with_the_expected_shape(
     many = [f"m{i}" for i in range(1001)]
     message = _error(await post("/v1/rank", json={"user_id": "u", "item_ids": many}), 422)
     assert "item_ids" in message and "at most 1000" in message
-    message = _error(await post("/v1/rank", json={
-        "user_id": "u", "item_ids": ["m1", "blank", "nope"]}), 422)  # fmt: skip
+    message = _error(
+        await post("/v1/rank", json={"user_id": "u", "item_ids": ["m1", "blank", "nope"]}), 422
+    )
     assert "'blank', 'nope'" in message and "'m1'" not in message
 
     message = _error(await post("/v1/embeddings/doc2vec/bulk", json={"texts": []}), 422)
     assert "texts" in message and "at least 1" in message
-    message = _error(await post("/v1/embeddings/doc2vec/bulk", json={"texts": ["a"] * 1001}),
-                     422)  # fmt: skip
+    message = _error(await post("/v1/embeddings/doc2vec/bulk", json={"texts": ["a"] * 1001}), 422)
     assert "texts" in message and "at most 1000" in message
     message = _error(await post("/v1/embeddings/doc2vec", json={"text": ""}), 422)
     assert "text" in message

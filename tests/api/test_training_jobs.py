@@ -18,7 +18,7 @@ from core.services import Services
 from core.settings import Settings
 from schemas.api import TrainingJobRequest
 from stores.model_registry import ModelRegistry, ModelVersion
-from tests.conftest import ADMIN_KEY, INGEST_KEY
+from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 pytestmark = pytest.mark.kafka
@@ -135,8 +135,13 @@ class _GatedRunner:
         self.running = 0
         self.most_at_once = 0
 
-    def __call__(self, request: TrainingJobRequest, services: Services,
-                 models: ModelRegistry, stage: StageCallback) -> ModelVersion:  # fmt: skip
+    def __call__(
+        self,
+        request: TrainingJobRequest,
+        services: Services,
+        models: ModelRegistry,
+        stage: StageCallback,
+    ) -> ModelVersion:
         with self._lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
@@ -163,10 +168,12 @@ async def test_one_job_at_a_time_and_a_full_queue_is_503(edge) -> None:  # type:
     try:
         body = {"model": "mf", "data": "synthetic"}
         first = (await client.post(JOBS, json={**body, "seed": 1}, headers=ADMIN)).json()
-        while (await client.get(f"{JOBS}/{first['id']}", headers=ADMIN)).json()["stage"] != (
-            "training"
-        ):
-            await asyncio.sleep(0.02)
+
+        async def first_is_training() -> bool:
+            job = (await client.get(f"{JOBS}/{first['id']}", headers=ADMIN)).json()
+            return job["stage"] == "training"
+
+        await wait_until(first_is_training, timeout=TRAIN_TIMEOUT_S, interval=0.02)
         second = await client.post(JOBS, json={**body, "seed": 2}, headers=ADMIN)
         assert second.status_code == 202 and second.json()["status"] == "queued"
         third = await client.post(JOBS, json={**body, "seed": 3}, headers=ADMIN)

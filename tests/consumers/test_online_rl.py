@@ -47,13 +47,20 @@ def _impression(
     """A logged slate whose state is (x, x, x) unless ``policy`` says otherwise."""
     log = {"content_version": 1, "state": _state(x), "propensities": [1.0] * len(items)}
     when = T0 + timedelta(seconds=at)
-    return ImpressionEvent(user_id=user, request_id=request_id, item_ids=items, model="mf+dqn",
-                           ts=when, policy=PolicyLog(**(log | policy)))  # fmt: skip
+    return ImpressionEvent(
+        user_id=user,
+        request_id=request_id,
+        item_ids=items,
+        model="mf+dqn",
+        ts=when,
+        policy=PolicyLog(**(log | policy)),
+    )
 
 
 def _click(item: str, at: float, request_id: str | None = None, user: str = "u") -> ClickEvent:
-    return ClickEvent(user_id=user, item_id=item, request_id=request_id,
-                      ts=T0 + timedelta(seconds=at))  # fmt: skip
+    return ClickEvent(
+        user_id=user, item_id=item, request_id=request_id, ts=T0 + timedelta(seconds=at)
+    )
 
 
 def _rating(item: str, rating: float, at: float, user: str = "u") -> RatingEvent:
@@ -67,10 +74,17 @@ def _tick(at: float) -> ClickEvent:
 
 def _summary(transitions: list[Transition]) -> list[tuple[Any, ...]]:
     return [
-        (list(t.candidates), t.action, t.reward, float(t.state[0]), float(t.next_state[0]),
-         list(t.next_candidates), t.done)
+        (
+            list(t.candidates),
+            t.action,
+            t.reward,
+            float(t.state[0]),
+            float(t.next_state[0]),
+            list(t.next_candidates),
+            t.done,
+        )
         for t in transitions
-    ]  # fmt: skip
+    ]
 
 
 def test_a_scripted_stream_gives_exactly_the_expected_transitions() -> None:
@@ -107,25 +121,29 @@ def test_events_are_taken_by_event_time_and_early_clicks_wait_for_their_slate() 
 
 def test_a_rating_supersedes_the_click_that_led_to_it() -> None:
     joiner = _joiner()
-    joiner.observe([
-        _impression("r1", ["i1", "i2"], at=0, x=0.0),
-        _click("i1", at=1, request_id="r1"),
-        _rating("i1", 0.5, at=2),  # clicked, then rated the lowest: reward -1
-        _click("i2", at=3, request_id="r1"),
-        _rating("i2", 5.0, at=4),
-        _click("i2", at=5, request_id="r1"),  # a click after the rating does not undo it
-    ])  # fmt: skip
+    joiner.observe(
+        [
+            _impression("r1", ["i1", "i2"], at=0, x=0.0),
+            _click("i1", at=1, request_id="r1"),
+            _rating("i1", 0.5, at=2),  # clicked, then rated the lowest: reward -1
+            _click("i2", at=3, request_id="r1"),
+            _rating("i2", 5.0, at=4),
+            _click("i2", at=5, request_id="r1"),  # a click after the rating does not undo it
+        ]
+    )
     assert [t.reward for t in joiner.flush()] == [-1.0, 1.0]
 
 
 def test_feedback_outside_the_window_or_the_slate_earns_nothing() -> None:
     joiner = _joiner()
-    joiner.observe([
-        _impression("r1", ["i1", "i2"], at=0, x=0.0),
-        _click("i5", at=1, request_id="r1"),  # not shown in r1
-        _click("i1", at=2, request_id="r1", user="intruder"),  # not r1's user
-        _rating("i2", 5.0, at=-1),  # before the slate was served
-    ])  # fmt: skip
+    joiner.observe(
+        [
+            _impression("r1", ["i1", "i2"], at=0, x=0.0),
+            _click("i5", at=1, request_id="r1"),  # not shown in r1
+            _click("i1", at=2, request_id="r1", user="intruder"),  # not r1's user
+            _rating("i2", 5.0, at=-1),  # before the slate was served
+        ]
+    )
     closed = joiner.observe([_tick(at=WINDOW + 1)])
     assert [t.reward for t in closed] == [0.0, 0.0]
     joiner.observe([_click("i1", at=WINDOW + 2, request_id="r1")])  # its slate has closed
@@ -137,18 +155,23 @@ def test_feedback_outside_the_window_or_the_slate_earns_nothing() -> None:
 def test_slates_without_a_usable_policy_log_are_skipped_with_a_reason() -> None:
     joiner = _joiner()
     plain = ImpressionEvent(user_id="u", request_id="p", item_ids=["i1"], model="mf", ts=T0)
-    joiner.observe([
-        plain,
-        _impression("v2", ["i1"], at=0, x=0.0, content_version=2),
-        _impression("big", ["i1"], at=0, x=0.0, state=[0.0] * 4),
-        _impression("none", [NO_VECTOR], at=0, x=0.0),
-        _impression("ok", ["i1", NO_VECTOR, "i2"], at=0, x=0.0),
-        _impression("ok", ["i1", NO_VECTOR, "i2"], at=0, x=0.0),  # redelivered
-    ])  # fmt: skip
+    joiner.observe(
+        [
+            plain,
+            _impression("v2", ["i1"], at=0, x=0.0, content_version=2),
+            _impression("big", ["i1"], at=0, x=0.0, state=[0.0] * 4),
+            _impression("none", [NO_VECTOR], at=0, x=0.0),
+            _impression("ok", ["i1", NO_VECTOR, "i2"], at=0, x=0.0),
+            _impression("ok", ["i1", NO_VECTOR, "i2"], at=0, x=0.0),  # redelivered
+        ]
+    )
     assert dict(joiner.skipped) == {
-        "no_policy_log": 1, "other_content_version": 1, "bad_state_size": 1,
-        "no_content_vectors": 1, "duplicate_request_id": 1,
-    }  # fmt: skip
+        "no_policy_log": 1,
+        "other_content_version": 1,
+        "bad_state_size": 1,
+        "no_content_vectors": 1,
+        "duplicate_request_id": 1,
+    }
     # The item without a vector is no candidate: the slate is (i1, i2).
     assert [list(t.candidates) for t in joiner.flush()] == [[11, 12], [11, 12]]
 
@@ -180,8 +203,7 @@ def _real_slates(n: int, items: list[str]) -> list[Event]:
     """n slates of ``items`` to one user, each with a click on the first item."""
     events: list[Event] = []
     for s in range(n):
-        events.append(_impression(f"s{s}", items, at=s, x=0.0, user="u1",
-                                  state=[0.0] * S))  # fmt: skip
+        events.append(_impression(f"s{s}", items, at=s, x=0.0, user="u1", state=[0.0] * S))
         events.append(_click(items[0], at=s + 0.5, request_id=f"s{s}", user="u1"))
     return events
 
@@ -248,8 +270,9 @@ async def test_learner_restarts_from_the_active_policy(
     second = _learner(runtime)
     second.observe([])
     assert second.learner is not None
-    for mine, theirs in zip(second.learner.online.parameters(), published.parameters(),
-                            strict=True):  # fmt: skip
+    for mine, theirs in zip(
+        second.learner.online.parameters(), published.parameters(), strict=True
+    ):
         assert np.array_equal(mine.detach().numpy(), theirs.detach().numpy())
     ids = runtime.services.ids.lookup(IdKind.ITEM, ["m0"])
     assert ids  # the items the learner used are registered ones
@@ -274,8 +297,9 @@ async def test_served_slates_and_clicks_train_a_policy_the_edge_then_serves(
     registry = _registry(runtime)
     registry.register("doc2vec", _doc2vec(runtime), activate=True)
     headers = {"X-API-Key": INGEST_KEY}
-    ratings = [{"type": "rating", "user_id": "fan", "item_id": f"m{i}", "rating": 4.0}
-               for i in range(9)]  # fmt: skip
+    ratings = [
+        {"type": "rating", "user_id": "fan", "item_id": f"m{i}", "rating": 4.0} for i in range(9)
+    ]
     assert (await client.post("/v1/events", json=ratings, headers=headers)).status_code == 202
 
     async def popular_known() -> bool:
@@ -286,8 +310,13 @@ async def test_served_slates_and_clicks_train_a_policy_the_edge_then_serves(
     for _ in range(15):  # 15 slates of 5 items: more transitions than one batch of 64
         body = (await client.get("/v1/users/u1/recommendations", params=params)).json()
         assert body["rerank_fallback"] is True  # no dqn yet: base order, logged for learning
-        click = {"type": "click", "user_id": "u1", "item_id": body["items"][0]["item_id"],
-                 "request_id": body["request_id"], "position": 0}  # fmt: skip
+        click = {
+            "type": "click",
+            "user_id": "u1",
+            "item_id": body["items"][0]["item_id"],
+            "request_id": body["request_id"],
+            "position": 0,
+        }
         assert (await client.post("/v1/events", json=click, headers=headers)).status_code == 202
     # Event time closes the feedback windows: a later event moves the watermark past them.
     later = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()

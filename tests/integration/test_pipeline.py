@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumers.app import build_consumer_broker, feature_store
+from consumers.dlq import read_dead_letters
 from consumers.lag import consumer_lag
 from core.datasets import load_movielens, synthetic
 from core.ids import IdKind
@@ -19,6 +20,7 @@ from producers.replay import replay
 from schemas.events import ClickEvent, ItemEvent, RatingEvent
 from schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic
 from stores.catalog import Archive
+from stores.features import item_key, user_key
 from stores.schema import create_schema
 from tests.conftest import INGEST_KEY, wait_until
 
@@ -27,7 +29,7 @@ FEATURES = ConsumerGroup.FEATURES.value
 
 
 async def _user_counter(services, user_id: str, field: str) -> int:  # type: ignore[no-untyped-def]
-    value = await services.redis.hget(f"sr:u:{user_id}", field)
+    value = await services.redis.hget(user_key(user_id), field)
     return int(value or 0)
 
 
@@ -54,7 +56,7 @@ async def test_http_and_sdk_events_reach_redis_and_sql(app_client) -> None:  # t
     assert (await client.post("/v1/events", json=item, headers=headers)).status_code == 202
 
     async def catalogued() -> bool:  # topics are ordered apart: let the catalog land first
-        return await services.redis.hget("sr:i:m1", "genres") == "Crime"
+        return await services.redis.hget(item_key("m1"), "genres") == "Crime"
 
     await wait_until(catalogued)
     ratings = [
@@ -118,7 +120,7 @@ async def test_movielens_replay_matches_ratings_csv(services, ml100k) -> None:  
     truth = Counter(r.user_id for r in data.ratings)
     async with services.redis.pipeline(transaction=False) as pipe:
         for user in truth:
-            pipe.hget(f"sr:u:{user}", "ratings")
+            pipe.hget(user_key(user), "ratings")
         counts = await pipe.execute()
     got = {user: int(c or 0) for user, c in zip(truth, counts, strict=True)}
     assert got == dict(truth)
@@ -259,18 +261,18 @@ async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services)
         await broker.stop()
     assert await _user_counter(services, "dl", "ratings") == 2
 
-    letters = await _read_topic(services, Topic.DLQ.value, expected=4)
+    letters = [s.letter for s in await read_dead_letters(services.kafka_bootstrap)]
     assert len(letters) == 4
-    reasons = [letter["error"] for letter in letters]
+    reasons = [letter.error for letter in letters]
     assert "Invalid JSON" in reasons[0]
     assert "rating" in reasons[1] and "valid number" in reasons[1]
     assert "rating" in reasons[2] and "less than or equal to 5" in reasons[2]
     assert "purchase" in reasons[3]
     for letter, payload in zip(letters, bad.values(), strict=True):
-        assert letter["payload"] == payload.decode()
-        assert letter["source_topic"] == Topic.RATINGS.value
-        assert letter["consumer_group"] == FEATURES
-        assert letter["source_key"] == "dl"
+        assert letter.payload == payload  # the original bytes (binary-safe DLQ)
+        assert letter.source_topic == Topic.RATINGS.value
+        assert letter.consumer_group == FEATURES
+        assert letter.source_key == b"dl"
     counted = {
         kind: metrics.registry.get_sample_value(
             "streamrec_dead_letters_total",

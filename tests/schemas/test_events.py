@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
 
 from schemas.events import (
+    EVENT_TIME_BOUNDS,
     EventAdapter,
     ImpressionEvent,
     ItemEvent,
@@ -46,7 +48,10 @@ def test_naive_times_are_utc_and_aware_times_keep_their_instant() -> None:
         ({"rating": 0.1}, "rating", "greater than or equal to 0.5"),
         ({"rating": "lots"}, "rating", "valid number"),
         ({"user_id": ""}, "user_id", "at least 1 character"),
-        ({"user_id": "has space"}, "user_id", "match pattern"),
+        ({"user_id": "has space"}, "user_id", "whitespace or control characters: found U+0020"),
+        ({"item_id": "a\x00b"}, "item_id", "found U+0000 at position 1"),
+        ({"item_id": "tab\tin"}, "item_id", "found U+0009"),
+        ({"user_id": "x" * 129}, "user_id", "at most 128 characters"),
         ({"user_id": True}, "user_id", "valid string"),
         ({"color": "red"}, "color", "Extra inputs are not permitted"),
         ({"version": 2}, "version", "Input should be 1"),
@@ -82,3 +87,45 @@ def test_item_events_are_keyed_by_item() -> None:
 def test_json_round_trip_is_lossless() -> None:
     event = RatingEvent(user_id="u", item_id="i", rating=3.5)
     assert EventAdapter.validate_json(event.model_dump_json()) == event
+
+
+def test_ids_may_hold_key_separators() -> None:
+    """Any printable id is an id: Redis keys are built so that ':' and braces are safe."""
+    for user in ("196:seen", "196:seq", "{196}", "a}b{c", "ü:∞"):
+        event = RatingEvent(user_id=user, item_id="i1", rating=3)
+        assert event.user_id == user
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[float]:
+    """The bounds read a clock: fix it so that "the future" does not move under the test."""
+    now = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
+    saved = EVENT_TIME_BOUNDS.clock
+    EVENT_TIME_BOUNDS.clock = lambda: now
+    yield now
+    EVENT_TIME_BOUNDS.clock = saved
+
+
+@pytest.mark.parametrize(
+    ("ts", "rule"),
+    [
+        ("9999-12-31T23:59:59Z", "in the future; at most 3600 s are accepted"),
+        ("2026-06-01T01:00:01Z", "3601 s in the future"),
+        ("0001-01-01T00:00:00Z", "before the earliest accepted event time 1970-01-01"),
+        ("1969-12-31T23:59:59Z", "STREAMREC_EVENT_TIME_FLOOR"),
+    ],
+)
+def test_event_times_out_of_bounds_are_rejected_with_the_bound(
+    frozen_clock: float, ts: str, rule: str
+) -> None:
+    raw = f'{{"type": "rating", "user_id": "x", "item_id": "y", "rating": 5, "ts": "{ts}"}}'
+    with pytest.raises(ValidationError) as info:
+        EventAdapter.validate_json(raw)
+    message = describe_validation_error(info.value)
+    assert "ts" in message and rule in message, message
+
+
+def test_event_times_within_bounds_are_accepted(frozen_clock: float) -> None:
+    for ts in ("1970-01-01T00:00:00Z", "1997-09-20T03:05:10Z", "2026-06-01T01:00:00Z"):
+        raw = f'{{"type": "click", "user_id": "x", "item_id": "y", "ts": "{ts}"}}'
+        assert EventAdapter.validate_json(raw).ts.year in (1970, 1997, 2026)

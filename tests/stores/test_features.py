@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from core.errors import StateConflict
 from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
-from stores.features import FeatureStore
+from stores.features import FeatureStore, decay_weight, item_key, move_landmark, user_key
 
 G = "test-group"
 DAY = 86_400.0
+FUTURE_BOUND = datetime(2200, 1, 1, tzinfo=UTC).timestamp()  # beyond any clock plus skew
 
 
 def at(seconds: float) -> datetime:
@@ -127,3 +132,120 @@ async def test_impressions_and_clicks_count_per_variant(store: FeatureStore, ser
     counters = await services.redis.hgetall("sr:variants")
     assert counters == {"popular|B|impressions": "1", "popular|B|clicks": "1"}
     assert (await store.user_stats("u"))["impressions"] == "1"
+
+
+async def test_ids_that_look_like_other_keys_never_break_a_batch(store: FeatureStore) -> None:
+    """Issue 11: `196:seen` named user 196's seen set; WRONGTYPE lost most of the batch."""
+    first = [RatingEvent(user_id="196", item_id="m0", rating=4, ts=at(0))]
+    await store.apply_batch(G, sourced(first))
+    tricky = ["196:seen", "196:seq", "{196}", "196}", "seen"]
+    batch = [RatingEvent(user_id=u, item_id="m1", rating=5, ts=at(1)) for u in tricky]
+    batch += [RatingEvent(user_id=f"u{n}", item_id=f"m{n % 7}", rating=3) for n in range(995)]
+    result = await store.apply_batch(G, sourced(batch, start=1))
+    assert (result.applied, result.rejected) == (1000, 0)
+    for user in ["196", *tricky]:
+        assert (await store.user_stats(user))["ratings"] == "1", user
+    assert await store.seen_items("196") == {"m0"}
+    assert await store.seen_items("196:seen") == {"m1"}
+    items = await store.item_meta(["m1"])
+    assert items["m1"]["title"] == ""
+    item_stats = await store._redis.hget(item_key("m1"), "ratings")
+    assert int(item_stats) == len(tricky) + sum(1 for n in range(995) if n % 7 == 1)
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == 1000
+
+
+async def test_a_key_of_a_foreign_type_dead_letters_its_events_only(
+    store: FeatureStore, services
+) -> None:  # type: ignore[no-untyped-def]
+    """What cannot be applied is found before anything is written; the neighbours apply."""
+    await services.redis.set(user_key("victim"), "written by someone else")
+    batch = [RatingEvent(user_id="victim", item_id="m1", rating=5, ts=at(1))]
+    batch += [RatingEvent(user_id=f"u{n}", item_id="m1", rating=3, ts=at(2)) for n in range(999)]
+    events = sourced(batch)
+
+    with pytest.raises(StateConflict, match=r"sr:u:\{victim\} is a string"):
+        await store.apply_batch(G, events)  # no dead-letter callback: nothing is written
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == -1
+    assert await store.user_stats("u0") == {}
+
+    dead: list[tuple[SourcedEvent, str]] = []
+
+    async def dead_letter(rejected: list[tuple[SourcedEvent, str]]) -> None:
+        dead.extend(rejected)
+
+    result = await store.apply_batch(G, events, on_rejected=dead_letter)
+    assert (result.applied, result.rejected) == (999, 1)
+    assert [s.event.user_id for s, _ in dead] == ["victim"]
+    assert "Redis key sr:u:{victim} holds a string" in dead[0][1]
+    for n in (0, 500, 998):
+        assert (await store.user_stats(f"u{n}"))["ratings"] == "1"
+    assert await services.redis.get(user_key("victim")) == "written by someone else"
+    assert await store._redis.hget(item_key("m1"), "ratings") == "999"
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == 999
+
+
+async def test_a_smaller_redelivered_batch_never_lowers_the_offset(store: FeatureStore) -> None:
+    events = sourced([RatingEvent(user_id="u", item_id=f"i{n}", rating=3) for n in range(10)])
+    await store.apply_batch(G, events)
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == 9
+    again = await store.apply_batch(G, events[:4])  # a rebalance hands back an older batch
+    assert (again.applied, again.redelivered) == (0, 4)
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == 9
+    await store.apply_batch(G, [], positions={("streamrec.ratings", 0): 2})
+    assert await store.applied_offset(G, "streamrec.ratings", 0) == 9
+    assert (await store.user_stats("u"))["ratings"] == "10"
+
+
+async def test_a_rescale_that_underflows_still_applies(services) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11: a rescale factor that underflowed to 0.0 was skipped while the landmark
+    moved, and every later event then added 0 (popularity frozen for good)."""
+    store = FeatureStore(services.redis, half_life_days=1.0 / DAY)  # one-second half-life
+    await store.apply_batch(
+        G, sourced([RatingEvent(user_id="a", item_id="old", rating=4, ts=at(0))])
+    )
+    jump = RatingEvent(user_id="b", item_id="new", rating=4, ts=at(5000))
+    await store.apply_batch(G, sourced([jump], start=1))
+    after = RatingEvent(user_id="c", item_id="newer", rating=4, ts=at(5001))
+    await store.apply_batch(G, sourced([after], start=2))
+    ranked = dict(await store.popular(3))
+    assert ranked["old"] == 0.0  # 5,000 half-lives ago: decayed to nothing, and rescaled so
+    assert 0 < ranked["new"] < ranked["newer"] < 2.0**66  # later events still count
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.lists(st.floats(min_value=0.0, max_value=FUTURE_BOUND), min_size=1, max_size=5),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from([1.0, 3600.0, 7 * DAY, 365 * DAY]),
+)
+def test_decay_arithmetic_holds_for_every_accepted_time(
+    batches: list[list[float]], half_life: float
+) -> None:
+    """For any accepted event times (epoch floor to the far side of the future bound), in any
+    order: no weight or factor overflows or is NaN, the newest event adds a weight >= 1
+    (popularity keeps moving), and stored scores equal the decayed counts they stand for."""
+    landmark: float | None = None
+    score = 0.0  # one item's stored score, relative to the current landmark
+    decayed_sum_at = []  # every event time so far
+    for times in batches:
+        landmark_after, factor = move_landmark(times, landmark, half_life)
+        if factor is not None:
+            assert math.isfinite(factor) and 0.0 <= factor <= 1.0
+            score *= factor
+        landmark = landmark_after
+        weights = [decay_weight(t, landmark, half_life) for t in times]
+        assert all(math.isfinite(w) and 0.0 <= w < 2.0**65 for w in weights)
+        score += sum(weights)
+        decayed_sum_at.extend(times)
+        # The newest event so far always counts: one more of it moves the score by >= 1.
+        assert decay_weight(max(decayed_sum_at), landmark, half_life) >= 1.0
+        assert math.isfinite(score)
+    # The stored score, expressed at the newest time, equals the exactly decayed count.
+    newest = max(decayed_sum_at)
+    assert landmark is not None
+    expected = sum(2.0 ** ((t - newest) / half_life) for t in decayed_sum_at)
+    got = score * 2.0 ** ((landmark - newest) / half_life)
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-300)

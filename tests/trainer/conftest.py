@@ -53,8 +53,9 @@ def registry(sqlite_engine: Engine) -> IdRegistry:
 
 def tiny_data(seed: int = 1) -> InteractionData:
     """Small enough to train in about a second, structured enough to learn (genre clusters)."""
-    return synthetic(n_users=120, n_items=150, n_events=4000, n_genres=4, seed=seed,
-                     cluster_affinity=0.9)  # fmt: skip
+    return synthetic(
+        n_users=120, n_items=150, n_events=4000, n_genres=4, seed=seed, cluster_affinity=0.9
+    )
 
 
 @pytest.fixture

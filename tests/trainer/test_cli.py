@@ -24,8 +24,9 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-unt
 
 
 def test_train_then_eval_with_report(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = run("train", "--model", "bpr", "--data", "synthetic", "--epochs", "2",
-                 "--threads", "1")  # fmt: skip
+    result = run(
+        "train", "--model", "bpr", "--data", "synthetic", "--epochs", "2", "--threads", "1"
+    )
     assert result.exit_code == 0, result.output
     assert "bpr v1 (active)" in result.output
     assert (tmp_path / "var" / "models" / "bpr" / "v1" / "weights.pt").is_file()

@@ -14,6 +14,7 @@ from stores.catalog import InteractionRow, ItemRow
 from trainer.data import (
     Interactions,
     build,
+    count_batches,
     eval_set,
     from_archive,
     iter_batches,
@@ -27,8 +28,9 @@ from trainer.data import (
 
 
 def _data(rows: list[tuple[str, str, float, int]], items: tuple[str, ...] = ()) -> InteractionData:
-    catalog = {i: Item(i, f"title {i}", ("Drama",) if i.endswith("1") else ("Comedy",))
-               for i in items}  # fmt: skip
+    catalog = {
+        i: Item(i, f"title {i}", ("Drama",) if i.endswith("1") else ("Comedy",)) for i in items
+    }
     return InteractionData("hand", [Rating(*r) for r in rows], catalog)
 
 
@@ -58,11 +60,15 @@ def test_empty_data_is_refused(registry: IdRegistry) -> None:
 def _inter(users: list[int], items: list[int], n_items: int = 10) -> Interactions:
     n = len(users)
     return Interactions(
-        users=np.array(users, dtype=np.int64), items=np.array(items, dtype=np.int64),
-        ratings=np.full(n, 4.0, dtype=np.float32), ts=np.arange(n, dtype=np.int64),
-        n_users=max(users) + 1, n_items=n_items, genres=(),
+        users=np.array(users, dtype=np.int64),
+        items=np.array(items, dtype=np.int64),
+        ratings=np.full(n, 4.0, dtype=np.float32),
+        ts=np.arange(n, dtype=np.int64),
+        n_users=max(users) + 1,
+        n_items=n_items,
+        genres=(),
         item_genres=np.zeros((n_items, 0), dtype=np.float32),
-    )  # fmt: skip
+    )
 
 
 def test_leave_one_out_by_time() -> None:
@@ -154,24 +160,66 @@ def test_batches_have_the_shapes_models_expect() -> None:
         list(iter_batches("nope", inter, 8, rng))
 
 
+@pytest.mark.parametrize(
+    ("kind", "opts"),
+    [
+        ("ratings", {}),
+        ("pairwise", {}),
+        ("pointwise", {"neg": 3}),
+        ("sequence", {"max_len": 2}),
+        ("sequence", {"max_len": 2, "stride": 1}),
+    ],
+)
+def test_count_batches_is_what_an_epoch_yields(kind: str, opts: dict[str, float]) -> None:
+    """The training progress bar's total: interactions alone undercount pointwise (negatives)
+    and miscount sequences (windows per user)."""
+    inter = _inter([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    yielded = list(iter_batches(kind, inter, 3, np.random.default_rng(0), **opts))
+    assert count_batches(kind, inter, 3, **opts) == len(yielded)
+    with pytest.raises(InvalidInput):
+        count_batches("nope", inter, 3)
+
+
 def test_from_archive_reads_ratings_and_catalog(sqlite_engine: Engine) -> None:
     now = datetime(2024, 1, 1, tzinfo=UTC)
     rows = [
-        {"event_id": uuid.uuid4(), "type": t, "user_id": u, "item_id": i, "rating": r,
-         "ts": now.replace(second=s), "topic": "x", "partition": 0, "offset": s}
-        for t, u, i, r, s in [("rating", "u1", "m1", 4.0, 2), ("rating", "u2", "m2", 2.0, 1),
-                              ("click", "u1", "m2", None, 3)]
-    ]  # fmt: skip
+        {
+            "event_id": uuid.uuid4(),
+            "type": t,
+            "user_id": u,
+            "item_id": i,
+            "rating": r,
+            "ts": now.replace(second=s),
+            "topic": "x",
+            "partition": 0,
+            "offset": s,
+        }
+        for t, u, i, r, s in [
+            ("rating", "u1", "m1", 4.0, 2),
+            ("rating", "u2", "m2", 2.0, 1),
+            ("click", "u1", "m2", None, 3),
+        ]
+    ]
     with sqlite_engine.begin() as conn:
         conn.execute(InteractionRow.__table__.insert(), rows)
-        conn.execute(ItemRow.__table__.insert(), [
-            {"item_id": "m1", "title": "One", "genres": ["Drama"], "year": 1999, "text": "",
-             "updated_at": now},
-        ])  # fmt: skip
+        conn.execute(
+            ItemRow.__table__.insert(),
+            [
+                {
+                    "item_id": "m1",
+                    "title": "One",
+                    "genres": ["Drama"],
+                    "year": 1999,
+                    "text": "",
+                    "updated_at": now,
+                },
+            ],
+        )
     data = from_archive(sqlite_engine)
     assert [(r.user_id, r.item_id, r.rating) for r in data.ratings] == [
-        ("u2", "m2", 2.0), ("u1", "m1", 4.0)
-    ]  # fmt: skip
+        ("u2", "m2", 2.0),
+        ("u1", "m1", 4.0),
+    ]
     assert data.ratings[0].ts == int(now.replace(second=1).timestamp())
     assert data.items["m1"].genres == ("Drama",)
     with_clicks = from_archive(sqlite_engine, types=("rating", "click"))

@@ -16,10 +16,14 @@ TOPICS = ("space ship alien planet", "love wedding romance kiss", "ghost blood s
 
 def _items(n: int = 30) -> dict[str, Item]:
     return {
-        f"m{i}": Item(f"m{i}", f"Film {i}", (("Sci-Fi", "Romance", "Horror")[i % 3],),
-                      text=f"{TOPICS[i % 3]} story {i}")
+        f"m{i}": Item(
+            f"m{i}",
+            f"Film {i}",
+            (("Sci-Fi", "Romance", "Horror")[i % 3],),
+            text=f"{TOPICS[i % 3]} story {i}",
+        )
         for i in range(n)
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture

@@ -51,16 +51,18 @@ def test_masked_candidates_are_left_out_of_the_mean_and_get_minus_inf() -> None:
         q_other = model(states, other, mask)
     assert torch.isneginf(q[~mask]).all() and torch.isfinite(q[mask]).all()
     for row in range(3):
-        torch.testing.assert_close(centred[row][mask[row]].mean(), torch.tensor(0.0),
-                                   atol=1e-6, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            centred[row][mask[row]].mean(), torch.tensor(0.0), atol=1e-6, rtol=0
+        )
     torch.testing.assert_close(q[mask], q_other[mask])
     # The one valid candidate of the last row is worth exactly V(s).
     with torch.no_grad():
         torch.testing.assert_close(q[2, 4], _value(model, states)[2, 0])
     # Without a mask the full row agrees with an all-True mask.
     with torch.no_grad():
-        torch.testing.assert_close(model(states, items), model(states, items, torch.ones(3, 5,
-                                   dtype=torch.bool)))  # fmt: skip
+        torch.testing.assert_close(
+            model(states, items), model(states, items, torch.ones(3, 5, dtype=torch.bool))
+        )
 
 
 def test_q_values_for_one_state_matches_the_batched_forward() -> None:
@@ -71,8 +73,10 @@ def test_q_values_for_one_state_matches_the_batched_forward() -> None:
     assert model.training
     assert q.shape == (3,) and q.dtype == np.float32
     with torch.no_grad():
-        expected = model.eval()(torch.tensor(state[:1], dtype=torch.float32),
-                                torch.tensor(items[None], dtype=torch.float32))[0]  # fmt: skip
+        expected = model.eval()(
+            torch.tensor(state[:1], dtype=torch.float32),
+            torch.tensor(items[None], dtype=torch.float32),
+        )[0]
     np.testing.assert_allclose(q, expected.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(q, model.q_values(state[0], items))
 
@@ -85,8 +89,12 @@ def test_q_values_for_one_state_matches_the_batched_forward() -> None:
         (lambda m: m(torch.randn(2, 6), torch.randn(2, 3, 4)), r"shape \(2, C, 5\)"),
         (lambda m: m(torch.randn(2, 6), torch.randn(3, 3, 5)), r"shape \(2, C, 5\)"),
         (lambda m: m(torch.randn(2, 6), torch.randn(2, 0, 5)), r"C ≥ 1"),
-        (lambda m: m(torch.randn(2, 6), torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.bool)),
-         r"mask must be a bool tensor of shape \(2, 3\)"),
+        (
+            lambda m: m(
+                torch.randn(2, 6), torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.bool)
+            ),
+            r"mask must be a bool tensor of shape \(2, 3\)",
+        ),
         (lambda m: m(torch.randn(2, 6), torch.randn(2, 3, 5), torch.ones(2, 3)), r"bool tensor"),
         (lambda m: m.q_values([0.0] * 5, [[0.0] * 5]), r"state must have shape \(6,\)"),
         (lambda m: m.q_values([0.0] * 6, []), r"items must have shape \(C, 5\)"),
@@ -94,7 +102,7 @@ def test_q_values_for_one_state_matches_the_batched_forward() -> None:
         (lambda m: m.q_values([0.0] * 6, [[0.0] * 5, [0.0]]), r"vectors of size 5"),
         (lambda m: m.q_values([float("nan")] * 6, [[0.0] * 5]), r"finite"),
     ],
-)  # fmt: skip
+)
 def test_wrong_shapes_name_the_expected_shape(call, expected: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match=expected):
         call(_model())

@@ -97,10 +97,15 @@ class FixedScores(Recommender):
 def _inter(users: list[int], items: list[int], n_items: int) -> Interactions:
     n = len(users)
     return Interactions(
-        users=np.array(users), items=np.array(items), ratings=np.full(n, 4.0, np.float32),
-        ts=np.arange(n), n_users=max(users) + 1, n_items=n_items, genres=(),
+        users=np.array(users),
+        items=np.array(items),
+        ratings=np.full(n, 4.0, np.float32),
+        ts=np.arange(n),
+        n_users=max(users) + 1,
+        n_items=n_items,
+        genres=(),
         item_genres=np.zeros((n_items, 0), np.float32),
-    )  # fmt: skip
+    )
 
 
 # Items are scored by index descending (item 5 best). User 0: history 5, 4, then valid 1, test 2.

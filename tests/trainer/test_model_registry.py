@@ -49,13 +49,18 @@ def inter(engine: Engine, tiny_raw: InteractionData) -> Interactions:
 
 def test_versions_list_activate_delete(models: ModelRegistry, inter: Interactions) -> None:
     model = build_model("bpr", inter, dim=4)
-    v1 = models.register("bpr", model, {"ndcg@10": 0.1}, inter.n_users, inter.n_items,
-                         {"start_ts": 1, "end_ts": 2})  # fmt: skip
+    v1 = models.register(
+        "bpr", model, {"ndcg@10": 0.1}, inter.n_users, inter.n_items, {"start_ts": 1, "end_ts": 2}
+    )
     v2 = models.register("bpr", model, {"ndcg@10": 0.2}, activate=True)
     assert (v1.version, v2.version) == (1, 2)
     assert v1.path == models.root / "bpr" / "v1"
-    assert {p.name for p in v1.path.iterdir()} >= {"weights.pt", "config.json", "metrics.json",
-                                                   "meta.json"}  # fmt: skip
+    assert {p.name for p in v1.path.iterdir()} >= {
+        "weights.pt",
+        "config.json",
+        "metrics.json",
+        "meta.json",
+    }
     meta = json.loads((v1.path / "meta.json").read_text())
     assert meta["n_items"] == inter.n_items and meta["data_window"] == {"start_ts": 1, "end_ts": 2}
     assert [v.version for v in models.list("bpr")] == [1, 2]
@@ -136,14 +141,18 @@ def test_retrain_with_new_items_grows_and_keeps_indices(
     before = {name: build_model(name, first, **SMALL[name]) for name in MODELS}
     for name, model in before.items():
         fit(model, first, None, TrainConfig(epochs=1, batch_size=64, threads=1))
-        models.register(name, model, n_users=first.n_users, n_items=first.n_items,
-                        data_window={"start_ts": first.window[0], "end_ts": first.window[1]},
-                        activate=True)  # fmt: skip
+        models.register(
+            name,
+            model,
+            n_users=first.n_users,
+            n_items=first.n_items,
+            data_window={"start_ts": first.window[0], "end_ts": first.window[1]},
+            activate=True,
+        )
     old_index = ids.lookup(IdKind.ITEM, [f"i{n}" for n in range(7)])
 
     # A later window: two new items and a new user, old items again.
-    second = build(_ratings([("u9", "new1"), ("u1", "i3"), ("u2", "new2"), ("u9", "i0")], 100),
-                   ids)  # fmt: skip
+    second = build(_ratings([("u9", "new1"), ("u1", "i3"), ("u2", "new2"), ("u9", "i0")], 100), ids)
     assert ids.lookup(IdKind.ITEM, list(old_index)) == old_index  # same item, same index
     assert second.n_items == first.n_items + 2
     for name in MODELS:

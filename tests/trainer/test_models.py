@@ -147,8 +147,9 @@ def _sequences_data(repeat: bool, seed: int = 0) -> InteractionData:
     for user in range(60):
         pool = rng.choice(80, size=4, replace=False)
         items = rng.choice(pool, size=30) if repeat else rng.choice(80, size=30, replace=False)
-        ratings += [Rating(f"u{user}", f"i{item}", 4.0, 1000 * user + t)
-                    for t, item in enumerate(items)]  # fmt: skip
+        ratings += [
+            Rating(f"u{user}", f"i{item}", 4.0, 1000 * user + t) for t, item in enumerate(items)
+        ]
     ratings.sort(key=lambda r: r.ts)
     return InteractionData(name="repeat" if repeat else "explore", ratings=ratings)
 

@@ -35,10 +35,14 @@ def fill(engine: Engine, data: InteractionData) -> IdRegistry:
     ids = IdRegistry(engine)
     build(data, ids)
     events = [
-        SourcedEvent(ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres),
-                               year=i.year), "streamrec.items", 0, n)
+        SourcedEvent(
+            ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres), year=i.year),
+            "streamrec.items",
+            0,
+            n,
+        )
         for n, i in enumerate(data.items.values())
-    ]  # fmt: skip
+    ]
     events.append(SourcedEvent(RatingEvent(user_id="u0", item_id="i0", rating=4), "r", 0, 0))
     Archive(engine).write_batch(events)
     return ids
@@ -51,15 +55,27 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = small_data()
     ids = fill(engine, data)
     store = EdgeVectorStore(tmp_path / "qdrant")
-    yield {"engine": engine, "ids": ids, "data": data, "store": store,
-           "models": ModelRegistry(engine, tmp_path / "models"), "tmp": tmp_path}  # fmt: skip
+    yield {
+        "engine": engine,
+        "ids": ids,
+        "data": data,
+        "store": store,
+        "models": ModelRegistry(engine, tmp_path / "models"),
+        "tmp": tmp_path,
+    }
     store.close()
     engine.dispose()
 
 
 def _publish(world: dict[str, Any], model: str, **kwargs: Any):  # type: ignore[no-untyped-def]
-    return publish_item_vectors(world["models"], world["store"], world["ids"],
-                                sql_payloads(world["engine"]), model, **kwargs)  # fmt: skip
+    return publish_item_vectors(
+        world["models"],
+        world["store"],
+        world["ids"],
+        sql_payloads(world["engine"]),
+        model,
+        **kwargs,
+    )
 
 
 def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any]) -> None:
@@ -68,8 +84,12 @@ def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any
     first = build_model("mf", inter, dim=4)
     models.register("mf", first, activate=True)
     progress: list[tuple[int, int]] = []
-    done = _publish(world, "mf", checkpoint_dir=world["tmp"] / "ckpt",
-                    on_progress=lambda n, t: progress.append((n, t)))  # fmt: skip
+    done = _publish(
+        world,
+        "mf",
+        checkpoint_dir=world["tmp"] / "ckpt",
+        on_progress=lambda n, t: progress.append((n, t)),
+    )
     assert (done.collection, done.alias, done.previous) == ("items_mf__v1", "items_mf", None)
     assert done.points == store.count("items_mf__v1") == 30
     assert progress[-1] == (30, 30)
@@ -78,8 +98,13 @@ def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any
     i0 = ids.lookup(IdKind.ITEM, ["i0"])["i0"]
     record = store.retrieve("items_mf", [i0])[0]
     item = world["data"].items["i0"]
-    assert record.payload == {"item_id": "i0", "title": item.title, "genres": list(item.genres),
-                              "year": item.year, "popularity": 1.0}  # fmt: skip
+    assert record.payload == {
+        "item_id": "i0",
+        "title": item.title,
+        "genres": list(item.genres),
+        "year": item.year,
+        "popularity": 1.0,
+    }
     np.testing.assert_allclose(record.vector, item_matrix(first)[i0], rtol=1e-5)
 
     models.register("mf", build_model("mf", inter, dim=4, seed=1), activate=True)
@@ -118,9 +143,11 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-unt
 
 
 def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    for args, message in [(("--model", "nope"), "unknown model 'nope'"),
-                          (("--model", "mf"), "no active version"),
-                          (("--model", "mf", "--version", "3"), "has no version 3")]:  # fmt: skip
+    for args, message in [
+        (("--model", "nope"), "unknown model 'nope'"),
+        (("--model", "mf"), "no active version"),
+        (("--model", "mf", "--version", "3"), "has no version 3"),
+    ]:
         result = cli(*args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
@@ -130,8 +157,9 @@ def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: 
     create_schema(engine)
     ids = fill(engine, small_data())
     inter = build(small_data(), ids)
-    ModelRegistry(engine, var / "models").register("mf", build_model("mf", inter, dim=4),
-                                                   activate=True)  # fmt: skip
+    ModelRegistry(engine, var / "models").register(
+        "mf", build_model("mf", inter, dim=4), activate=True
+    )
     engine.dispose()
     result = cli("--model", "mf")
     assert result.exit_code == 0, result.output

@@ -56,8 +56,15 @@ def test_user_state_is_mean_vector_then_normalised_counters() -> None:
 def _transition(i: int, s: int = 4, n_items: int = 50) -> Transition:
     c = 1 + i % 5
     cands = [(i + j) % n_items for j in range(c)]
-    return Transition(np.full(s, i, np.float32), cands, i % c, float(i), np.full(s, -i, np.float32),
-                      cands[:-1], done=i % 2 == 0)  # fmt: skip
+    return Transition(
+        np.full(s, i, np.float32),
+        cands,
+        i % c,
+        float(i),
+        np.full(s, -i, np.float32),
+        cands[:-1],
+        done=i % 2 == 0,
+    )
 
 
 def test_replay_memory_is_bounded_and_keeps_the_newest() -> None:
@@ -135,12 +142,16 @@ class _Fixed(nn.Module):
 def _batch(rewards: list[float], done: list[bool], next_mask: list[list[bool]]) -> DQNBatch:
     b, c = len(rewards), len(next_mask[0])
     return DQNBatch(
-        states=torch.zeros(b, 2), items=torch.zeros(b, c, 3),
+        states=torch.zeros(b, 2),
+        items=torch.zeros(b, c, 3),
         mask=torch.ones(b, c, dtype=torch.bool),
-        actions=torch.zeros(b, dtype=torch.long), rewards=torch.tensor(rewards),
-        next_states=torch.zeros(b, 2), next_items=torch.zeros(b, c, 3),
-        next_mask=torch.tensor(next_mask), done=torch.tensor(done),
-    )  # fmt: skip
+        actions=torch.zeros(b, dtype=torch.long),
+        rewards=torch.tensor(rewards),
+        next_states=torch.zeros(b, 2),
+        next_items=torch.zeros(b, c, 3),
+        next_mask=torch.tensor(next_mask),
+        done=torch.tensor(done),
+    )
 
 
 def test_double_dqn_target_uses_online_argmax_and_target_value(
@@ -152,8 +163,11 @@ def test_double_dqn_target_uses_online_argmax_and_target_value(
     # nor the online 5.0. Row 1 is terminal, row 2 has no next slate: reward only.
     monkeypatch.setattr(learner, "online", _Fixed([[1.0, 5.0, 2.0]] * 3))
     monkeypatch.setattr(learner, "target", _Fixed([[10.0, 3.0, 7.0]] * 3))
-    batch = _batch([0.5, 1.0, -1.0], [False, True, False],
-                   [[True, True, True], [True, True, True], [False, False, False]])  # fmt: skip
+    batch = _batch(
+        [0.5, 1.0, -1.0],
+        [False, True, False],
+        [[True, True, True], [True, True, True], [False, False, False]],
+    )
     torch.testing.assert_close(learner.targets(batch), torch.tensor([0.5 + 0.9 * 3.0, 1.0, -1.0]))
 
 
@@ -163,11 +177,13 @@ def test_target_network_sync_soft_and_hard() -> None:
     learner = DQNLearner(DuelingDQN(soft))
     before = [p.clone() for p in learner.target.parameters()]
     learner.update(_batch([1.0, 0.0], [True, True], [[True] * 3] * 2))
-    for old, t, o in zip(before, learner.target.parameters(), learner.online.parameters(),
-                         strict=True):  # fmt: skip
+    for old, t, o in zip(
+        before, learner.target.parameters(), learner.online.parameters(), strict=True
+    ):
         torch.testing.assert_close(t, 0.75 * old + 0.25 * o)
-    hard = DuelingDQNConfig(state_dim=2, item_dim=3, hidden=(4,), adv_hidden=(4,), tau=0.0,
-                            target_sync_every=3)  # fmt: skip
+    hard = DuelingDQNConfig(
+        state_dim=2, item_dim=3, hidden=(4,), adv_hidden=(4,), tau=0.0, target_sync_every=3
+    )
     learner = DQNLearner(DuelingDQN(hard))
     batch = _batch([1.0, 0.0], [True, True], [[True] * 3] * 2)
 
@@ -200,8 +216,16 @@ def test_dqn_learns_the_best_item_of_a_contextual_bandit() -> None:
     rng = np.random.default_rng(0)
     n_items, d, s, best = 8, 8, 6, 3
     items = rng.normal(size=(n_items, d)).astype(np.float32)
-    config = DuelingDQNConfig(state_dim=s, item_dim=d, hidden=(32, 16), adv_hidden=(16,),
-                              gamma=0.5, lr=5e-3, tau=0.05, batch_size=32)  # fmt: skip
+    config = DuelingDQNConfig(
+        state_dim=s,
+        item_dim=d,
+        hidden=(32, 16),
+        adv_hidden=(16,),
+        gamma=0.5,
+        lr=5e-3,
+        tau=0.05,
+        batch_size=32,
+    )
     torch.manual_seed(0)
     learner = DQNLearner(DuelingDQN(config))
     buf = ReplayBuffer(capacity=2048, state_dim=s, max_candidates=n_items, seed=0)

@@ -41,18 +41,24 @@ def _world(n_users: int = 3, n_items: int = 6) -> World:
     taste = np.full((n_users, n_items), 0.5)
     taste[:, 0] = 5.0
     return World(
-        data=InteractionData("toy", [], {}), past=InteractionData("toy", [], {}),
-        user_ids=[f"u{u}" for u in range(n_users)], item_ids=[f"i{i}" for i in range(n_items)],
-        taste=taste, base=np.tile(np.linspace(1.0, 0.0, n_items), (n_users, 1)),
-        popularity=np.arange(n_items, dtype=np.float64), seen=[set() for _ in range(n_users)],
-        users=np.arange(n_users), valid_items=np.ones(n_items, np.bool_),
-    )  # fmt: skip
+        data=InteractionData("toy", [], {}),
+        past=InteractionData("toy", [], {}),
+        user_ids=[f"u{u}" for u in range(n_users)],
+        item_ids=[f"i{i}" for i in range(n_items)],
+        taste=taste,
+        base=np.tile(np.linspace(1.0, 0.0, n_items), (n_users, 1)),
+        popularity=np.arange(n_items, dtype=np.float64),
+        seen=[set() for _ in range(n_users)],
+        users=np.arange(n_users),
+        valid_items=np.ones(n_items, np.bool_),
+    )
 
 
 def test_static_policies_meet_the_same_users_and_dice() -> None:
     world = _world()
-    config = SimulationConfig(slates=9, k=2, depth=2, attract_scale=50.0, checkpoints=3,
-                              policies=("base", "popular"))  # fmt: skip
+    config = SimulationConfig(
+        slates=9, k=2, depth=2, attract_scale=50.0, checkpoints=3, policies=("base", "popular")
+    )
     episode = Episode.draw(world, config)
     assert episode.users.shape == (9,) and episode.dice.shape == (9, 2)
     base = run_static(world, config, episode, "base")
@@ -74,9 +80,17 @@ def test_config_refuses_unknown_policies_and_shallow_candidates() -> None:
 @pytest.mark.kafka
 def test_every_policy_runs_and_the_dqn_learns_through_kafka(tmp_path: Path) -> None:
     data = synthetic(n_users=60, n_items=40, n_events=1500, seed=1)
-    config = SimulationConfig(slates=40, k=5, depth=10, base_epochs=2, oracle_epochs=2,
-                              sync_every=10, train_every=2, snapshot_every_updates=10,
-                              min_history=3)  # fmt: skip
+    config = SimulationConfig(
+        slates=40,
+        k=5,
+        depth=10,
+        base_epochs=2,
+        oracle_epochs=2,
+        sync_every=10,
+        train_every=2,
+        snapshot_every_updates=10,
+        min_history=3,
+    )
     stages: list[str] = []
     report = run_simulation(data, config, var_dir=tmp_path / "var", on_stage=stages.append)
     assert list(report.results) == ["random", "popular", "base", "dqn"]

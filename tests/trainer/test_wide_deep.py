@@ -47,14 +47,21 @@ def test_user_features_go_through_the_registry(registry: IdRegistry) -> None:
         "gender=F",
         "gender=M",
         "occupation=writer",
-    )  # fmt: skip (z never rated: not in the vocabulary)
+    )  # z never rated: not in the vocabulary
     index = {u: int(inter.users[n]) for n, u in enumerate(["b", "a", "c"])}
     assert inter.user_features[index["a"]].tolist() == [0, 1, 1, 0, 0]
     assert inter.user_features[index["b"]].tolist() == [1, 0, 0, 1, 1]
     assert inter.user_features[index["c"]].tolist() == [0, 0, 0, 0, 0]  # no demographics
     assert [age_group(a) for a in (1, 18, 24, 25, 49, 50, 56, 90)] == [
-        "<18", "18-24", "18-24", "25-34", "45-49", "50-55", "56+", "56+",
-    ]  # fmt: skip
+        "<18",
+        "18-24",
+        "18-24",
+        "25-34",
+        "45-49",
+        "50-55",
+        "56+",
+        "56+",
+    ]
 
 
 def _taste_by_gender(registry: IdRegistry, with_users: bool) -> Interactions:
@@ -63,8 +70,9 @@ def _taste_by_gender(registry: IdRegistry, with_users: bool) -> Interactions:
     items = {f"i{n}": Item(f"i{n}", "", ("A",) if n % 2 else ("B",)) for n in range(40)}
     users = {f"u{n}": User(f"u{n}", 30, "F" if n % 2 else "M", None) for n in range(80)}
     rows = []
-    for t, (u, i) in enumerate(zip(rng.integers(0, 80, 3000), rng.integers(0, 40, 3000),
-                                   strict=True)):  # fmt: skip
+    for t, (u, i) in enumerate(
+        zip(rng.integers(0, 80, 3000), rng.integers(0, 40, 3000), strict=True)
+    ):
         liked = (u % 2) == (i % 2)
         rows.append(Rating(f"u{u}", f"i{i}", 5.0 if liked else 1.0, t))
     return build(InteractionData("taste", rows, items, users if with_users else {}), registry)
@@ -121,8 +129,11 @@ def test_demographics_survive_save_load_and_growth(registry: IdRegistry, tmp_pat
 
 
 def test_release_years_go_through_the_registry(registry: IdRegistry) -> None:
-    items = {"old": Item("old", "Old (1972)", ("A",), 1972), "new": Item("new", "", ("A",), 1995),
-             "undated": Item("undated", "", ("A",))}  # fmt: skip
+    items = {
+        "old": Item("old", "Old (1972)", ("A",), 1972),
+        "new": Item("new", "", ("A",), 1995),
+        "undated": Item("undated", "", ("A",)),
+    }
     rows = [Rating("u", "new", 4, 1), Rating("u", "old", 3, 2), Rating("u", "undated", 3, 3)]
     inter = build(InteractionData("hand", rows, items), registry)
     assert inter.item_feature_names == ("decade=1970s", "decade=1990s", "year=1972", "year=1995")
@@ -136,11 +147,16 @@ def _taste_by_era(registry: IdRegistry, with_years: bool) -> Interactions:
     """Everyone likes the 1970s and dislikes the 1990s: an item's year alone predicts the
     label (genres and users carry no signal)."""
     rng = np.random.default_rng(0)
-    items = {f"i{n}": Item(f"i{n}", "", ("A",), (1975 if n % 2 else 1995) if with_years else None)
-             for n in range(60)}  # fmt: skip
-    rows = [Rating(f"u{u}", f"i{i}", 5.0 if i % 2 else 1.0, t)
-            for t, (u, i) in enumerate(zip(rng.integers(0, 50, 3000), rng.integers(0, 60, 3000),
-                                           strict=True))]  # fmt: skip
+    items = {
+        f"i{n}": Item(f"i{n}", "", ("A",), (1975 if n % 2 else 1995) if with_years else None)
+        for n in range(60)
+    }
+    rows = [
+        Rating(f"u{u}", f"i{i}", 5.0 if i % 2 else 1.0, t)
+        for t, (u, i) in enumerate(
+            zip(rng.integers(0, 50, 3000), rng.integers(0, 60, 3000), strict=True)
+        )
+    ]
     return build(InteractionData("era", rows, items), registry)
 
 
@@ -168,8 +184,7 @@ def test_release_years_survive_save_load_growth_and_item_vectors(
     fit(model, inter, None, TrainConfig(epochs=2, threads=1))
     model.save_artifacts(tmp_path)
     loaded = WideDeep.load_artifacts(tmp_path)
-    assert loaded.config.item_features == ("decade=1970s", "decade=1990s", "year=1975",
-                                           "year=1995")  # fmt: skip
+    assert loaded.config.item_features == ("decade=1970s", "decade=1990s", "year=1975", "year=1995")
     users, items = torch.as_tensor(inter.users[:50]), torch.as_tensor(inter.items[:50])
     with torch.no_grad():
         assert torch.equal(loaded.logits(users, items), model.eval().logits(users, items))

@@ -79,8 +79,9 @@ def build_model(name: str, inter: Interactions, seed: int = 0, **overrides: Any)
     if name not in MODELS:
         raise InvalidInput(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    config = spec.module_cls.config_from_data(spec.config_cls, inter,
-                                              **{**spec.defaults, **overrides})  # fmt: skip
+    config = spec.module_cls.config_from_data(
+        spec.config_cls, inter, **{**spec.defaults, **overrides}
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.module_cls(config)
@@ -89,5 +90,11 @@ def build_model(name: str, inter: Interactions, seed: int = 0, **overrides: Any)
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "Query", "Recommender", "build_model", "config_class", "train_config",
-]  # fmt: skip
+    "MODELS",
+    "ModelSpec",
+    "Query",
+    "Recommender",
+    "build_model",
+    "config_class",
+    "train_config",
+]

@@ -101,8 +101,9 @@ class Recommender(nn.Module):
         old: nn.Embedding = getattr(self, name)
         if extra <= 0:
             return
-        new = nn.Embedding(old.num_embeddings + extra, old.embedding_dim,
-                           padding_idx=old.padding_idx).to(old.weight.device)  # fmt: skip
+        new = nn.Embedding(
+            old.num_embeddings + extra, old.embedding_dim, padding_idx=old.padding_idx
+        ).to(old.weight.device)
         with torch.no_grad():
             self.init_new_rows(name, new.weight[old.num_embeddings :])
             new.weight[: old.num_embeddings] = old.weight

@@ -102,9 +102,10 @@ class DuelingDQN(nn.Module):
             )
 
     def q_values(
-        self, state: Sequence[float] | np.ndarray | Tensor,
+        self,
+        state: Sequence[float] | np.ndarray | Tensor,
         items: Sequence[Sequence[float]] | np.ndarray | Tensor,
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """(C,) Q-values of C item vectors for one state vector (the bulk predict of the
         original model server). Always deterministic: dropout is off for the call, so serve from
         a snapshot (``DQNLearner.policy()``), never from a network another thread trains."""
@@ -114,8 +115,9 @@ class DuelingDQN(nn.Module):
         if state_t.shape != (s,):
             raise InvalidInput(f"state must have shape ({s},), got {tuple(state_t.shape)}")
         if items_t.dim() != 2 or items_t.shape[0] < 1 or items_t.shape[1] != d:
-            raise InvalidInput(f"items must have shape (C, {d}) with C ≥ 1, "
-                               f"got {tuple(items_t.shape)}")  # fmt: skip
+            raise InvalidInput(
+                f"items must have shape (C, {d}) with C ≥ 1, got {tuple(items_t.shape)}"
+            )
         with _eval_mode(self), torch.inference_mode():
             return self(state_t[None], items_t[None])[0].numpy()  # (C,)
 

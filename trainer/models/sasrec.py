@@ -57,9 +57,14 @@ class SASRec(Recommender):
             self.item_emb.weight[0].zero_()
         self.emb_drop = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
-            config.dim, config.n_heads, config.inner, config.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
-        )  # fmt: skip
+            config.dim,
+            config.n_heads,
+            config.inner,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
         if config.repeat_score:
@@ -106,7 +111,7 @@ class SASRec(Recommender):
             logits = logits + self.repeat_w * seen
         return F.cross_entropy(
             logits.reshape(-1, self.n_items), (targets - 1).reshape(-1), ignore_index=-1
-        )  # fmt: skip (targets - 1 is -1 where padded)
+        )  # targets - 1 is -1 where padded
 
     def user_vectors(self, query: Query) -> Tensor:
         if query.seqs is None:

@@ -88,22 +88,34 @@ class WideDeep(Recommender):
 
     @classmethod
     def config_from_data(cls, config_cls: type, inter: Interactions, **overrides: Any) -> Any:
-        from_data = {"genres": inter.genres, "user_features": inter.user_feature_names,
-                     "item_features": inter.item_feature_names}  # fmt: skip
+        from_data = {
+            "genres": inter.genres,
+            "user_features": inter.user_feature_names,
+            "item_features": inter.item_feature_names,
+        }
         return super().config_from_data(config_cls, inter, **{**from_data, **overrides})
 
     def adapt(self, inter: Interactions) -> None:
         """Grow, then fill the feature tables from ``inter``, each mapped onto this model's own
         vocabulary: features the model does not know are ignored, rows without any stay zero."""
         super().adapt(inter)
-        self.item_genres = _columns(self.config.genres, inter.genres, inter.item_genres,
-                                    self.n_items)  # fmt: skip
+        self.item_genres = _columns(
+            self.config.genres, inter.genres, inter.item_genres, self.n_items
+        )
         if self.has_user_features:
-            self.user_feats = _columns(self.config.user_features, inter.user_feature_names,
-                                       inter.user_features, self.n_users)  # fmt: skip
+            self.user_feats = _columns(
+                self.config.user_features,
+                inter.user_feature_names,
+                inter.user_features,
+                self.n_users,
+            )
         if self.has_item_features:
-            self.item_feats = _columns(self.config.item_features, inter.item_feature_names,
-                                       inter.item_features, self.n_items)  # fmt: skip
+            self.item_feats = _columns(
+                self.config.item_features,
+                inter.item_feature_names,
+                inter.item_features,
+                self.n_items,
+            )
 
     def grow(self, n_users: int, n_items: int) -> None:
         extra, extra_users = n_items - self.n_items, n_users - self.n_users
@@ -129,9 +141,11 @@ class WideDeep(Recommender):
         g = self.item_genres[items]  # (N, n_genres)
         u, v = self.user_emb(users), self.item_emb(items)  # (N, dim) each
         wide = (
-            self.user_bias(users)[:, 0] + self.item_bias(items)[:, 0]
-            + self.genre_w(g)[:, 0] + (self._genre_weights(users) * g).sum(-1)
-        )  # fmt: skip
+            self.user_bias(users)[:, 0]
+            + self.item_bias(items)[:, 0]
+            + self.genre_w(g)[:, 0]
+            + (self._genre_weights(users) * g).sum(-1)
+        )
         parts = [u, v, self.genre_emb(_mean(g))]  # mean over the item's genres
         if self.has_user_features:
             f = self.user_feats[users]  # (N, n_feats) multi-hot
@@ -170,8 +184,11 @@ class WideDeep(Recommender):
         rows = []
         for start in range(0, len(users), 64):
             chunk = users[start : start + 64]
-            rows.append(self.logits(chunk.repeat_interleave(n), items.repeat(len(chunk)))
-                        .view(len(chunk), n))  # fmt: skip
+            rows.append(
+                self.logits(chunk.repeat_interleave(n), items.repeat(len(chunk))).view(
+                    len(chunk), n
+                )
+            )
         return torch.cat(rows) if rows else torch.zeros((0, n))
 
     def score(self, query: Query, items: Tensor) -> Tensor:

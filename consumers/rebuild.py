@@ -1,0 +1,133 @@
+"""``streamrec rebuild``: the Redis feature state rebuilt from the SQL archive (stores.rebuild)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from consumers.app import feature_store
+from core.embedded import EmbeddedAddresses
+from core.errors import StateConflict, StreamrecError
+from core.kafka_log import group_members
+from core.logs import configure_logging
+from core.services import open_services
+from core.settings import Settings
+from schemas.topics import ConsumerGroup
+from stores.catalog import Archive
+from stores.rebuild import RebuildReport, rebuild_features
+from stores.schema import create_schema
+
+console = Console()
+GROUP = ConsumerGroup.FEATURES.value
+
+
+async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = None) -> None:
+    """Raise StateConflict when a features consumer may be writing the state to rebuild: a
+    running embedded `up` on this var dir (it runs the group), or, on real Kafka, any member
+    of the features group (DescribeGroups, which the embedded broker does not serve)."""
+    if settings.embedded_kafka or settings.embedded_redis:
+        running = EmbeddedAddresses.read(settings.var_dir)
+        if running is not None:
+            raise StateConflict(
+                f"`streamrec up` (pid {running.pid}) is running on {settings.var_dir} and "
+                "consumes into this feature state: stop it, then run `streamrec rebuild`"
+            )
+    if not settings.embedded_kafka and bootstrap is not None:
+        members = await group_members(bootstrap, GROUP)
+        if members:
+            raise StateConflict(
+                f"the {GROUP} group has {members} running member(s): stop every "
+                "`streamrec consume`/`up` that runs it, then run `streamrec rebuild`"
+            )
+
+
+async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
+    await refuse_if_consumed(settings)
+    async with open_services(settings) as services:
+        await refuse_if_consumed(settings, services.kafka_bootstrap)
+        await asyncio.to_thread(create_schema, services.engine)
+        keys = await services.redis.dbsize()
+        if keys and not wipe:
+            raise StateConflict(
+                f"Redis at {services.redis_url} holds {keys:,} keys: the rebuild starts from an "
+                "empty feature state; pass --wipe to empty that database (FLUSHDB) first"
+            )
+        if keys:
+            await services.redis.flushdb()
+        archive = Archive(services.engine)
+        total = await asyncio.to_thread(archive.count_items) + await asyncio.to_thread(
+            archive.count_interactions
+        )
+        columns = (
+            TextColumn("[bold]rebuild[/] features"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("features", total=total, rate="")
+            started = time.perf_counter()
+
+            def advance(n: int) -> None:
+                done = progress.tasks[task].completed + n
+                speed = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=n, rate=f"{speed:,.0f} ev/s")
+
+            return await rebuild_features(
+                feature_store(services),
+                archive,
+                GROUP,
+                services.kafka_log_id,
+                chunk=chunk,
+                on_progress=advance,
+            )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def rebuild(
+        wipe: Annotated[
+            bool,
+            typer.Option(
+                "--wipe",
+                help="Empty the feature Redis database (FLUSHDB) first. It must hold "
+                "streamrec's features only, as STREAMREC_REDIS_URL's database does.",
+            ),
+        ] = False,
+        chunk: Annotated[
+            int, typer.Option(min=1, max=100_000, help="Events applied per batch.")
+        ] = 5000,
+    ) -> None:
+        """Rebuild the Redis feature state from the SQL archive, the durable record.
+
+        Replays the archived catalog, then every archived rating, click and impression in
+        event-time order, through the apply step the features consumer uses: user and item
+        counters, rating sums, genre affinities, recent and seen items, popularity and variant
+        counters come back count for count. Then the features group's offsets are set to the
+        newest archived position of each partition of the current Kafka log, so a features
+        consumer started afterwards applies only newer events.
+
+        Use it after Redis was lost or wiped, or when `streamrec up` says the feature state is
+        older than the archive. It needs an empty feature state (or --wipe) and refuses while a
+        features consumer runs on it: stop `streamrec up` / `streamrec consume` first.
+        """
+        settings = Settings()
+        configure_logging(settings.log_level)
+        try:
+            report = asyncio.run(_rebuild(settings, wipe, chunk))
+        except StreamrecError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+        events = report.items + report.interactions
+        console.print(
+            f"rebuilt from the archive: {report.items:,} items, {report.interactions:,} "
+            f"interactions in {report.seconds:.1f} s "
+            f"({events / max(report.seconds, 1e-9):,.0f} events/s); features offsets set for "
+            f"{len(report.positions)} partition(s) of the current Kafka log"
+        )
