@@ -53,6 +53,7 @@ from sqlalchemy import Engine, func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from consumers.policy import EMBEDDED_SESSION_TIMEOUT_MS  # noqa: E402
 from core.datasets import InteractionData, load_movielens  # noqa: E402
 from core.db import create_db_engine  # noqa: E402
 from core.embedded import EmbeddedKafka  # noqa: E402
@@ -136,6 +137,9 @@ def child_env(bootstrap: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "STREAMREC_INGEST_API_KEY": "crash-exactness-ingest",
         "STREAMREC_ADMIN_API_KEY": "crash-exactness-admin",
         "STREAMREC_LOG_LEVEL": "INFO",
+        # The child reaches the harness's mock broker by address, so it cannot tell it from a
+        # real Kafka; give it the session `up` uses on the embedded broker (consumers/policy.py).
+        "STREAMREC_CONSUMER_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
     }
 
 

@@ -27,8 +27,12 @@
 -- ARGV[6]  its time to live, in seconds
 --
 -- Keys are derived from ids exactly as stores/features.py builds them: a type marker, then the
--- id inside braces (`sr:u:{alice}`, `sr:seq:{alice}`, `sr:seen:{alice}`, `sr:i:{m1}`), so no id
--- can name another key, and a user's keys share a Redis Cluster hash slot.
+-- id inside braces (`sr:u:{alice}`, `sr:seq:{alice}`, `sr:seen:{alice}`, `sr:i:{m1}`,
+-- `sr:pend:{m1}`), so no id can name another key, and a user's keys share a Redis Cluster slot.
+--
+-- Genre affinity does not depend on whether an item's catalog event came before or after its
+-- ratings (topics are fetched apart): a rating or click of an item the catalog has not named
+-- yet is kept in `sr:pend:{item}` (user -> weight) and credited when the item arrives.
 local p = cjson.decode(ARGV[1])
 local cap = tonumber(ARGV[2])
 local now_ms = ARGV[3]
@@ -41,6 +45,7 @@ local function user_hash(id) return pre .. ':u:{' .. id .. '}' end
 local function user_seq(id) return pre .. ':seq:{' .. id .. '}' end
 local function user_seen(id) return pre .. ':seen:{' .. id .. '}' end
 local function item_hash(id) return pre .. ':i:{' .. id .. '}' end
+local function item_pending(id) return pre .. ':pend:{' .. id .. '}' end
 
 -- Phase 1: check -------------------------------------------------------------------------
 local wrong = {'wrong'}
@@ -60,13 +65,33 @@ expect(landmark, 'string')
 expect(variants, 'hash')
 expect(ARGV[5], 'set')
 for _, pair in ipairs(p.offsets) do expect(pair[1], 'string') end
-for item in pairs(p.meta) do expect(item_hash(item), 'hash') end
+-- Users waiting for a catalogued item's genres: their hashes are written too.
+local pending_of = {}
+for item in pairs(p.meta) do
+  expect(item_hash(item), 'hash')
+  local key = item_pending(item)
+  expect(key, 'hash')
+  if redis.call('TYPE', key)['ok'] == 'hash' then
+    local waiting = redis.call('HGETALL', key)
+    pending_of[item] = waiting
+    for i = 1, #waiting, 2 do
+      local found = redis.call('TYPE', user_hash(waiting[i]))['ok']
+      if found ~= 'none' and found ~= 'hash' then
+        wrong[#wrong + 1] = key  -- the item event is what cannot be applied
+        wrong[#wrong + 1] = 'hash naming ' .. user_hash(waiting[i]) .. ', a ' .. found
+      end
+    end
+  end
+end
 for _, it in ipairs(p.items) do expect(item_hash(it[1]), 'hash') end
 for _, u in ipairs(p.users) do
   expect(user_hash(u[1]), 'hash')
   expect(user_seq(u[1]), 'zset')
   expect(user_seen(u[1]), 'set')
-  for _, pair in ipairs(u[6]) do expect(item_hash(pair[1]), 'hash') end
+  for _, pair in ipairs(u[6]) do
+    expect(item_hash(pair[1]), 'hash')
+    expect(item_pending(pair[1]), 'hash')
+  end
 end
 if #wrong > 1 then return wrong end
 
@@ -85,18 +110,33 @@ for item, meta in pairs(p.meta) do
   if #args > 0 then redis.call('HSET', item_hash(item), unpack(args)) end
 end
 
+-- The genres of an item, or nil while the catalog has not named it.
 local genres_of = {}
 local function genres(item)
   local found = genres_of[item]
   if found == nil then
-    found = {}
     local raw = redis.call('HGET', item_hash(item), 'genres')
     if raw then
+      found = {}
       for genre in string.gmatch(raw, '[^|]+') do found[#found + 1] = genre end
+    else
+      found = false
     end
     genres_of[item] = found
   end
-  return found
+  return found or nil
+end
+
+-- Credit the users who rated or clicked a newly catalogued item before it was named.
+for item, waiting in pairs(pending_of) do
+  local named = genres(item)
+  for i = 1, #waiting, 2 do
+    local key = user_hash(waiting[i])
+    for _, genre in ipairs(named) do
+      redis.call('HINCRBYFLOAT', key, 'g:' .. genre, waiting[i + 1])
+    end
+  end
+  redis.call('DEL', item_pending(item))
 end
 
 -- Add `delta` (field -> number) to the numeric fields of a hash: one read and one write per
@@ -125,9 +165,14 @@ for _, u in ipairs(p.users) do
   for name, n in pairs(u[2]) do delta[name] = n end
   if u[3] ~= 0 then delta.rating_sum = u[3] end
   for _, pair in ipairs(u[6]) do
-    for _, genre in ipairs(genres(pair[1])) do
-      local name = 'g:' .. genre
-      delta[name] = (delta[name] or 0) + pair[2]
+    local named = genres(pair[1])
+    if named then
+      for _, genre in ipairs(named) do
+        local name = 'g:' .. genre
+        delta[name] = (delta[name] or 0) + pair[2]
+      end
+    else
+      redis.call('HINCRBYFLOAT', item_pending(pair[1]), u[1], pair[2])
     end
   end
   local sums = add_numbers(user_hash(u[1]), delta, {'last_ts', u[4], 'updated_ms', now_ms})

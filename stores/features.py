@@ -32,6 +32,10 @@ never ``sr:u:{196}``'s seen set), and a user's three keys share a Redis Cluster 
 ``sr:seen:{user}``         set     every item the user rated or clicked
 ``sr:i:{item}``            hash    title, genres ("|"-joined), year, ratings, rating_sum,
                                    clicks, impressions
+``sr:pend:{item}``         hash    user -> genre-affinity weight of ratings and clicks of an
+                                   item the catalog has not named yet, credited to the
+                                   user's genres when it does (so affinity does not depend on
+                                   which topic was fetched first), then deleted
 ``sr:popularity``          zset    item -> forward-decayed popularity
 ``sr:popularity:landmark`` string  the landmark time (s) of the forward decay
 ``sr:variants``            hash    "{model}|{variant}|impressions|clicks" -> count
@@ -94,6 +98,10 @@ def user_seen_key(user_id: str) -> str:
 
 def item_key(item_id: str) -> str:
     return f"{PREFIX}:i:{{{item_id}}}"
+
+
+def item_pending_key(item_id: str) -> str:
+    return f"{PREFIX}:pend:{{{item_id}}}"
 
 
 def offset_key(group: str, topic: str, partition: int) -> str:
@@ -467,11 +475,11 @@ def decay_weight(ts: float, landmark: float | None, half_life: float) -> float:
 def _event_keys(event: Event) -> list[str]:
     """The per-id keys the apply script checks for this event (see apply_features.lua)."""
     if isinstance(event, ItemEvent):
-        return [item_key(event.item_id)]
+        return [item_key(event.item_id), item_pending_key(event.item_id)]
     user = [user_key(event.user_id), user_seq_key(event.user_id), user_seen_key(event.user_id)]
     if isinstance(event, ImpressionEvent):
         return user + [item_key(item) for item in event.item_ids]
-    return [*user, item_key(event.item_id)]
+    return [*user, item_key(event.item_id), item_pending_key(event.item_id)]
 
 
 def _split_by_keys(

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from core.errors import StateConflict
 from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
-from stores.features import FeatureStore, decay_weight, item_key, move_landmark, user_key
+from stores.features import (
+    FeatureStore,
+    decay_weight,
+    item_key,
+    item_pending_key,
+    move_landmark,
+    user_key,
+)
 
 G = "test-group"
 DAY = 86_400.0
@@ -249,3 +256,32 @@ def test_decay_arithmetic_holds_for_every_accepted_time(
     expected = sum(2.0 ** ((t - newest) / half_life) for t in decayed_sum_at)
     got = score * 2.0 ** ((landmark - newest) / half_life)
     assert got == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+async def test_genre_affinity_does_not_depend_on_which_topic_came_first(services) -> None:  # type: ignore[no-untyped-def]
+    """Ratings and clicks of an item the catalog has not named yet are credited to the user's
+    genres when it arrives: the same affinity as with the catalog first (what a rebuild does)."""
+    catalog = [ItemEvent(item_id="m1", title="Heat", genres=["Crime", "Drama"])]
+    interactions = [
+        RatingEvent(user_id="u", item_id="m1", rating=5, ts=at(1)),
+        ClickEvent(user_id="u", item_id="m1", ts=at(2)),
+        RatingEvent(user_id="v", item_id="m1", rating=1, ts=at(3)),
+    ]
+    first = FeatureStore(services.redis)
+    await first.apply_batch("catalog-first", sourced(catalog, topic="streamrec.items"))
+    await first.apply_batch("catalog-first", sourced(interactions, start=1))
+    expected = {user: await first.genre_affinity(user) for user in ("u", "v")}
+    assert expected == {"u": {"Crime": 2.0, "Drama": 2.0}, "v": {"Crime": -0.6, "Drama": -0.6}}
+    await services.redis.flushdb()
+
+    late = FeatureStore(services.redis)
+    await late.apply_batch("catalog-late", sourced(interactions))
+    assert await late.genre_affinity("u") == {}
+    assert await services.redis.exists(item_pending_key("m1"))
+    await late.apply_batch("catalog-late", sourced(catalog, topic="streamrec.items"))
+    for user in ("u", "v"):
+        assert await late.genre_affinity(user) == pytest.approx(expected[user])
+    assert not await services.redis.exists(item_pending_key("m1"))  # credited once
+    more = RatingEvent(user_id="u", item_id="m1", rating=5, ts=at(4))
+    await late.apply_batch("catalog-late", sourced([more], start=3))
+    assert await late.genre_affinity("u") == {"Crime": 3.0, "Drama": 3.0}
