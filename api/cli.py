@@ -1,22 +1,27 @@
-"""``streamrec up`` (everything in one process, embedded) and ``streamrec serve`` (the API)."""
+"""``streamrec up`` (everything in one process, embedded) and ``streamrec serve`` (the API).
+
+The app (FastAPI, PyTorch for the DQN endpoints) is imported by the two commands that run it,
+not when the CLI registers them: every other ``streamrec`` command starts without it.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from api.app import create_app
-from api.runtime import Runtime
-from consumers.app import DEFAULT_GROUPS
 from consumers.membership import parse_group_list
 from core.errors import StreamrecError
 from core.logs import configure_logging
 from core.settings import Settings
 from producers.cli import load_source, print_summary, replay_with_progress
+from schemas.topics import DEFAULT_GROUPS
+
+if TYPE_CHECKING:
+    from api.runtime import Runtime
 
 console = Console()
 
@@ -84,6 +89,8 @@ def register(app: typer.Typer) -> None:
 
                 runtime.spawn(run_replay(), name="replay")
 
+        from api.app import create_app  # the app's imports cost seconds: only where it runs
+
         try:
             application = create_app(
                 settings,
@@ -134,6 +141,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
         if workers == 1:
+            from api.app import create_app  # the app's imports cost seconds: only where it runs
+
             uvicorn.run(
                 create_app(settings),
                 host=host,

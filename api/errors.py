@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from api.validation import describe, readable_errors
 from core.errors import (
     ConfigurationError,
     InvalidInput,
@@ -52,14 +53,6 @@ _HTTP_CODES = {
 
 def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": code, "message": message, **extra}
-
-
-def _describe(errors: list[dict]) -> str:
-    parts = []
-    for error in errors:
-        location = ".".join(str(p) for p in error.get("loc", ())) or "request"
-        parts.append(f"{location}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -114,12 +107,9 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
+    errors = readable_errors(exc.errors())
     return JSONResponse(
-        error_body("invalid_input", _describe(errors), details=errors),
+        error_body("invalid_input", describe(exc.errors()), details=errors),
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 

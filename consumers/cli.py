@@ -19,7 +19,6 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from sqlalchemy import Engine
 
-from consumers.app import build_consumer_broker
 from consumers.dlq import (
     ReplaySummary,
     Selection,
@@ -83,6 +82,8 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
         store = None
         if ConsumerGroup.VECTORS in groups:
             store = await asyncio.to_thread(open_vector_store, settings)
+        from consumers.app import build_consumer_broker  # FastStream: only where it consumes
+
         broker = build_consumer_broker(services, Metrics(), groups, store)
         await broker.start()
         gc.freeze()  # start-up objects live as long as the process: keep them out of full GCs

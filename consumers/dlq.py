@@ -22,9 +22,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from faststream.kafka import KafkaBroker
 from sqlalchemy import Engine
 
 from consumers.decode import dead_letter_kind
@@ -33,6 +33,9 @@ from core.metrics import Metrics
 from schemas.events import DeadLetter
 from schemas.topics import Topic
 from stores.dlq_replays import DlqReplayLog, SourceRecord
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
 
 log = logging.getLogger(__name__)
 

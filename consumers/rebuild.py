@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from consumers.app import feature_store
 from core.embedded import EmbeddedAddresses
 from core.errors import StateConflict, StreamrecError
 from core.kafka_log import group_members
@@ -19,6 +18,7 @@ from core.services import open_services
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
+from stores.features import FeatureStore
 from stores.rebuild import RebuildReport, rebuild_features
 from stores.schema import create_schema
 
@@ -80,7 +80,7 @@ async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
                 progress.update(task, advance=n, rate=f"{speed:,.0f} ev/s")
 
             return await rebuild_features(
-                feature_store(services),
+                FeatureStore.for_settings(services.redis, services.settings),
                 archive,
                 GROUP,
                 services.kafka_log_id,

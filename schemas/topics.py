@@ -32,3 +32,13 @@ GROUP_TOPICS: dict[ConsumerGroup, tuple[Topic, ...]] = {
     # Logged slates and the feedback on them.
     ConsumerGroup.ONLINE_RL: (Topic.IMPRESSIONS, Topic.CLICKS, Topic.RATINGS),
 }
+
+# The groups `streamrec up` and `streamrec consume` run (retrain is not built yet). The vectors
+# group only checks the items aliases until a model is published, so it is safe on a fresh
+# system; the online-RL group learns only once a doc2vec version is active.
+DEFAULT_GROUPS: tuple[ConsumerGroup, ...] = (
+    ConsumerGroup.FEATURES,
+    ConsumerGroup.ARCHIVE,
+    ConsumerGroup.VECTORS,
+    ConsumerGroup.ONLINE_RL,
+)

@@ -64,6 +64,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from core.errors import StateConflict
+from core.settings import Settings
 from schemas.events import (
     ClickEvent,
     Event,
@@ -196,6 +197,16 @@ class FeatureStore:
         self._dedup_bucket = dedup_window_hours * 3600
         self._apply_script = redis.register_script(_APPLY_SCRIPT)
         self._read_script = redis.register_script(_READ_SCRIPT)
+
+    @classmethod
+    def for_settings(cls, redis: aioredis.Redis, settings: Settings) -> FeatureStore:
+        """The store as every process configures it (``STREAMREC_RECENT_ITEMS_CAP`` ...)."""
+        return cls(
+            redis,
+            recent_cap=settings.recent_items_cap,
+            half_life_days=settings.popularity_half_life_days,
+            dedup_window_hours=settings.dedup_window_hours,
+        )
 
     # ------------------------------------------------------------------ writes
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,23 @@ def test_help_lists_every_command() -> None:
         "rebuild",
     ):
         assert command in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("streamrec 0.")
+
+
+def test_registering_every_command_imports_no_heavy_library() -> None:
+    """`streamrec --help` and the light commands start at once: PyTorch, gensim, FastAPI and
+    FastStream load only in the commands that use them (how fast is not asserted: a fresh
+    interpreter is asked what it imported)."""
+    probe = (
+        "import sys; from core.cli import _register_plugins; _register_plugins(); "
+        "print(sorted(m for m in ('torch', 'gensim', 'fastapi', 'faststream') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_replay_without_a_running_system_explains_what_to_do(

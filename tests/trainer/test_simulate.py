@@ -12,14 +12,15 @@ import typer
 from typer.testing import CliRunner
 
 from core.datasets import InteractionData, synthetic
+from trainer import simulate_cli
 from trainer.simulate import (
+    POLICIES,
     Episode,
     SimulationConfig,
     World,
     _top,
     examination,
     plot_curves,
-    register,
     run_simulation,
     run_static,
 )
@@ -110,7 +111,12 @@ def test_every_policy_runs_and_the_dqn_learns_through_kafka(tmp_path: Path) -> N
 def test_cli_rejects_bad_options_with_a_message() -> None:
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, so the command keeps its name
-    register(app)
+    simulate_cli.register(app)
     result = CliRunner().invoke(app, ["simulate", "--policies", "base,oracle"])
     assert result.exit_code == 2
     assert "policies must be among" in result.output
+
+
+def test_the_command_offers_the_simulators_policies() -> None:
+    """`streamrec simulate` lives apart from the simulator (no PyTorch to register it)."""
+    assert simulate_cli.POLICIES == POLICIES
