@@ -34,9 +34,9 @@ def field_name(loc: Sequence[Any]) -> str:
     """``events[3].item_id``, ``rating``, ``k``: the location without pydantic's internals."""
     parts: list[str] = []
     after_union = tagged_items = False
-    for step in loc:
+    for position, step in enumerate(loc):
         text = str(step)
-        if not parts and text in _WHERE:
+        if position == 0 and text in _WHERE:  # where the value came from, not a field
             continue
         if text.startswith(_INTERNAL_PREFIXES):
             after_union = text.startswith("tagged-union[")

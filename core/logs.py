@@ -13,6 +13,8 @@ _QUIET = (
     "streamrec.consumers.broker",
     "uvicorn.access",
     "httpx",
+    "gensim",  # dozens of INFO lines per Doc2Vec load or training run
+    "smart_open",
 )
 
 

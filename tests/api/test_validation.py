@@ -46,4 +46,5 @@ def test_field_names_drop_pydantic_internals() -> None:
     assert field_name(("body", f"list[{union}]", 3, "click", "item_id")) == "events[3].item_id"
     assert field_name(("body", "policy", "propensities", 2)) == "policy.propensities[2]"
     assert field_name(("query", "k")) == "k"
+    assert field_name(("body", "path")) == "path"  # a body field named like a location
     assert field_name(("body",)) == "body"
