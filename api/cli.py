@@ -6,6 +6,7 @@ not when the CLI registers them: every other ``streamrec`` command starts withou
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
                 host=host,
                 port=port,
                 log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )
         except StreamrecError as exc:
             console.print(f"[red]error:[/] {exc}")
@@ -148,7 +149,7 @@ def register(app: typer.Typer) -> None:
                 host=host,
                 port=port,
                 log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )
         else:
             # Each worker process builds its own app (and connections) from the environment.
@@ -159,5 +160,5 @@ def register(app: typer.Typer) -> None:
                 port=port,
                 workers=workers,
                 log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 
@@ -46,16 +48,17 @@ class Runtime:
         if self.rl is None:
             active = ActiveModels(self.model_registry(), self.settings.model_reload_seconds)
             exploration = Exploration(
-                self.settings.rl_exploration, self.settings.rl_epsilon,
+                self.settings.rl_exploration,
+                self.settings.rl_epsilon,
                 self.settings.rl_temperature,
-            )  # fmt: skip
+            )
             self.rl = RLServer(active, self.services.ids, exploration)
 
     def model_registry(self) -> ModelRegistry:
         """The registry the trainer and the DQN edge use: ``<var_dir>/models`` indexed in SQL."""
         return ModelRegistry(self.services.engine, self.settings.var_dir / "models")
 
-    def spawn(self, coroutine, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def]
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run work after the response; keep a reference and log failures, never lose them."""
         task = asyncio.create_task(coroutine, name=name)
         self.background.add(task)

@@ -56,10 +56,24 @@ def run_training(
     stage("loading data")
     raw = load_data(request.data, services.engine, request.seed)
     stage("training")
-    options = {"epochs": request.epochs, "batch_size": request.batch_size, "lr": request.lr,
-               "patience": request.patience, "seed": request.seed, "threads": 0}  # fmt: skip
-    return train_model(request.model.value, raw, services.ids, models, request.protocol,
-                       options, request.exclude_seen, request.activate)  # fmt: skip
+    options = {
+        "epochs": request.epochs,
+        "batch_size": request.batch_size,
+        "lr": request.lr,
+        "patience": request.patience,
+        "seed": request.seed,
+        "threads": 0,
+    }
+    return train_model(
+        request.model.value,
+        raw,
+        services.ids,
+        models,
+        request.protocol,
+        options,
+        request.exclude_seen,
+        request.activate,
+    )
 
 
 @dataclass
@@ -84,13 +98,21 @@ class JobRecord:
     def view(self) -> TrainingJob:
         version = self.version
         return TrainingJob(
-            id=self.id, status=self.status, stage=self.stage, request=self.request,
-            created_at=self.created_at, started_at=self.started_at,
-            finished_at=self.finished_at, error=self.error,
-            model_version=ModelVersionRef(name=version.name, version=version.version,
-                                          active=version.active) if version else None,
+            id=self.id,
+            status=self.status,
+            stage=self.stage,
+            request=self.request,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            model_version=ModelVersionRef(
+                name=version.name, version=version.version, active=version.active
+            )
+            if version
+            else None,
             test_metrics=_test_metrics(version.metrics) if version else {},
-        )  # fmt: skip
+        )
 
 
 def _test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -176,8 +198,7 @@ class TrainingJobs:
             job.finish("failed", f"internal error in training job {job.id}; see the server log")
             return
         job.finish("succeeded")
-        log.info("training job %s registered %s v%d", job.id, job.version.name,
-                 job.version.version)  # fmt: skip
+        log.info("training job %s registered %s v%d", job.id, job.version.name, job.version.version)
 
     def _forget_old(self) -> None:
         """Keep the newest records; never drop a job that has not finished."""

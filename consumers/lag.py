@@ -124,9 +124,12 @@ async def group_lag(
     )
 
 
+ALL_GROUPS: tuple[str, ...] = tuple(group.value for group in GROUP_TOPICS)
+
+
 async def consumer_lag(
     bootstrap: list[str],
-    groups: Sequence[str] = tuple(g.value for g in GROUP_TOPICS),
+    groups: Sequence[str] = ALL_GROUPS,
     with_seconds: bool = True,
 ) -> LagReport:
     """Lag of each group over the topics it reads (``GROUP_TOPICS``)."""

@@ -86,7 +86,7 @@ def hold_groups(var_dir: Path, groups: Sequence[ConsumerGroup], command: str) ->
     try:
         for group in groups:
             path = _lock_path(var_dir, group)
-            handle = path.open("a+")
+            handle: IO[str] = path.open("a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -173,8 +173,9 @@ class FeedbackJoiner:
         previous = self._latest_open(event.user_id)
         if previous is not None and previous.next_state is None and previous.ts <= ts:
             previous.next_state, previous.next_indices = state, [index[i] for i in items]
-        slate = OpenSlate(event.user_id, event.request_id, ts, state, items,
-                          [index[i] for i in items])  # fmt: skip
+        slate = OpenSlate(
+            event.user_id, event.request_id, ts, state, items, [index[i] for i in items]
+        )
         self._open[event.request_id] = slate
         self._by_user.setdefault(event.user_id, []).append(event.request_id)
         self._apply_early(slate)
@@ -398,11 +399,16 @@ class OnlineLearner:
         with self._train_lock:
             self._table = table
             self.joiner = FeedbackJoiner(
-                self._indices_with_vectors, content.version, size, self.config.window_s,
-                self.config.max_open, self.config.max_candidates,
-            )  # fmt: skip
-            self.buffer = ReplayBuffer(self.config.replay_capacity, size,
-                                       self.config.max_candidates, self.config.seed)  # fmt: skip
+                self._indices_with_vectors,
+                content.version,
+                size,
+                self.config.window_s,
+                self.config.max_open,
+                self.config.max_candidates,
+            )
+            self.buffer = ReplayBuffer(
+                self.config.replay_capacity, size, self.config.max_candidates, self.config.seed
+            )
             self.learner = DQNLearner(self._initial_policy(table.shape[1]))
             self.content_version = content.version
             self.updates_due = 0.0
@@ -486,8 +492,11 @@ class OnlineLearner:
         """Keep the newest ``keep_snapshots`` of this group's dqn versions: one every few
         seconds would otherwise fill the disk. Versions trained elsewhere, and the active one,
         are never touched."""
-        ours = [v for v in self._registry.list(DQN)
-                if v.data_window.get("source") == GROUP and not v.active]  # fmt: skip
+        ours = [
+            v
+            for v in self._registry.list(DQN)
+            if v.data_window.get("source") == GROUP and not v.active
+        ]
         for old in ours[: max(0, len(ours) - (self.config.keep_snapshots - 1))]:
             self._registry.delete(DQN, old.version)
 

@@ -35,7 +35,7 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while consumers write; NORMAL sync is durable enough for a cache of
     # the log (the log is the source of truth and can be replayed).
     cursor = dbapi_connection.cursor()

@@ -12,7 +12,17 @@ import threading
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
-from sqlalchemy import Engine, Integer, String, UniqueConstraint, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base
@@ -84,10 +94,10 @@ class IdRegistry:
                 {"kind": str(kind), "idx": start + n, "external_id": e} for n, e in enumerate(new)
             ]
             if rows:
-                conn.execute(IdMapping.__table__.insert(), rows)
-        for row in rows:
-            known[row["external_id"]] = row["idx"]
-            self._cache[kind][row["external_id"]] = row["idx"]
+                conn.execute(insert(IdMapping), rows)
+        for n, external in enumerate(new):
+            known[external] = start + n
+            self._cache[kind][external] = start + n
         return known
 
     def size(self, kind: IdKind) -> int:
@@ -105,7 +115,7 @@ class IdRegistry:
             return list(rows)
 
     @staticmethod
-    def _select(conn, kind: IdKind, ids: Sequence[str]) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    def _select(conn: Connection, kind: IdKind, ids: Sequence[str]) -> list[tuple[str, int]]:
         found: list[tuple[str, int]] = []
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]

@@ -56,10 +56,13 @@ def _bootstrap_list(value: str) -> list[str]:
     return servers
 
 
+_PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
+
+
 async def _ping_redis(client: aioredis.Redis, where: str) -> None:
     try:
         await client.ping()
-    except (*REDIS_ERRORS, OSError) as exc:
+    except _PING_ERRORS as exc:
         raise ServiceUnavailable(f"Redis at {where} did not answer: {exc}") from exc
 
 

@@ -27,11 +27,12 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from schemas.numbers import NotBool
 from schemas.topics import Topic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128
 # What an id may not contain: whitespace and control characters (C0, DEL, C1). Redis keys are
 # built so that no id can name another key (stores/features.py), so ':' and '{' are fine.
@@ -158,7 +159,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _type_required(schema: dict[str, object]) -> None:
+def _type_required(schema: JsonDict) -> None:
     # `type` has a default for Python callers, but a JSON event must carry it: it is the tag
     # that picks the event class, so the schema says it is required.
     required = schema.setdefault("required", [])

@@ -101,7 +101,7 @@ class InteractionRow(Base):
     )
 
 
-def _insert(engine: Engine, table):  # type: ignore[no-untyped-def]
+def _insert(engine: Engine, table: Any) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -258,7 +258,9 @@ class Archive:
         cursor = (rows[-1].ts, rows[-1].event_id) if len(rows) == limit else None
         return [_event_from_row(row) for row in rows], cursor
 
-    def items(self, item_ids: Sequence[str]) -> dict[str, ItemRow]:
+    def items(self, item_ids: Sequence[str]) -> dict[str, Any]:
+        """Catalog rows by item id: each has ``ItemRow``'s columns as attributes (a Core row,
+        not an ORM object: nothing is attached to a session)."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(ItemRow).where(ItemRow.item_id.in_(list(item_ids))))
             return {row.item_id: row for row in rows}
@@ -287,7 +289,7 @@ def _event_from_row(row: Row[Any]) -> Event:
     )
 
 
-def _impression_from_row(row: Row[Any]) -> ImpressionEvent:
+def _impression_from_row(row: Any) -> ImpressionEvent:  # a Row of InteractionRow columns
     policy = None
     if row.policy is not None:
         policy = PolicyLog(

@@ -112,16 +112,16 @@ class DlqReplayLog:
         return claimed
 
     def mark_published_many(self, records: Iterable[SourceRecord]) -> None:
-        table = DlqReplayRow.__table__
+        row = DlqReplayRow
         with self._engine.begin() as conn:
             for record in records:
                 conn.execute(
-                    update(table)
+                    update(row)
                     .where(
-                        table.c.source_topic == record.topic,
-                        table.c.source_partition == record.partition,
-                        table.c.source_offset == record.offset,
-                        table.c.source_timestamp_ms == record.timestamp_ms,
+                        row.source_topic == record.topic,
+                        row.source_partition == record.partition,
+                        row.source_offset == record.offset,
+                        row.source_timestamp_ms == record.timestamp_ms,
                     )
                     .values(published=True)
                 )

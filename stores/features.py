@@ -151,7 +151,7 @@ class _Aggregate:
     users: dict[str, _UserUpdate] = field(default_factory=lambda: defaultdict(_UserUpdate))
     items: dict[str, _ItemUpdate] = field(default_factory=lambda: defaultdict(_ItemUpdate))
     meta: dict[str, dict[str, str]] = field(default_factory=dict)
-    popularity: Counter[str] = field(default_factory=Counter)
+    popularity: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     variants: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
     offsets: list[tuple[str, str]] = field(default_factory=list)  # (key, offset)

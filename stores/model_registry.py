@@ -31,7 +31,9 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    delete,
     func,
+    insert,
     select,
     update,
 )
@@ -179,7 +181,7 @@ class ModelRegistry:
             )
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(ModelVersionRow.__table__.insert(), [_row_values(row)])
+                    conn.execute(insert(ModelVersionRow), [_row_values(row)])
                 return version
             except IntegrityError:
                 target.rename(staging)
@@ -215,7 +217,7 @@ class ModelRegistry:
             )
         with self._engine.begin() as conn:
             conn.execute(
-                ModelVersionRow.__table__.delete().where(
+                delete(ModelVersionRow).where(
                     ModelVersionRow.name == name, ModelVersionRow.version == version
                 )
             )

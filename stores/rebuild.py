@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from schemas.events import SourcedEvent
+from schemas.events import Event, SourcedEvent
 from stores.catalog import Archive
 from stores.features import LANDMARK, VARIANTS, FeatureStore, item_key
 
@@ -64,7 +64,7 @@ async def rebuild_features(
     started = time.perf_counter()
     offset = 0
 
-    async def apply(events: Sequence) -> None:  # type: ignore[type-arg]
+    async def apply(events: Sequence[Event]) -> None:
         nonlocal offset
         batch = [
             SourcedEvent(event, _REBUILD_TOPIC, 0, offset + n) for n, event in enumerate(events)
@@ -152,9 +152,13 @@ class FeatureSnapshot:
                     if not _same(a.get(f), b.get(f), rel_tol):
                         found.append(f"{name} {key} {f}: {a.get(f)!r} != {b.get(f)!r}")
         for item in sorted(set(self.popularity) | set(other.popularity)):
-            a, b = self.popularity.get(item), other.popularity.get(item)
-            if a is None or b is None or not math.isclose(a, b, rel_tol=rel_tol):
-                found.append(f"popularity {item}: {a!r} != {b!r}")
+            mine_score, their_score = self.popularity.get(item), other.popularity.get(item)
+            if (
+                mine_score is None
+                or their_score is None
+                or not math.isclose(mine_score, their_score, rel_tol=rel_tol)
+            ):
+                found.append(f"popularity {item}: {mine_score!r} != {their_score!r}")
         if self.variants != other.variants:
             found.append(f"variants: {self.variants!r} != {other.variants!r}")
         return found

@@ -47,6 +47,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -553,7 +554,7 @@ class EdgeVectorStore(VectorStore):
         return qe.Filter(must=must, must_not=must_not) if must or must_not else None
 
     def retrieve(self, collection: str, ids: Sequence[int]) -> list[Record]:
-        id_list = [int(i) for i in ids]
+        id_list: list[Any] = [int(i) for i in ids]
         found = self._run(collection, lambda shard: shard.retrieve(id_list, True, True))
         records = (Record(int(r.id), list(r.vector), r.payload or {}) for r in found)
         return _ordered(records, id_list)
@@ -705,12 +706,10 @@ class QdrantServerVectorStore(VectorStore):
         self._call(name, lambda: self._client.create_collection(name, vectors_config=params))
         for field, kind in payload_indexes.items():
             schema = _server_schema(kind)
-            self._call(
-                name,
-                lambda f=field, s=schema: self._client.create_payload_index(
-                    name, f, field_schema=s, wait=True
-                ),
+            create_index = partial(
+                self._client.create_payload_index, name, field, field_schema=schema, wait=True
             )
+            self._call(name, create_index)
 
     def collection_exists(self, name: str) -> bool:
         return name in self.list_collections()
@@ -764,7 +763,7 @@ class QdrantServerVectorStore(VectorStore):
         return [Hit(int(p.id), float(p.score), p.payload or {}) for p in result.points]
 
     def retrieve(self, collection: str, ids: Sequence[int]) -> list[Record]:
-        id_list = [int(i) for i in ids]
+        id_list: list[Any] = [int(i) for i in ids]
         found = self._call(
             collection,
             lambda: self._client.retrieve(

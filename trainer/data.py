@@ -205,7 +205,9 @@ def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> Intera
         rows = conn.execute(query).all()
         catalog = conn.execute(select(ItemRow.__table__)).mappings().all()
     ratings = [
-        Rating(u, i, float(r) if r is not None else 5.0, _unix(ts)) for u, i, r, ts, _ in rows
+        # item_id IS NOT NULL above: every row names an item
+        Rating(u, str(i), float(r) if r is not None else 5.0, _unix(ts))
+        for u, i, r, ts, _ in rows
     ]
     items = {
         row["item_id"]: Item(

@@ -87,7 +87,7 @@ def content_vectors(
     if not names:
         return {}
     vectors = table[[index[name] for name in names]]  # (n, D), one gather for all
-    has_text = vectors.any(axis=1)  # (n,)
+    has_text = np.asarray(vectors.any(axis=1))  # (n,)
     return {name: vectors[i] for i, name in enumerate(names) if has_text[i]}
 
 
@@ -319,8 +319,8 @@ class DQNLearner:
         self.target.requires_grad_(False)
         # Parameter lists held once, and multi-tensor (foreach) kernels: at these sizes a step
         # is bound by per-tensor call overhead, not arithmetic.
-        self._online_params = list(self.online.parameters())
-        self._target_params = list(self.target.parameters())
+        self._online_params: list[torch.Tensor] = list(self.online.parameters())
+        self._target_params: list[torch.Tensor] = list(self.target.parameters())
         self.optimizer = torch.optim.Adam(
             self._online_params,
             lr=self.config.lr,

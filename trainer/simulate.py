@@ -295,7 +295,7 @@ def run_static(
 def simulation_settings(var_dir: Path, config: SimulationConfig) -> Settings:
     """Embedded services of its own under ``var_dir``, and the learner tuned to simulated time."""
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         kafka_bootstrap="embedded",
         redis_url="embedded",
         qdrant_url="embedded",
@@ -303,7 +303,7 @@ def simulation_settings(var_dir: Path, config: SimulationConfig) -> Settings:
         var_dir=var_dir,
         log_level="WARNING",
         rl_exploration=config.exploration,
-        rl_epsilon=config.epsilon,  # type: ignore[arg-type]
+        rl_epsilon=config.epsilon,
         rl_temperature=config.temperature,
         rl_feedback_window_seconds=config.window_s,
         rl_train_every=config.train_every,

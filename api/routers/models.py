@@ -34,9 +34,12 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 ModelName = Annotated[
     str,
-    Path(pattern=MODEL_NAME_PATTERN, max_length=MAX_MODEL_NAME,
-         description="Lower-case letters, digits and _"),
-]  # fmt: skip
+    Path(
+        pattern=MODEL_NAME_PATTERN,
+        max_length=MAX_MODEL_NAME,
+        description="Lower-case letters, digits and _",
+    ),
+]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="A registered version number")]
 
 # Every route reads the registry (SQL): 503 while it is unavailable.
@@ -50,12 +53,17 @@ def _scalars(values: dict[str, Any]) -> dict[str, Any]:
 
 def _version_info(found: ModelVersion) -> ModelVersionInfo:
     return ModelVersionInfo(
-        name=found.name, version=found.version, active=found.active,
-        created_at=found.created_at, artifact_class=found.artifact_class,
-        n_users=found.n_users, n_items=found.n_items, data_window=found.data_window,
+        name=found.name,
+        version=found.version,
+        active=found.active,
+        created_at=found.created_at,
+        artifact_class=found.artifact_class,
+        n_users=found.n_users,
+        n_items=found.n_items,
+        data_window=found.data_window,
         metrics={k: v for k, v in found.metrics.items() if k != "epochs"},
         config=_scalars(found.config),
-    )  # fmt: skip
+    )
 
 
 def _model_infos(versions: list[ModelVersion]) -> list[ModelInfo]:
@@ -63,12 +71,11 @@ def _model_infos(versions: list[ModelVersion]) -> list[ModelInfo]:
     return [
         ModelInfo(
             name=name,
-            active_version=next((v.version for v in versions if v.name == name and v.active),
-                                None),
+            active_version=next((v.version for v in versions if v.name == name and v.active), None),
             versions=[_version_info(v) for v in versions if v.name == name],
         )
         for name in names
-    ]  # fmt: skip
+    ]
 
 
 @router.get("", responses=error_responses(503))

@@ -77,9 +77,10 @@ async def ops_stats(runtime: RuntimeDep) -> OpsStats:
         for group in sorted(consumed.keys() | freshness.keys())
     ]
     return OpsStats(
-        measured_at=time.time(), published=_sum_by(metrics.events_published, "topic"),
+        measured_at=time.time(),
+        published=_sum_by(metrics.events_published, "topic"),
         groups=groups,
-    )  # fmt: skip
+    )
 
 
 @router.get("/ops", response_class=HTMLResponse, include_in_schema=False)

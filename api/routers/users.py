@@ -72,10 +72,14 @@ async def _popular(
     ranked = await features.popular(depth, exclude_seen_of=user_id)
     meta = await item_meta.get([item for item, _ in ranked])
     items = [
-        RecommendedItem(item_id=item, score=score, title=meta[item]["title"],
-                        genres=_genres(meta[item]["genres"]))
+        RecommendedItem(
+            item_id=item,
+            score=score,
+            title=meta[item]["title"],
+            genres=_genres(meta[item]["genres"]),
+        )
         for item, score in ranked
-    ]  # fmt: skip
+    ]
     if genres:
         items = [i for i in items if set(i.genres) & set(genres)]
     return items[:k]
@@ -83,10 +87,14 @@ async def _popular(
 
 def _from_hits(hits: list[Hit]) -> list[RecommendedItem]:
     return [
-        RecommendedItem(item_id=str(h.payload.get("item_id", h.id)), score=h.score,
-                        title=h.payload.get("title") or "", genres=h.payload.get("genres") or [])
+        RecommendedItem(
+            item_id=str(h.payload.get("item_id", h.id)),
+            score=h.score,
+            title=h.payload.get("title") or "",
+            genres=h.payload.get("genres") or [],
+        )
         for h in hits
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -201,8 +209,16 @@ async def recommend(
     ``rerank=dqn`` the base model's top ``rerank_depth(k)`` are re-ordered by Q-value."""
     stats = await features.user_stats(user_id)
     depth = rerank_depth(k) if rerank else k
-    base = await _base(runtime, features, user_id, model, depth, exclude_seen=exclude_seen,
-                       wanted=genre_list(genres), age=_state_age_ms(stats))  # fmt: skip
+    base = await _base(
+        runtime,
+        features,
+        user_id,
+        model,
+        depth,
+        exclude_seen=exclude_seen,
+        wanted=genre_list(genres),
+        age=_state_age_ms(stats),
+    )
     reranked = (
         await _rerank_dqn(runtime, features, user_id, stats, base.items, k)
         if rerank

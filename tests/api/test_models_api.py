@@ -65,8 +65,11 @@ async def test_list_shows_versions_active_metrics_and_config(edge) -> None:  # t
     assert model["name"] == "dqn" and model["active_version"] == 1
     first, second = model["versions"]
     assert (first["version"], first["active"], second["version"], second["active"]) == (
-        1, True, 2, False,
-    )  # fmt: skip
+        1,
+        True,
+        2,
+        False,
+    )
     assert first["metrics"] == {"reward": 0.5, "test": {"ctr": 0.25}}  # no epoch history
     assert first["config"]["state_dim"] == 5 and first["config"]["item_dim"] == 4
     assert "hidden" not in first["config"]  # a list, not a scalar: left out of the summary

@@ -22,8 +22,14 @@ pytestmark = pytest.mark.kafka
 RATINGS = [
     {"type": "rating", "user_id": f"u{i % 3}", "item_id": f"i{i}", "rating": 4.0} for i in range(12)
 ]
-IMPRESSION = {"type": "impression", "user_id": "u0", "request_id": "r1", "item_ids": ["i1"],
-              "model": "mf", "variant": "exp:a"}  # fmt: skip
+IMPRESSION = {
+    "type": "impression",
+    "user_id": "u0",
+    "request_id": "r1",
+    "item_ids": ["i1"],
+    "model": "mf",
+    "variant": "exp:a",
+}
 SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 POLLED = re.compile(r'"(/v1/[a-z/]+)"')
 

@@ -194,8 +194,9 @@ async def test_exploration_is_recorded_with_its_propensities(
     # Uniform draws (epsilon 1, or a huge temperature) over the 7 scorable candidates:
     # position p is drawn from the 7 - p left.
     np.testing.assert_allclose(log.propensities, [1 / 7, 1 / 6, 1 / 5], rtol=1e-4)
-    assert (log.epsilon, log.temperature) == ((1.0, None) if method == "epsilon_greedy"
-                                              else (None, 1e6))  # fmt: skip
+    assert (log.epsilon, log.temperature) == (
+        (1.0, None) if method == "epsilon_greedy" else (None, 1e6)
+    )
 
 
 async def test_without_rerank_nothing_changes(

@@ -6,6 +6,7 @@ Trained pointwise with binary cross-entropy on observed pairs and sampled negati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ class NCF(Recommender):
         # Same function as logits() on every (user, item) pair, but the first MLP layer is split
         # into its user and item halves, computed once per user and once per item.
         users, d = query.users, self.config.mlp_dim
-        first = self.mlp[0]
+        first = cast(nn.Linear, self.mlp[0])
         a = self.user_mlp(users) @ first.weight[:, :d].T + first.bias  # (B, h1)
         c = self.item_mlp.weight @ first.weight[:, d:].T  # (n_items, h1)
         h_gmf, h_mlp = (

@@ -70,6 +70,7 @@ class SASRec(Recommender):
         if config.repeat_score:
             self.repeat_w = nn.Parameter(torch.zeros(()))  # learned: >0 repeats, <0 explores
         causal = torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1)
+        self.causal: torch.Tensor  # (max_len, max_len) True above the diagonal
         self.register_buffer("causal", causal, persistent=False)
 
     def hidden(self, seqs: Tensor) -> Tensor:
