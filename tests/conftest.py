@@ -105,6 +105,25 @@ async def services(settings: Settings) -> AsyncIterator:
         yield opened
 
 
+class FakeClock:
+    """A monotonic clock a test moves by hand: caches expire when the test says, not after a
+    sleep (inject it where the code takes ``clock=``)."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 async def wait_until(
     predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, interval: float = 0.05
 ) -> None:

@@ -3,7 +3,6 @@ newly activated version without a restart."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +17,11 @@ from core.ids import IdKind
 from core.settings import Settings
 from schemas.events import RatingEvent, SourcedEvent
 from stores.model_registry import ModelRegistry
+from tests.conftest import FakeClock
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.rl import state_dim, user_state
+from trainer.policy import ActiveModels, RLServer
+from trainer.rl import Exploration, state_dim, user_state
 
 DIM = 8
 S = state_dim(DIM)  # 13
@@ -33,14 +34,23 @@ ITEMS = {
 
 
 @pytest.fixture
-async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    """The API alone with a short model reload interval; yields (runtime, client)."""
+async def edge(
+    settings: Settings, clock: FakeClock
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The API alone, its DQN inference reading the active versions through a clock the test
+    moves (``clock.advance``); yields (runtime, client)."""
     settings.model_reload_seconds = RELOAD_S
     app = create_app(settings, run_consumers=False)
     async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        active = ActiveModels(_registry(runtime), RELOAD_S, clock=clock)
+        exploration = Exploration(
+            settings.rl_exploration, settings.rl_epsilon, settings.rl_temperature
+        )
+        runtime.rl = RLServer(active, runtime.services.ids, exploration)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
-            yield app.state.runtime, client
+            yield runtime, client
 
 
 def _registry(runtime: Any) -> ModelRegistry:
@@ -207,7 +217,7 @@ async def test_no_active_model_is_404(edge: tuple[Any, httpx.AsyncClient]) -> No
 
 
 async def test_new_dqn_version_is_served_after_the_reload_interval(
-    edge: tuple[Any, httpx.AsyncClient],
+    edge: tuple[Any, httpx.AsyncClient], clock: FakeClock
 ) -> None:
     runtime, client = edge
     first, _ = _deploy(runtime, dqn_seed=0)
@@ -222,7 +232,9 @@ async def test_new_dqn_version_is_served_after_the_reload_interval(
     second = _dqn(seed=7)
     _registry(runtime).register("dqn", second, activate=True)
     assert (await served())["version"] == 1  # cached until the next check
-    await asyncio.sleep(RELOAD_S + 0.05)
+    clock.advance(RELOAD_S * 0.9)
+    assert (await served())["version"] == 1
+    clock.advance(RELOAD_S * 0.2)  # past the interval
     now = await served()
     assert now["version"] == 2
     want = second.q_values(body["user_embedding"], body["item_embeddings"])

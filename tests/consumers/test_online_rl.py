@@ -331,8 +331,13 @@ async def test_served_slates_and_clicks_train_a_policy_the_edge_then_serves(
     assert snapshot is not None and snapshot.metrics["transitions"] >= 64
     assert snapshot.data_window["content_version"] == 1
 
-    await asyncio.sleep(0.3)  # past model_reload_seconds
-    body = (await client.get("/v1/users/u1/recommendations", params=params)).json()
-    assert body["rerank_fallback"] is False
+    served: dict[str, Any] = {}
+
+    async def policy_served() -> bool:  # the edge re-reads the active version every 0.2 s
+        served.update((await client.get("/v1/users/u1/recommendations", params=params)).json())
+        return served["rerank_fallback"] is False
+
+    await wait_until(policy_served, timeout=10)
+    body = served
     assert body["reranked_by"]["version"] >= snapshot.version
     assert all(item["q_value"] is not None for item in body["items"])

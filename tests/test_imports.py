@@ -1,0 +1,102 @@
+"""The library's imports point one way (DESIGN.md §3): schemas ← core ← stores ← trainer,
+producers ← consumers ← api. ``api`` imports no ``consumers`` module; ``trainer`` imports no
+``consumers``, ``producers`` or ``api``; siblings (trainer, producers) do not import each other.
+
+Every import counts, at module level or inside a function. The edges that break the rule today
+are listed in ``KNOWN``: programs that combine roles and must move out of the library into
+``apps/`` (issue 12). A new wrong edge fails this test, and so does a listed edge that is gone,
+so the list only ever shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = {
+    "schemas": 0,
+    "core": 1,
+    "stores": 2,
+    "trainer": 3,
+    "producers": 3,
+    "consumers": 4,
+    "api": 5,
+}
+FORBIDDEN = {("api", "consumers")}  # allowed by rank, excluded by design
+
+KNOWN = {
+    # `up` runs the consumer groups beside the API: apps/ (the embedded all-in-one).
+    ("api.app", "consumers.app"),
+    ("api.app", "consumers.membership"),
+    ("api.cli", "consumers.membership"),
+    # lag is a read of Kafka offsets: it belongs below both consumers and api (core or stores).
+    ("api.routers.ops", "consumers.lag"),
+    # the simulator drives brokers, publishers and consumer groups: apps/.
+    ("trainer.simulate", "consumers.app"),
+    ("trainer.simulate", "consumers.lag"),
+    ("trainer.simulate", "consumers.online_rl"),
+    ("trainer.simulate", "producers.publisher"),
+    ("trainer.simulate", "producers.replay"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _edges() -> set[tuple[str, str]]:
+    """(module, imported module) for every import of another streamrec package."""
+    found: set[tuple[str, str]] = set()
+    for package in RANK:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            for name in _imports(path):
+                if name.split(".")[0] in RANK and name.split(".")[0] != package:
+                    found.add((module, name))
+    return found
+
+
+def _wrong(source: str, target: str) -> bool:
+    a, b = source.split(".")[0], target.split(".")[0]
+    return RANK[b] >= RANK[a] or (a, b) in FORBIDDEN
+
+
+def test_imports_point_one_way() -> None:
+    wrong = {edge for edge in _edges() if _wrong(*edge)}
+    assert wrong - KNOWN == set(), f"imports against the direction: {sorted(wrong - KNOWN)}"
+    assert KNOWN - wrong == set(), f"gone: remove from KNOWN: {sorted(KNOWN - wrong)}"
+
+
+def test_packages_form_no_cycle() -> None:
+    """Beyond the known edges, the package graph is acyclic (a depth-first search)."""
+    graph: dict[str, set[str]] = {package: set() for package in RANK}
+    for source, target in _edges() - KNOWN:
+        graph[source.split(".")[0]].add(target.split(".")[0])
+    state: dict[str, str] = {}
+
+    def visit(package: str, path: list[str]) -> None:
+        state[package] = "open"
+        for target in graph[package]:
+            assert state.get(target) != "open", f"cycle: {' -> '.join([*path, target])}"
+            if target not in state:
+                visit(target, [*path, target])
+        state[package] = "done"
+
+    for package in graph:
+        if package not in state:
+            visit(package, [package])
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from consumers.app import x\n    import api.app\n")
+    assert _imports(source) == {"consumers.app", "api.app"}
+    assert _wrong("trainer.x", "consumers.app") and _wrong("api.x", "consumers.lag")
+    assert not _wrong("consumers.x", "trainer.models") and not _wrong("api.x", "trainer.rl")
