@@ -3,7 +3,7 @@ user simulator, the learner's throughput and the latency ``rerank=dqn`` adds.
 
     python benchmarks/online_rl.py [--slates 3000] [--seeds 0] [--data PATH] [--out DIR]
 
-1. Simulator (trainer/simulate.py) on MovieLens 100K (/work/shared/data/ml-100k): for each
+1. Simulator (apps/simulate.py) on MovieLens 100K (/work/shared/data/ml-100k): for each
    seed, the same users and dice for every policy; the DQN's online loop runs through the
    embedded Kafka, the features and online-RL consumer groups and the model registry.
    Figures: cumulative CTR after ``--slates`` slates per policy and the ratios of the DQN's to
@@ -47,8 +47,8 @@ TARGETS = {
 
 
 def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, Any]:
+    from apps.simulate import SimulationConfig, plot_curves, run_simulation
     from core.datasets import load_movielens
-    from trainer.simulate import SimulationConfig, plot_curves, run_simulation
 
     data = load_movielens(data_path)
     config = SimulationConfig(slates=slates, seed=seed)

@@ -210,7 +210,7 @@ def _free_port() -> int:
 
 async def _drain(runtime: Any) -> None:
     """Wait until the features and vectors groups have consumed everything they read."""
-    from consumers.lag import consumer_lag
+    from core.lag import consumer_lag
     from schemas.topics import ConsumerGroup
 
     for group in (ConsumerGroup.FEATURES.value, ConsumerGroup.VECTORS.value):

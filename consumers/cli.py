@@ -26,10 +26,10 @@ from consumers.dlq import (
     read_dead_letters,
     replay_dead_letters,
 )
-from consumers.lag import LagReport, consumer_lag
 from consumers.membership import GroupInUse, hold_groups
 from core.db import create_db_engine
 from core.errors import StreamrecError
+from core.lag import LagReport, consumer_lag
 from core.logs import configure_logging
 from core.metrics import Metrics
 from core.services import kafka_bootstrap_for, open_services

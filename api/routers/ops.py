@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.deps import RuntimeDep
 from api.readiness import OK, Readiness
 from api.responses import error_responses
-from consumers.lag import LagReport, consumer_lag
+from core.lag import LagReport, consumer_lag
 from schemas.api import Health
 
 router = APIRouter(tags=["ops"])

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 import consumers.decode
 from consumers.app import build_consumer_broker
 from consumers.dlq import Selection, read_dead_letters, replay_dead_letters
-from consumers.lag import consumer_lag
+from core.lag import consumer_lag
 from core.metrics import Metrics
 from schemas.events import RatingEvent
 from schemas.topics import ConsumerGroup, Topic

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from consumers.app import build_consumer_broker, feature_store
-from consumers.lag import consumer_lag
 from core.db import create_db_engine
+from core.lag import consumer_lag
 from core.metrics import Metrics
 from core.services import open_services
 from core.settings import Settings

@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 
 from consumers.app import build_consumer_broker
-from consumers.lag import consumer_lag
+from core.lag import consumer_lag
 from core.metrics import Metrics
 from producers.publisher import EventPublisher
 from schemas.events import RatingEvent

@@ -11,9 +11,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumers.app import build_consumer_broker, feature_store
 from consumers.dlq import read_dead_letters
-from consumers.lag import consumer_lag
 from core.datasets import load_movielens, synthetic
 from core.ids import IdKind
+from core.lag import consumer_lag
 from core.metrics import Metrics
 from producers.publisher import EventPublisher, SyncEventPublisher
 from producers.replay import replay

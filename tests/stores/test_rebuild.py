@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from consumers.app import build_consumer_broker, feature_store
-from consumers.lag import consumer_lag
+from core.lag import consumer_lag
 from core.metrics import Metrics
 from core.services import Services
 from producers.publisher import EventPublisher

@@ -11,9 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from core.datasets import InteractionData, synthetic
-from trainer import simulate_cli
-from trainer.simulate import (
+from apps import simulate_cli
+from apps.simulate import (
     POLICIES,
     Episode,
     SimulationConfig,
@@ -24,6 +23,7 @@ from trainer.simulate import (
     run_simulation,
     run_static,
 )
+from core.datasets import InteractionData, synthetic
 
 
 def test_examination_falls_with_position_as_in_dcg() -> None:

@@ -1,4 +1,4 @@
-"""``streamrec simulate``: the command line of the user simulator (``trainer/simulate.py``).
+"""``streamrec simulate``: the command line of the user simulator (``apps/simulate.py``).
 
 Kept apart from the simulator so that registering the command imports no PyTorch: the CLI
 starts at once, and the simulator loads when the command runs.
@@ -18,9 +18,9 @@ from core.datasets import load_movielens, synthetic
 from core.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from trainer.simulate import SimulationReport
+    from apps.simulate import SimulationReport
 
-POLICIES = ("random", "popular", "base", "dqn")  # trainer.simulate.POLICIES (tested equal)
+POLICIES = ("random", "popular", "base", "dqn")  # apps.simulate.POLICIES (tested equal)
 console = Console()
 
 
@@ -66,9 +66,9 @@ def register(app: typer.Typer) -> None:
 
         Runs on embedded services of its own (nothing to install, nothing shared). True taste
         is an explicit MF trained on all ratings, which no policy sees; clicks follow it with a
-        position bias of 1/log2(position + 2). See `trainer/simulate.py` for the model.
+        position bias of 1/log2(position + 2). See `apps/simulate.py` for the model.
         """
-        from trainer import simulate as simulation  # PyTorch loads only for this command
+        from apps import simulate as simulation  # PyTorch loads only for this command
 
         try:
             config = simulation.SimulationConfig(

@@ -381,7 +381,7 @@ class OnlineLoop:
 
     async def sync(self) -> None:
         """Until both groups have consumed everything and the learner owes no update."""
-        from consumers.lag import consumer_lag
+        from core.lag import consumer_lag
 
         bootstrap = self.services.kafka_bootstrap
 
