@@ -1,5 +1,7 @@
-"""The FastAPI app factory. Connections, publisher and (optionally) consumers are created in
-the lifespan and handed to routes through ``app.state.runtime`` (see ``api.deps``)."""
+"""The FastAPI app factory. Connections and the publisher are created in the lifespan and
+handed to routes through ``app.state.runtime`` (see ``api.deps``). A program that runs more in
+the same process (``apps.up`` runs the consumer groups beside the API) passes ``in_process``
+hooks: the API itself never imports a consumer."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
@@ -20,15 +22,13 @@ from api.limits import BodySizeLimit
 from api.readiness import readiness_for
 from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
-from consumers.app import DEFAULT_GROUPS, build_consumer_broker, feature_store
-from consumers.membership import hold_groups
 from core.embedded import EmbeddedAddresses
 from core.metrics import Metrics
 from core.services import open_services
 from core.settings import Settings
 from producers.publisher import EventPublisher
-from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
+from stores.features import FeatureStore
 from stores.schema import create_schema
 from stores.vectors import open_vector_store
 
@@ -37,15 +37,33 @@ log = logging.getLogger(__name__)
 StartupHook = Callable[[Runtime], Awaitable[None]]
 
 
+class Shutdown:
+    """Where an in-process hook registers how to stop what it started: in reverse order of
+    start, each step within what is left of one shared budget."""
+
+    def __init__(self, stack: AsyncExitStack, budget: ShutdownBudget) -> None:
+        self._stack = stack
+        self._budget = budget
+
+    def on_exit(self, what: str, stop: Callable[[], Awaitable[None]]) -> None:
+        self._stack.push_async_callback(_bounded, self._budget, what, stop)
+
+    def enter(self, context: AbstractContextManager[object]) -> None:
+        self._stack.enter_context(context)
+
+
+# Runs more in this process once the runtime exists (before the app serves requests).
+InProcessHook = Callable[[Runtime, Shutdown], Awaitable[None]]
+
+
 def create_app(
     settings: Settings | None = None,
     *,
-    run_consumers: bool = False,
-    consumer_groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
+    in_process: Sequence[InProcessHook] = (),
     on_started: StartupHook | None = None,
 ) -> FastAPI:
-    """Build the API. ``run_consumers=True`` also runs the consumer groups in this process
-    (the embedded deployment, ``streamrec up``); ``on_started`` runs once everything is up."""
+    """Build the API. ``in_process`` hooks start more in this process (``apps.up``: the
+    consumer groups) once the runtime exists; ``on_started`` runs once everything is up."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -72,22 +90,13 @@ def create_app(
                 services=services,
                 metrics=metrics,
                 publisher=publisher,
-                features=feature_store(services),
+                features=FeatureStore.for_settings(services.redis, settings),
                 archive=Archive(services.engine),
                 vectors=vectors,
             )
-            if run_consumers and consumer_groups:
-                if "kafka" in services.embedded:
-                    # One member per group on the embedded broker: `streamrec consume` beside
-                    # this process is refused the groups held here (consumers.membership).
-                    stack.enter_context(
-                        hold_groups(settings.var_dir, consumer_groups, "streamrec up")
-                    )
-                runtime.consumers = build_consumer_broker(
-                    services, metrics, consumer_groups, vectors
-                )
-                await runtime.consumers.start()
-                stack.push_async_callback(_bounded, budget, "the consumers", runtime.consumers.stop)
+            shutdown = Shutdown(stack, budget)
+            for hook in in_process:
+                await hook(runtime, shutdown)
             if services.embedded:
                 EmbeddedAddresses(
                     kafka_bootstrap=services.kafka_bootstrap[0],

@@ -322,7 +322,7 @@ async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
 async def main(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from apps.up import embedded_app
     from core.settings import Settings
     from producers.publisher import EventPublisher
     from producers.replay import replay
@@ -330,7 +330,7 @@ async def main(args: argparse.Namespace) -> None:
     var_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-", dir=args.tmp_dir))
     data, train_s = await asyncio.to_thread(prepared, var_dir, args.epochs, args.reuse)
     settings = Settings(_env_file=None, var_dir=var_dir, log_level="WARNING")  # type: ignore[call-arg]
-    app = create_app(settings, run_consumers=True)
+    app = embedded_app(settings)
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

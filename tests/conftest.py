@@ -149,9 +149,9 @@ async def app_client(settings: Settings) -> AsyncIterator:
     through its real lifespan; yields (app, httpx client)."""
     import httpx
 
-    from api.app import create_app
+    from apps.up import embedded_app
 
-    app = create_app(settings, run_consumers=True)
+    app = embedded_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
@@ -165,7 +165,7 @@ async def api_client(settings: Settings) -> AsyncIterator:
 
     from api.app import create_app
 
-    app = create_app(settings, run_consumers=False)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:

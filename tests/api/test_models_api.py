@@ -25,7 +25,7 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 @pytest.fixture
 async def edge(settings: Settings) -> AsyncIterator[tuple[ModelRegistry, httpx.AsyncClient]]:
     """The API alone; yields the registry it serves and a client."""
-    app = create_app(settings, run_consumers=False)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         registry = ModelRegistry(app.state.runtime.services.engine, settings.var_dir / "models")
         transport = httpx.ASGITransport(app=app)

@@ -119,7 +119,7 @@ def api_schema(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         "TrainingJobs",
         functools.partial(TrainingJobs, run=_no_training, max_queued=10**6),
     )
-    app = create_app(settings, run_consumers=False, on_started=_deploy_models)
+    app = create_app(settings, on_started=_deploy_models)
     # Loading the schema starts the app's lifespan on schemathesis' own event-loop thread,
     # where every request of the run is then served.
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=_config())
@@ -177,7 +177,7 @@ def test_api_conforms_to_its_openapi_document(api_schema: Any) -> None:
 @pytest.fixture
 async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """The API alone with dqn and doc2vec active; yields (openapi document, client)."""
-    app = create_app(settings, run_consumers=False, on_started=_deploy_models)
+    app = create_app(settings, on_started=_deploy_models)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:

@@ -40,7 +40,7 @@ async def edge(
     """The API alone, its DQN inference reading the active versions through a clock the test
     moves (``clock.advance``); yields (runtime, client)."""
     settings.model_reload_seconds = RELOAD_S
-    app = create_app(settings, run_consumers=False)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         runtime = app.state.runtime
         active = ActiveModels(_registry(runtime), RELOAD_S, clock=clock)

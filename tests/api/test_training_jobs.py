@@ -31,7 +31,7 @@ TRAIN_TIMEOUT_S = 180.0
 @pytest.fixture
 async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """The API alone; yields the app and a client."""
-    app = create_app(settings, run_consumers=False)
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
