@@ -1,7 +1,7 @@
 """Training jobs started over HTTP: a bounded queue and one worker, training off the event loop.
 
 Jobs run one at a time, in a worker thread, through the same functions as ``streamrec train``
-(``trainer.cli``): same data loading, same training loop, same registration. At most
+(``trainer.service``): same data loading, same training loop, same registration. At most
 ``max_queued`` jobs wait behind the running one; a further submission is refused.
 
 Job records live in this process's memory only (the last ``MAX_KEPT_JOBS``): they are gone
@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import typer
-
 from core.errors import NotFound, ServiceUnavailable, StreamrecError
 from core.services import Services
 from schemas.api import (
@@ -33,12 +31,13 @@ from schemas.api import (
     TrainingJobRequest,
 )
 from stores.model_registry import ModelRegistry, ModelVersion
+from trainer.service import load_data, train_model
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_JOBS = 4
 MAX_KEPT_JOBS = 100
-_EXPECTED_ERRORS = (StreamrecError, OSError, ValueError, typer.BadParameter)
+_EXPECTED_ERRORS = (StreamrecError, OSError, ValueError)
 
 StageCallback = Callable[[JobStage], None]
 TrainingRunner = Callable[
@@ -50,9 +49,7 @@ def run_training(
     request: TrainingJobRequest, services: Services, models: ModelRegistry, stage: StageCallback
 ) -> ModelVersion:
     """``streamrec train`` for one request (blocking; call it in a thread): the same
-    ``trainer.cli.train_model``, with the API's connections."""
-    from trainer.cli import load_data, train_model
-
+    ``trainer.service.train_model``, with the API's connections."""
     stage("loading data")
     raw = load_data(request.data, services.engine, request.seed)
     stage("training")

@@ -1,7 +1,9 @@
 """``streamrec train`` and ``streamrec eval``: train a model into the registry, judge a version.
 
 Both read the database URL and the var dir from ``core.settings.Settings`` (``--var-dir``
-overrides the latter). Failures end with a one-line message and exit code 2, never a traceback.
+overrides the latter) and run the training service (``trainer.service``), imported when a
+command runs (PyTorch loads then, not for ``--help``). Failures end with a one-line message and
+exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, load_movielens, synthetic
 from core.db import create_db_engine
 from core.errors import StreamrecError
 from core.ids import IdRegistry
@@ -73,17 +73,6 @@ def _services(var_dir: Path | None) -> tuple[Engine, ModelRegistry]:
     return engine, ModelRegistry(engine, settings.var_dir / "models")
 
 
-def load_data(source: str, engine: Engine, seed: int) -> InteractionData:
-    """``synthetic``, ``archive`` (the SQL interactions) or a MovieLens folder."""
-    if source == "synthetic":
-        return synthetic(seed=seed)
-    if source == "archive":
-        from trainer.data import from_archive
-
-        return from_archive(engine)
-    return load_movielens(source)
-
-
 def _fail(error: Exception) -> typer.BadParameter:
     return typer.BadParameter(str(error))
 
@@ -106,6 +95,8 @@ def train(
 ) -> None:
     """Train a model on a dataset and register it as a new version (`var/models/<name>/vN`)."""
     try:
+        from trainer.service import load_data, train_model  # PyTorch: only when it trains
+
         engine, models = _services(var_dir)
         raw = load_data(data, engine, seed)
         opts = {
@@ -138,81 +129,6 @@ def train(
         console.print(_metric_table({f"{version.name} v{version.version}": test}))
 
 
-def train_model(
-    name: str,
-    raw: InteractionData,
-    ids: IdRegistry,
-    models: ModelRegistry,
-    protocol: str,
-    opts: dict[str, Any],
-    exclude_seen: bool = True,
-    activate: bool = True,
-    show_progress: bool = False,
-) -> Any:
-    """Train model ``name`` on ``raw`` and register it: what ``streamrec train`` and the API's
-    training jobs both run. ``opts``: epochs, batch_size, lr, patience, seed, threads (None
-    keeps the model's default); ``show_progress`` draws a progress bar on the console."""
-    if name == ModelName.doc2vec.value:
-        return _train_doc2vec(raw, ids, models, opts.get("seed") or 0, activate)
-    return _train_torch(
-        name, raw, ids, models, protocol, opts, exclude_seen, activate, show_progress
-    )
-
-
-def _train_doc2vec(
-    raw: InteractionData, ids: IdRegistry, models: ModelRegistry, seed: int, activate: bool
-) -> Any:
-    from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-
-    if not raw.items:
-        raise typer.BadParameter("this dataset has no item catalog to learn text vectors from")
-    d2v = Doc2VecModel(Doc2VecConfig(seed=seed)).fit(raw.items, ids)
-    return models.register(
-        "doc2vec", d2v, {"items": len(raw.items)}, n_items=d2v.config.n_items, activate=activate
-    )
-
-
-def _train_torch(
-    name: str,
-    raw: InteractionData,
-    ids: IdRegistry,
-    models: ModelRegistry,
-    protocol: str,
-    opts: dict[str, Any],
-    exclude_seen: bool,
-    activate: bool,
-    show_progress: bool,
-) -> Any:
-    from trainer.data import build
-    from trainer.evaluate import evaluate, make_validator, protocol_split
-    from trainer.loop import fit
-    from trainer.models import build_model, train_config
-
-    inter = build(raw, ids)
-    split = protocol_split(inter, protocol, seed=opts["seed"], click=name == "wide_deep")
-    net = build_model(name, inter, seed=opts["seed"])
-    config = train_config(name, **opts)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
-    with Progress(*columns, console=console, transient=True, disable=not show_progress) as bar:
-        history = fit(net, inter.subset(split.train), validate, config, bar)
-    test = evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
-    metrics = {
-        "protocol": protocol,
-        "dataset": raw.name,
-        "exclude_seen": exclude_seen,
-        "test": test,
-        **history.as_dict(),
-    }
-    window = {"start_ts": inter.window[0], "end_ts": inter.window[1], "events": len(inter)}
-    return models.register(name, net, metrics, inter.n_users, inter.n_items, window, activate)
-
-
 def evaluate_cmd(
     model: Annotated[ModelName, MODEL_OPT],
     data: Annotated[str, DATA_OPT],
@@ -227,11 +143,11 @@ def evaluate_cmd(
 
     Use the same data, protocol and seed as ``train`` to judge a model on data it did not see.
     """
-    if model == ModelName.doc2vec:
-        raise typer.BadParameter("doc2vec has no ranking evaluation; it gives content vectors")
     try:
+        from trainer.service import evaluate_version  # PyTorch: only when it evaluates
+
         engine, models = _services(var_dir)
-        metrics, found = _evaluate_version(
+        metrics, found = evaluate_version(
             engine, models, model.value, data, protocol.value, version, seed, exclude_seen
         )
     except (StreamrecError, OSError, ValueError) as error:
@@ -241,27 +157,6 @@ def evaluate_cmd(
     if report is not None:
         report.write_text(_html_report(label, protocol.value, metrics, found.metrics))
         console.print(f"report written to {report}")
-
-
-def _evaluate_version(
-    engine: Engine,
-    models: ModelRegistry,
-    name: str,
-    data: str,
-    protocol: str,
-    version: int | None,
-    seed: int,
-    exclude_seen: bool,
-) -> tuple[dict[str, float], Any]:
-    from trainer.data import build
-    from trainer.evaluate import evaluate, protocol_split
-
-    net = models.load(name, version)
-    found = models.get(name, version) if version is not None else models.active(name)
-    inter = build(load_data(data, engine, seed), IdRegistry(engine))
-    net.adapt(inter)  # ids registered after training get fresh rows
-    split = protocol_split(inter, protocol, seed=seed, click=name == "wide_deep")
-    return evaluate(net, inter, split, protocol, exclude_seen=exclude_seen), found
 
 
 def _metric_table(rows: dict[str, dict[str, float]]) -> Table:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -131,15 +129,24 @@ async def test_replay_publishes_a_record_rejected_by_several_groups_once(service
     broker = build_consumer_broker(
         services, Metrics(), [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
     )
+    groups = {FEATURES, ConsumerGroup.ARCHIVE.value}
+    letters: list = []
+
+    async def both_groups_dead_lettered() -> bool:
+        # The DLQ is at-least-once (a redelivered batch is dead-lettered again): wait for both
+        # groups' letters rather than for a count.
+        letters[:] = await read_dead_letters(services.kafka_bootstrap)
+        return {s.letter.consumer_group for s in letters} == groups
+
     await broker.start()
     try:
-        letters = await _dead_letters(services, expected=2)
+        await wait_until(both_groups_dead_lettered)
     finally:
         await broker.stop()
-    assert {s.letter.consumer_group for s in letters} == {FEATURES, ConsumerGroup.ARCHIVE.value}
+    letters[:] = await read_dead_letters(services.kafka_bootstrap)
 
     summary = await replay_dead_letters(services.kafka_bootstrap, engine, Selection())
-    assert (summary.letters, summary.records, summary.published) == (2, 1, 1)
+    assert summary.letters == len(letters) >= 2, summary
+    assert (summary.records, summary.published) == (1, 1), summary
     # What went back is exactly what came: same key, same bytes.
-    replayed = [json.dumps(s.letter.payload.decode()) for s in letters]
-    assert replayed == [json.dumps("not json")] * 2
+    assert {s.letter.payload for s in letters} == {b"not json"}
