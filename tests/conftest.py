@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,15 @@ import redis
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
+from consumers.app import build_consumer_broker
 from core.db import create_db_engine
+from core.lag import consumer_lag
+from core.metrics import Metrics
+from core.services import Services
 from core.settings import Settings
+from producers.publisher import EventPublisher
+from schemas.events import Event
+from schemas.topics import ConsumerGroup
 from stores.schema import create_schema, drop_schema
 
 INGEST_KEY = "test-ingest-key"
@@ -134,6 +141,36 @@ async def wait_until(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout:.0f}s")
+
+
+async def consume_until_drained(
+    services: Services,
+    groups: Sequence[ConsumerGroup],
+    events: Sequence[Event] = (),
+    metrics: Metrics | None = None,
+) -> None:
+    """Run ``groups`` in this process, publish ``events``, and return once every group has
+    committed up to the end of each partition it reads."""
+    broker = build_consumer_broker(services, metrics or Metrics(), groups)
+    await broker.start()
+    try:
+        if events:
+            async with EventPublisher(services.kafka_bootstrap) as publisher:
+                await publisher.publish_many(events)
+
+        async def drained() -> bool:
+            names = [g.value for g in groups]
+            report = await consumer_lag(services.kafka_bootstrap, names, with_seconds=False)
+            return report.total_lag == 0 and all(
+                p.committed_offset is not None
+                for g in report.groups
+                for p in g.partitions
+                if p.end_offset
+            )
+
+        await wait_until(drained)
+    finally:
+        await broker.stop()
 
 
 @pytest.fixture

@@ -9,29 +9,14 @@ from aiokafka import AIOKafkaProducer
 import consumers.decode
 from consumers.app import build_consumer_broker
 from consumers.dlq import Selection, read_dead_letters, replay_dead_letters
-from core.lag import consumer_lag
 from core.metrics import Metrics
 from schemas.events import RatingEvent
 from schemas.topics import ConsumerGroup, Topic
 from stores.features import user_key
-from tests.conftest import wait_until
+from tests.conftest import consume_until_drained, wait_until
 
 pytestmark = pytest.mark.kafka
 FEATURES = ConsumerGroup.FEATURES.value
-
-
-async def _consume_until_drained(services, metrics: Metrics | None = None) -> None:  # type: ignore[no-untyped-def]
-    broker = build_consumer_broker(services, metrics or Metrics(), [ConsumerGroup.FEATURES])
-    await broker.start()
-    try:
-
-        async def drained() -> bool:
-            report = await consumer_lag(services.kafka_bootstrap, [FEATURES], with_seconds=False)
-            return report.total_lag == 0
-
-        await wait_until(drained)
-    finally:
-        await broker.stop()
 
 
 async def _produce(services, records: list[tuple[bytes | None, bytes | None]]) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +47,7 @@ async def test_dead_letters_keep_the_original_bytes_exactly(services) -> None:  
     tombstone_key = b"\xfftomb"
     await _produce(services, [(key, value), (tombstone_key, None)])
 
-    await _consume_until_drained(services)
+    await consume_until_drained(services, [ConsumerGroup.FEATURES])
 
     letters = await _dead_letters(services, expected=2)
     by_key = {stored.letter.source_key: stored for stored in letters}
@@ -94,7 +79,7 @@ async def test_replay_after_a_fix_applies_the_event_once(services, engine, monke
 
     monkeypatch.setattr(consumers.decode, "_validate", buggy)
     await _produce(services, [(b"replayed", event.model_dump_json().encode())])
-    await _consume_until_drained(services)
+    await consume_until_drained(services, [ConsumerGroup.FEATURES])
     [stored] = await _dead_letters(services, expected=1)
     assert await services.redis.hget(user_key("replayed"), "ratings") is None
 
@@ -109,7 +94,7 @@ async def test_replay_after_a_fix_applies_the_event_once(services, engine, monke
     assert (summary.letters, summary.records, summary.published) == (1, 1, 1), summary
     assert summary.already == [] and summary.unconfirmed == []
     assert ("publishing", 1, 1) in seen  # progress carries the true total
-    await _consume_until_drained(services)
+    await consume_until_drained(services, [ConsumerGroup.FEATURES])
     assert await services.redis.hget(user_key("replayed"), "ratings") == "1"
 
     again = await replay_dead_letters(

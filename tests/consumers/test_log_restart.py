@@ -11,18 +11,15 @@ import asyncio
 
 import pytest
 
-from consumers.app import build_consumer_broker, feature_store
+from consumers.app import feature_store
 from core.db import create_db_engine
-from core.lag import consumer_lag
-from core.metrics import Metrics
 from core.services import open_services
 from core.settings import Settings
-from producers.publisher import EventPublisher
 from schemas.events import ItemEvent, RatingEvent
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
 from stores.schema import create_schema
-from tests.conftest import wait_until
+from tests.conftest import consume_until_drained
 
 pytestmark = pytest.mark.kafka
 GROUPS = [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
@@ -33,26 +30,7 @@ async def _run_up(settings: Settings, events: list) -> tuple[str, int]:  # type:
     publish ``events``, wait until both groups consumed them; (log id, user's ratings)."""
     async with open_services(settings) as services:
         await asyncio.to_thread(create_schema, services.engine)
-        broker = build_consumer_broker(services, Metrics(), GROUPS)
-        await broker.start()
-        try:
-            async with EventPublisher(services.kafka_bootstrap) as publisher:
-                await publisher.publish_many(events)
-
-            async def consumed() -> bool:
-                report = await consumer_lag(
-                    services.kafka_bootstrap, groups=[g.value for g in GROUPS], with_seconds=False
-                )
-                return report.total_lag == 0 and all(
-                    p.committed_offset is not None
-                    for g in report.groups
-                    for p in g.partitions
-                    if p.end_offset
-                )
-
-            await wait_until(consumed)
-        finally:
-            await broker.stop()
+        await consume_until_drained(services, GROUPS, events)
         stats = await feature_store(services).user_stats("u")
         assert services.kafka_log_id is not None
         return services.kafka_log_id, int(stats.get("ratings", 0))

@@ -9,17 +9,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumers.app import build_consumer_broker, feature_store
-from core.lag import consumer_lag
-from core.metrics import Metrics
+from consumers.app import feature_store
 from core.services import Services
-from producers.publisher import EventPublisher
 from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
 from schemas.topics import ConsumerGroup, Topic
 from stores.catalog import Archive
 from stores.rebuild import rebuild_features, snapshot_features, state_behind_archive
 from stores.schema import create_schema
-from tests.conftest import wait_until
+from tests.conftest import consume_until_drained
 
 pytestmark = pytest.mark.kafka
 FEATURES = ConsumerGroup.FEATURES.value
@@ -55,26 +52,7 @@ def _interactions() -> list:  # type: ignore[type-arg]
 
 async def _consume(services: Services, events: list) -> None:  # type: ignore[type-arg]
     """Run the features and archive groups until both have consumed ``events``."""
-    broker = build_consumer_broker(services, Metrics(), GROUPS)
-    await broker.start()
-    try:
-        async with EventPublisher(services.kafka_bootstrap) as publisher:
-            await publisher.publish_many(events)
-
-        async def consumed() -> bool:
-            report = await consumer_lag(
-                services.kafka_bootstrap, groups=[g.value for g in GROUPS], with_seconds=False
-            )
-            return report.total_lag == 0 and all(
-                p.committed_offset is not None
-                for g in report.groups
-                for p in g.partitions
-                if p.end_offset
-            )
-
-        await wait_until(consumed)
-    finally:
-        await broker.stop()
+    await consume_until_drained(services, GROUPS, events)
 
 
 async def _snapshot(services: Services):  # type: ignore[no-untyped-def]
