@@ -18,19 +18,16 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import install_error_handlers
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, SqlTimeLimit
 from api.readiness import readiness_for
 from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
 from core.embedded import EmbeddedAddresses
+from core.lag import LagReader
 from core.metrics import Metrics
-from core.services import open_services
 from core.settings import Settings
 from producers.publisher import EventPublisher
-from stores.catalog import Archive
-from stores.features import FeatureStore
-from stores.schema import create_schema
-from stores.vectors import open_vector_store
+from stores.factory import open_stores
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +68,8 @@ def create_app(
         settings.require_api_keys()
         budget = ShutdownBudget(settings.shutdown_timeout_seconds)
         async with AsyncExitStack() as stack:
-            services = await stack.enter_async_context(open_services(settings))
-            await asyncio.to_thread(create_schema, services.engine)
+            stores = await stack.enter_async_context(open_stores(settings))
+            services = stores.services
             metrics = Metrics()
             publisher = EventPublisher(
                 services.kafka_bootstrap,
@@ -82,18 +79,7 @@ def create_app(
             )
             await publisher.start()
             stack.push_async_callback(_bounded, budget, "the Kafka publisher", publisher.stop)
-            # Qdrant Edge (embedded) opens its shards lazily; a server is reached over HTTP.
-            vectors = await asyncio.to_thread(open_vector_store, settings)
-            stack.callback(vectors.close)
-            runtime = Runtime(
-                settings=settings,
-                services=services,
-                metrics=metrics,
-                publisher=publisher,
-                features=FeatureStore.for_settings(services.redis, settings),
-                archive=Archive(services.engine),
-                vectors=vectors,
-            )
+            runtime = Runtime.build(stores, metrics, publisher)
             shutdown = Shutdown(stack, budget)
             for hook in in_process:
                 await hook(runtime, shutdown)
@@ -107,6 +93,11 @@ def create_app(
                 stack.callback(EmbeddedAddresses.remove, settings.var_dir)
             app.state.runtime = runtime
             app.state.readiness = readiness_for(runtime)
+            # One cached lag reader per process, refreshed in the background (core/lag.py).
+            lag = app.state.lag = LagReader.for_settings(services.kafka_bootstrap, settings)
+            lag.start_background()
+            metrics.export_lag(lambda: lag.latest)
+            stack.push_async_callback(_bounded, budget, "the lag reader", lag.close)
             stack.push_async_callback(
                 _bounded, budget, "background tasks", partial(_drain, runtime)
             )
@@ -138,6 +129,7 @@ def create_app(
 
     # Added last, so it runs outermost of the two: an oversized body is refused before
     # anything else touches the request.
+    app.add_middleware(SqlTimeLimit, seconds=settings.sql_timeout_seconds)
     app.add_middleware(RequestTimer)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -79,7 +79,7 @@ AdminKey = Depends(require_admin_key)
 
 # -- model registry and training jobs (api/routers/models.py, training.py) ----------------------
 async def get_model_registry(runtime: RuntimeDep) -> ModelRegistry:
-    return runtime.model_registry()
+    return runtime.models
 
 
 async def get_training_jobs(request: Request) -> TrainingJobs:

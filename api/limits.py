@@ -3,6 +3,9 @@
 A body larger than ``Settings.max_request_bytes`` is answered 413 before anything parses it:
 at once when ``Content-Length`` says so, and, for a chunked or under-declared body, as soon as
 the bytes received pass the limit (the app never sees more than the limit).
+
+``SqlTimeLimit`` bounds the SQL a request makes: each PostgreSQL round trip while serving it
+fails after ``Settings.sql_timeout_seconds`` (``core.db.sql_timeout``), a 503.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
+from core.db import sql_timeout
 
 
 class BodyTooLarge(HTTPException):
@@ -97,3 +101,21 @@ async def _reject(send: Send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class SqlTimeLimit:
+    """Every PostgreSQL round trip made while serving a request (on the event loop or in the
+    threads ``asyncio.to_thread`` starts for it) ends within ``seconds``: a hung server gives a
+    503 naming SQL instead of a request that never answers. Work outside requests (consumers,
+    migrations at start-up, training jobs) is not bounded."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with sql_timeout(self.seconds):
+            await self.app(scope, receive, send)

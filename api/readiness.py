@@ -9,6 +9,7 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 
@@ -82,7 +83,12 @@ class _ThreadCheck:
     async def __call__(self) -> None:
         if self._running is not None and not self._running.done():
             raise ServiceUnavailable(f"the previous {self._name} check has not returned yet")
-        self._running = asyncio.get_running_loop().run_in_executor(None, self._blocking)
+        # In the request's context, like asyncio.to_thread: its SQL timeout bounds the check,
+        # so the thread returns even from a hung server (core.db.sql_timeout).
+        context = contextvars.copy_context()
+        self._running = asyncio.get_running_loop().run_in_executor(
+            None, context.run, self._blocking
+        )
         # shield: a timeout abandons the wait, while the thread's future stays observable.
         await asyncio.shield(self._running)
 

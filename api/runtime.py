@@ -16,6 +16,7 @@ from core.services import Services
 from core.settings import Settings
 from producers.publisher import EventPublisher
 from stores.catalog import Archive
+from stores.factory import Stores
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore
@@ -27,36 +28,56 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    settings: Settings
-    services: Services
+    """The API's stores (from ``stores.factory``) and what it serves with; built by ``build``."""
+
+    stores: Stores
     metrics: Metrics
     publisher: EventPublisher
-    features: FeatureStore
-    archive: Archive
-    vectors: VectorStore
-    consumers: KafkaBroker | None = None
-    serving: VectorServer | None = None  # vector reads; built from vectors + ids if unset
-    rl: RLServer | None = None  # dqn/doc2vec inference; built from the registry if unset
-    item_meta: ItemMetaCache | None = None  # titles/genres for responses; built if unset
+    serving: VectorServer  # vector reads
+    rl: RLServer  # dqn/doc2vec inference over the registry's active versions
+    item_meta: ItemMetaCache  # titles/genres for responses
+    consumers: KafkaBroker | None = None  # set when apps.up runs the groups in this process
     background: set[asyncio.Task] = field(default_factory=set)
 
-    def __post_init__(self) -> None:
-        if self.serving is None:
-            self.serving = VectorServer(self.vectors, self.services.ids)
-        if self.item_meta is None:
-            self.item_meta = ItemMetaCache(self.features)
-        if self.rl is None:
-            active = ActiveModels(self.model_registry(), self.settings.model_reload_seconds)
-            exploration = Exploration(
-                self.settings.rl_exploration,
-                self.settings.rl_epsilon,
-                self.settings.rl_temperature,
-            )
-            self.rl = RLServer(active, self.services.ids, exploration)
+    @classmethod
+    def build(cls, stores: Stores, metrics: Metrics, publisher: EventPublisher) -> Runtime:
+        settings = stores.settings
+        active = ActiveModels(stores.models, settings.model_reload_seconds)
+        exploration = Exploration(
+            settings.rl_exploration, settings.rl_epsilon, settings.rl_temperature
+        )
+        return cls(
+            stores=stores,
+            metrics=metrics,
+            publisher=publisher,
+            serving=VectorServer(stores.vectors, stores.ids),
+            rl=RLServer(active, stores.ids, exploration),
+            item_meta=ItemMetaCache(stores.features),
+        )
 
-    def model_registry(self) -> ModelRegistry:
-        """The registry the trainer and the DQN edge use: ``<var_dir>/models`` indexed in SQL."""
-        return ModelRegistry(self.services.engine, self.settings.var_dir / "models")
+    @property
+    def settings(self) -> Settings:
+        return self.stores.settings
+
+    @property
+    def services(self) -> Services:
+        return self.stores.services
+
+    @property
+    def features(self) -> FeatureStore:
+        return self.stores.features
+
+    @property
+    def archive(self) -> Archive:
+        return self.stores.archive
+
+    @property
+    def vectors(self) -> VectorStore:
+        return self.stores.vectors
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self.stores.models
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run work after the response; keep a reference and log failures, never lose them."""

@@ -10,10 +10,12 @@ call through a thread, ~0.7 ms on the loop). In
 the embedded deployment the id registry is the one the archive consumer fills in the same
 process, so lookups of known ids never reach SQL.
 
-The version served is the one the ``items_<model>`` alias points at, resolved once per request;
-the user vector is read from ``users_<model>__v<N>`` of that same version and the query goes
-to the versioned collection itself, so an alias swap mid-request cannot pair a vector of one
-version with items of another.
+The version served is the one the ``items_<model>`` alias points at, resolved once per request,
+or the version a request pins (``?version=N``: a kept version, for comparisons); the user
+vector is read from ``users_<model>__v<N>`` of that same version and the query goes to the
+versioned collection itself, so an alias swap mid-request cannot pair a vector of one version
+with items of another. When no vector can serve, ``recommend`` says why (``NoVector``) and the
+route falls back to popular items with that reason.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 
 from core.errors import NotFound
 from core.ids import IdKind, IdRegistry
+from schemas.api import FallbackReason
 from stores.features import FeatureStore
 from stores.vectors import (
-    EdgeVectorStore,
     Hit,
     VectorStore,
     item_version_name,
@@ -44,11 +46,18 @@ class VectorAnswer:
     updated_ms: int | None = None  # when the user vector was computed
 
 
+@dataclass(frozen=True)
+class NoVector:
+    """The model cannot serve this user: why (the route serves popular items instead)."""
+
+    reason: FallbackReason  # no_version_published or no_user_vector (the route tells no_history)
+
+
 class VectorServer:
     def __init__(self, vectors: VectorStore, ids: IdRegistry) -> None:
         self._vectors = vectors
         self._ids = ids
-        self._on_loop = isinstance(vectors, EdgeVectorStore)
+        self._on_loop = vectors.call_on_event_loop
 
     async def arecommend(
         self,
@@ -57,11 +66,12 @@ class VectorServer:
         k: int,
         seen: Iterable[str] = (),
         genres: Sequence[str] | None = None,
-    ) -> VectorAnswer | None:
+        version: int | None = None,
+    ) -> VectorAnswer | NoVector:
         """``recommend`` from a coroutine (on the loop for Edge, else in a thread)."""
         if self._on_loop:
-            return self.recommend(model, user_id, k, seen, genres)
-        return await asyncio.to_thread(self.recommend, model, user_id, k, seen, genres)
+            return self.recommend(model, user_id, k, seen, genres, version)
+        return await asyncio.to_thread(self.recommend, model, user_id, k, seen, genres, version)
 
     async def asimilar(self, model: str, item_id: str, k: int) -> VectorAnswer:
         """``similar`` from a coroutine (on the loop for Edge, else in a thread)."""
@@ -75,6 +85,20 @@ class VectorServer:
         parsed = parse_version(target) if target else None
         return parsed[1] if parsed else None
 
+    def check_published(self, model: str, version: int) -> None:
+        """NotFound unless ``version`` of ``model`` has its item and user collections."""
+        missing = [
+            name
+            for name in (item_version_name(model, version), user_version_name(model, version))
+            if not self._vectors.collection_exists(name)
+        ]
+        if missing:
+            raise NotFound(
+                f"{model} v{version} has no published vectors ({', '.join(missing)} missing): "
+                f"publish it with `streamrec vectors publish --model {model} --version "
+                f"{version}`, or leave out version= to be served by the live one"
+            )
+
     def recommend(
         self,
         model: str,
@@ -82,23 +106,43 @@ class VectorServer:
         k: int,
         seen: Iterable[str] = (),
         genres: Sequence[str] | None = None,
-    ) -> VectorAnswer | None:
-        """Top-k items for the user's vector; None when the user has no vector to query with
-        (the caller falls back to popular items)."""
-        version = self.live_version(model)
+        version: int | None = None,
+    ) -> VectorAnswer | NoVector:
+        """Top-k items for the user's vector in the live version, or in ``version`` when one
+        is pinned (NotFound when that version is not published); ``NoVector`` when the user
+        has no vector to query with (the caller falls back to popular items)."""
+        if version is not None:
+            self.check_published(model, version)
+            return self._recommend(model, version, user_id, k, seen, genres)
+        for _ in range(2):  # the version resolved may be swapped out and deleted mid-request
+            live = self.live_version(model)
+            if live is None:
+                return NoVector(FallbackReason.NO_VERSION_PUBLISHED)
+            try:
+                return self._recommend(model, live, user_id, k, seen, genres)
+            except NotFound:
+                continue
+        return NoVector(FallbackReason.NO_VERSION_PUBLISHED)
+
+    def _recommend(
+        self,
+        model: str,
+        version: int,
+        user_id: str,
+        k: int,
+        seen: Iterable[str],
+        genres: Sequence[str] | None,
+    ) -> VectorAnswer | NoVector:
         user = self._ids.lookup(IdKind.USER, [user_id]).get(user_id)
-        if version is None or user is None:
-            return None
-        try:
-            found = self._vectors.retrieve(user_version_name(model, version), [user])
-            if not found:
-                return None
-            exclude = sorted(self._ids.lookup(IdKind.ITEM, seen).values())
-            hits = self._vectors.query(
-                item_version_name(model, version), found[0].vector, k, genres, exclude
-            )
-        except NotFound:  # that version was swapped out and deleted since we resolved it
-            return None
+        if user is None:
+            return NoVector(FallbackReason.NO_USER_VECTOR)
+        found = self._vectors.retrieve(user_version_name(model, version), [user])
+        if not found:
+            return NoVector(FallbackReason.NO_USER_VECTOR)
+        exclude = sorted(self._ids.lookup(IdKind.ITEM, seen).values())
+        hits = self._vectors.query(
+            item_version_name(model, version), found[0].vector, k, genres, exclude
+        )
         updated = found[0].payload.get("updated_ms")
         return VectorAnswer(version, hits, int(updated) if updated is not None else None)
 
@@ -116,10 +160,14 @@ class VectorServer:
         collection = item_version_name(model, version)
         found = self._vectors.retrieve(collection, [index])
         if not found:
+            when = (
+                "when an item event with its text is consumed"
+                if model == "content"
+                else "at the model's next retrain"
+            )
             raise NotFound(
                 f"item {item_id!r} has no vector in {model} v{version}: it arrived after that "
-                "version was trained (or has no text, for content); it gets one at the next "
-                "publish"
+                f"version was trained (or has no text, for content); it gets one {when}"
             )
         hits = self._vectors.query(collection, found[0].vector, k, exclude_ids=[index])
         return VectorAnswer(version, hits)

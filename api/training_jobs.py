@@ -31,7 +31,7 @@ from schemas.api import (
     TrainingJobRequest,
 )
 from stores.model_registry import ModelRegistry, ModelVersion
-from trainer.service import load_data, train_model
+from trainer.service import Workspace, is_offline, load_data, train_model, workspace
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +49,32 @@ def run_training(
     request: TrainingJobRequest, services: Services, models: ModelRegistry, stage: StageCallback
 ) -> ModelVersion:
     """``streamrec train`` for one request (blocking; call it in a thread): the same
-    ``trainer.service.train_model``, with the API's connections."""
-    stage("loading data")
-    raw = load_data(request.data, services.engine, request.seed)
-    stage("training")
-    options = {
-        "epochs": request.epochs,
-        "batch_size": request.batch_size,
-        "lr": request.lr,
-        "patience": request.patience,
-        "seed": request.seed,
-        "threads": 0,
-    }
-    return train_model(
-        request.model.value,
-        raw,
-        services.ids,
-        models,
-        request.protocol,
-        options,
-        request.exclude_seen,
-        request.activate,
-    )
+    ``trainer.service.train_model``, with the API's connections for the archive and an offline
+    run of its own (``<var_dir>/offline/synthetic``) for synthetic data, which therefore never
+    touches the live id registry or model registry."""
+    live = Workspace(services.engine, services.ids, models, offline=False)
+    with workspace(request.data, services.settings.var_dir, live) as ws:
+        stage("loading data")
+        data = load_data(request.data, ws.engine, request.seed)
+        stage("training")
+        options = {
+            "epochs": request.epochs,
+            "batch_size": request.batch_size,
+            "lr": request.lr,
+            "patience": request.patience,
+            "seed": request.seed,
+            "threads": 0,
+        }
+        return train_model(
+            request.model.value,
+            data,
+            ws.ids,
+            ws.models,
+            request.protocol,
+            options,
+            request.exclude_seen,
+            request.activate,
+        )
 
 
 @dataclass
@@ -94,6 +98,8 @@ class JobRecord:
 
     def view(self) -> TrainingJob:
         version = self.version
+        # An offline job's version lives in its own registry: never live, whatever it says there.
+        offline = is_offline(self.request.data)
         return TrainingJob(
             id=self.id,
             status=self.status,
@@ -104,11 +110,12 @@ class JobRecord:
             finished_at=self.finished_at,
             error=self.error,
             model_version=ModelVersionRef(
-                name=version.name, version=version.version, active=version.active
+                name=version.name, version=version.version, active=version.active and not offline
             )
             if version
             else None,
             test_metrics=_test_metrics(version.metrics) if version else {},
+            offline=offline,
         )
 
 

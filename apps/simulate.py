@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from core.settings import Settings
 from schemas.events import ClickEvent, ImpressionEvent
 from trainer.data import build
 from trainer.models.base import Query
+
+if TYPE_CHECKING:
+    from stores.factory import Stores
 
 POLICIES = ("random", "popular", "base", "dqn")
 VARIANT = "simulation"
@@ -323,28 +326,27 @@ async def _wait_for(predicate: Callable[[], Any], timeout: float = 120.0) -> Non
 class OnlineLoop:
     """The ``dqn`` policy: serve, publish, let the consumers and the learner work."""
 
-    def __init__(self, services: Any, world: World, config: SimulationConfig) -> None:
-        from consumers.app import build_consumer_broker, feature_store
-        from consumers.online_rl import LearnerConfig, OnlineLearner
+    def __init__(self, stores: Stores, world: World, config: SimulationConfig) -> None:
+        from consumers.app import build_consumer_broker
         from core.metrics import Metrics
         from producers.publisher import EventPublisher
         from schemas.topics import ConsumerGroup
-        from stores.model_registry import ModelRegistry
+        from trainer.online import LearnerConfig, OnlineLearner
         from trainer.policy import ActiveModels, RLServer
         from trainer.rl import Exploration
 
-        settings = services.settings
+        settings, services = stores.settings, stores.services
         self.services, self.world, self.config = services, world, config
-        self.registry = ModelRegistry(services.engine, settings.var_dir / "models")
+        self.registry = stores.models
         models = ActiveModels(self.registry, check_every_s=0.0)  # every snapshot at once
         learning = replace(LearnerConfig.from_settings(settings), seed=config.seed)
         self.learner = OnlineLearner(models, self.registry, services.ids, learning)
         self.groups = [ConsumerGroup.FEATURES.value, ConsumerGroup.ONLINE_RL.value]
         self.broker = build_consumer_broker(
-            services, Metrics(), [ConsumerGroup(g) for g in self.groups], learner=self.learner
+            stores, Metrics(), [ConsumerGroup(g) for g in self.groups], learner=self.learner
         )
         self.publisher = EventPublisher(services.kafka_bootstrap, client_id="streamrec-simulate")
-        self.features = feature_store(services)
+        self.features = stores.features
         exploration = Exploration(config.exploration, config.epsilon, config.temperature)  # type: ignore[arg-type]
         self.server = RLServer(models, services.ids, exploration, seed=config.seed)
         self.index = {item: i for i, item in enumerate(world.item_ids)}
@@ -446,13 +448,13 @@ def _time(seconds: float) -> datetime:
 
 
 async def run_dqn(
-    services: Any,
+    stores: Stores,
     world: World,
     config: SimulationConfig,
     episode: Episode,
     on_stage: Callable[[str], None],
 ) -> PolicyResult:
-    loop = OnlineLoop(services, world, config)
+    loop = OnlineLoop(stores, world, config)
     await loop.start(on_stage)
     on_stage(f"serving {config.slates:,} slates with the DQN re-ranker (online learning)")
     tally = Tally("dqn", config)
@@ -500,14 +502,12 @@ async def _run(
     var_dir: Path,
     on_stage: Callable[[str], None],
 ) -> SimulationReport:
-    from core.services import open_services
-    from stores.schema import create_schema
+    from stores.factory import open_stores
 
     started = time.perf_counter()
     settings = simulation_settings(var_dir, config)
-    async with open_services(settings) as services:
-        await asyncio.to_thread(create_schema, services.engine)
-        world = await asyncio.to_thread(build_world, data, services.ids, config, on_stage)
+    async with open_stores(settings) as stores:
+        world = await asyncio.to_thread(build_world, data, stores.ids, config, on_stage)
         if len(world.users) == 0:
             raise InvalidInput(f"no user has {config.min_history} past ratings to simulate")
         episode = Episode.draw(world, config)
@@ -515,7 +515,7 @@ async def _run(
         results: dict[str, PolicyResult] = {}
         for policy in config.policies:
             if policy == "dqn":
-                results[policy] = await run_dqn(services, world, config, episode, on_stage)
+                results[policy] = await run_dqn(stores, world, config, episode, on_stage)
             else:
                 on_stage(f"serving {config.slates:,} slates with {policy}")
                 results[policy] = run_static(world, config, episode, policy)

@@ -47,7 +47,7 @@ def run_consumer_groups(groups: Sequence[ConsumerGroup]) -> InProcessHook:
             # One member per group on the embedded broker: `streamrec consume` beside this
             # process is refused the groups held here (consumers.membership).
             shutdown.enter(hold_groups(settings.var_dir, groups, "streamrec up"))
-        broker = build_consumer_broker(services, runtime.metrics, groups, runtime.vectors)
+        broker = build_consumer_broker(runtime.stores, runtime.metrics, groups)
         runtime.consumers = broker
         await broker.start()
         shutdown.on_exit("the consumers", broker.stop)
@@ -101,8 +101,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="Consumer groups to run in this process, comma-separated "
-                "(features, archive, vectors, online-rl), `all` or `none`; run the others "
-                "beside it with `streamrec consume -g ...`."
+                "(features, archive, vectors, online-rl, retrain), `all` or `none`; run the "
+                "others beside it with `streamrec consume -g ...`."
             ),
         ] = "all",
     ) -> None:

@@ -9,7 +9,12 @@ one at once and measures, from the new process's start:
 * ``ready``: the interpreter and imports are up (a floor no consumer setting can lower);
 * ``resumed``: the first batch is consumed.
 
-    .venv/bin/python benchmarks/consumer_resume.py --cycles 5
+Each child holds the group's lock file and records its member id in it, as ``streamrec
+consume`` does (``consumers.membership``); a new child first sends LeaveGroup for the member its
+killed predecessor left in the group, unless ``--no-leave``. ``--compare`` alternates the two
+from one cycle to the next, so both are measured in the same run.
+
+    .venv/bin/python benchmarks/consumer_resume.py --cycles 5 [--no-leave | --compare]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,11 +37,12 @@ TOPIC = "streamrec.ratings"
 GROUP = "streamrec-bench-resume"
 
 
-async def _child(bootstrap: str, extra: dict[str, object]) -> None:
+async def _child(bootstrap: str, extra: dict[str, object], hold_dir: str, leave: bool) -> None:
     # Imported here: the parent's timing of the child covers them, as it would in production.
     from faststream.kafka import KafkaBroker
     from faststream.kafka import Topic as KafkaTopic
 
+    from consumers.membership import hold_groups, joined_members
     from consumers.policy import batch_subscriber_options
     from core.settings import Settings
 
@@ -50,18 +57,25 @@ async def _child(bootstrap: str, extra: dict[str, object]) -> None:
     async def handle(body: list[bytes | None]) -> None:
         print(f"batch {time.time():.3f} {len(body)}", flush=True)
 
-    await broker.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await broker.stop()
+    with hold_groups(Path(hold_dir), [GROUP], "consumer_resume") as hold:  # type: ignore[list-item]
+        if leave:
+            await hold.leave_dead_members([bootstrap])
+        await broker.start()
+        hold.record_members(joined_members(broker), [bootstrap])
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await broker.stop()
 
 
-def _spawn(bootstrap: str, extra: list[str], embedded: str) -> tuple[subprocess.Popen[str], float]:
+def _spawn(
+    bootstrap: str, extra: list[str], embedded: str, hold_dir: str, leave: bool
+) -> tuple[subprocess.Popen[str], float]:
     started = time.time()
     sets = [a for option in extra for a in ("--set", option)]
+    flags = ["--hold", hold_dir, *(["--leave"] if leave else [])]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--child", bootstrap, *sets],
+        [sys.executable, __file__, "--child", bootstrap, *sets, *flags],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -94,11 +108,21 @@ def main() -> None:
         metavar="OPTION=VALUE",
         help="an extra aiokafka consumer option to compare, e.g. session_timeout_ms=6000",
     )
+    parser.add_argument(
+        "--no-leave",
+        action="store_true",
+        help="do not send LeaveGroup for the killed child's member (the old behaviour)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="alternate leave / no leave from cycle to cycle"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--hold", help=argparse.SUPPRESS)
+    parser.add_argument("--leave", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         extra = {k: _value(v) for k, v in (o.split("=", 1) for o in args.set)}
-        asyncio.run(_child(args.child, extra))
+        asyncio.run(_child(args.child, extra, args.hold, args.leave))
         return
 
     from confluent_kafka import Producer
@@ -126,29 +150,36 @@ def main() -> None:
         producer.flush(5)
 
     threading.Thread(target=produce, daemon=True).start()
-    child, started = _spawn(bootstrap, args.set, "" if args.bootstrap else "1")
+    embedded = "" if args.bootstrap else "1"
+    hold_dir = tempfile.mkdtemp(prefix="consumer_resume-")
+    child, started = _spawn(bootstrap, args.set, embedded, hold_dir, leave=False)
     first = _first(child, "batch") - started
     print(f"first start (fresh group): {first:.2f} s to the first batch", flush=True)
     stop = signal.SIGKILL if args.signal == "kill" else signal.SIGTERM
-    resumed: list[float] = []
+    resumed: dict[str, list[float]] = {"leave": [], "no leave": []}
     for cycle in range(1, args.cycles + 1):
         time.sleep(1.0)  # let it commit a few batches
         child.send_signal(stop)
         child.wait()
-        child, started = _spawn(bootstrap, args.set, "" if args.bootstrap else "1")
+        leave = cycle % 2 == 1 if args.compare else not args.no_leave
+        child, started = _spawn(bootstrap, args.set, embedded, hold_dir, leave)
         ready = _first(child, "ready") - started
         batch = _first(child, "batch") - started
-        resumed.append(batch)
+        mode = "leave" if leave else "no leave"
+        resumed[mode].append(batch)
         print(
-            f"cycle {cycle} ({args.signal}): ready {ready:.2f} s, resumed {batch:.2f} s", flush=True
+            f"cycle {cycle} ({args.signal}, {mode}): ready {ready:.2f} s, resumed {batch:.2f} s",
+            flush=True,
         )
     child.send_signal(signal.SIGTERM)
     child.wait(timeout=30)
     producing.clear()
-    print(
-        f"resume after {args.signal}: median {statistics.median(resumed):.2f} s, "
-        f"max {max(resumed):.2f} s over {len(resumed)} restarts"
-    )
+    for mode, times in resumed.items():
+        if times:
+            print(
+                f"resume after {args.signal} ({mode}): median {statistics.median(times):.2f} s, "
+                f"max {max(times):.2f} s over {len(times)} restarts"
+            )
     if kafka is not None:
         kafka.close()
 

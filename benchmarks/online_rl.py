@@ -76,9 +76,9 @@ def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, An
 
 def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[str, float]:
     """Transitions/s through join + replay + training at the default replay ratio."""
-    from consumers.online_rl import FeedbackJoiner
     from schemas.events import ClickEvent, ImpressionEvent, PolicyLog
     from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+    from trainer.online import FeedbackJoiner
     from trainer.rl import DQNLearner, ReplayBuffer, state_dim
 
     torch.set_num_threads(1)

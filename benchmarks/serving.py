@@ -150,7 +150,7 @@ def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
     from trainer.data import build
     from trainer.loop import TrainConfig, fit
     from trainer.models import build_model
-    from trainer.publish import publish_item_vectors, sql_payloads
+    from trainer.publish import publish_version
 
     torch.set_num_threads(2)
     settings = Settings(_env_file=None, var_dir=var_dir)  # type: ignore[call-arg]
@@ -181,7 +181,7 @@ def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
     ]
     Archive(engine).write_batch(catalog)
     with open_vector_store(settings) as store:
-        publish_item_vectors(models, store, ids, sql_payloads(engine), "sasrec")
+        publish_version(models, store, ids, engine, "sasrec")
     engine.dispose()
     return data, trained
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from importlib import import_module
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
@@ -20,16 +21,12 @@ from consumers import archive, features
 from consumers.dlq import DeadLetterSink
 from core.errors import ServiceUnavailable
 from core.metrics import Metrics
-from core.services import Services
 from schemas.topics import DEFAULT_GROUPS, ConsumerGroup
-from stores.catalog import Archive
-from stores.features import FeatureStore
-from stores.model_registry import ModelRegistry
+from stores.factory import Stores
 
 if TYPE_CHECKING:
-    from consumers.online_rl import OnlineLearner
     from consumers.vectors import VectorsUpdater
-    from stores.vectors import VectorStore
+    from trainer.online import OnlineLearner
 
 # FastStream logs partition assignments at INFO; core.logs quiets this logger to WARNING.
 broker_log = logging.getLogger("streamrec.consumers.broker")
@@ -51,6 +48,8 @@ class ConsumerBroker(KafkaBroker):
         super().__init__(*args, **kwargs)
         # Run after connect() and before any subscriber starts (the features group's log check).
         self.before_start: list[Callable[[], Awaitable[object]]] = []
+        # Run after the subscribers stopped (the retrain loop's background work).
+        self.after_stop: list[Callable[[], Awaitable[object]]] = []
 
     async def start(self) -> None:
         await self.connect()
@@ -73,83 +72,91 @@ class ConsumerBroker(KafkaBroker):
             raise
         self.running = True
 
-
-def feature_store(services: Services) -> FeatureStore:
-    return FeatureStore.for_settings(services.redis, services.settings)
+    async def stop(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> None:
+        await super().stop(exc_type, exc_val, exc_tb)
+        for stop in self.after_stop:
+            await stop()
 
 
 def build_consumer_broker(
-    services: Services,
+    stores: Stores,
     metrics: Metrics,
     groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
-    vector_store: VectorStore | None = None,
     learner: OnlineLearner | None = None,
 ) -> KafkaBroker:
     """A broker with one batch subscriber per consumer group; start it to consume.
 
-    ``vector_store``: the process's store, needed by the vectors group (Edge opens a shard
-    once per process, so the API passes its own); the caller opens and closes it.
+    ``stores``: the process's stores (``stores.factory.open_stores``); the caller opens and
+    closes them (Qdrant Edge opens a shard in one process only, so ``up`` passes the API's).
     ``learner``: the online-RL group's learner, when the caller wants to watch it (the
     simulator); one is built from the settings otherwise.
     """
     broker = ConsumerBroker(
-        services.kafka_bootstrap,
+        stores.services.kafka_bootstrap,
         client_id="streamrec-consumers",
         logger=broker_log,
         log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at DEBUG
     )
     dead_letters = DeadLetterSink(broker, metrics)
-    settings = services.settings
+    settings = stores.settings
     unknown = set(groups) - set(DEFAULT_GROUPS)
     if unknown:
         names = ", ".join(sorted(g.value for g in unknown))
         raise ValueError(f"consumer groups not available yet: {names}")
-    log_id = services.kafka_log_id
+    log_id = stores.services.kafka_log_id
     if log_id is None:
         # Offsets (Redis guard, archive coordinates) must name their log: no id, no consuming.
         raise ServiceUnavailable(
-            f"Kafka at {', '.join(services.kafka_bootstrap)} did not answer at start-up: "
-            "consumers need it; start them again once it is up"
+            f"Kafka at {', '.join(stores.services.kafka_bootstrap)} did not answer at "
+            "start-up: consumers need it; start them again once it is up"
         )
     if ConsumerGroup.FEATURES in groups:
-        store = feature_store(services)
-        features.register(broker, store, dead_letters, metrics, settings)
+        features.register(broker, stores.features, dead_letters, metrics, settings)
         broker.before_start.append(
             lambda: features.follow_log(
-                store,
-                Archive(services.engine),
-                services.kafka_bootstrap,
-                log_id,
-                settings,
+                stores.features, stores.archive, stores.services.kafka_bootstrap, log_id, settings
             )
         )
     if ConsumerGroup.ARCHIVE in groups:
-        archive.register(
-            broker,
-            Archive(services.engine, log_id=log_id),
-            services.ids,
-            dead_letters,
-            metrics,
-            settings,
-        )
+        archive.register(broker, stores.archive, stores.ids, dead_letters, metrics, settings)
     if ConsumerGroup.VECTORS in groups:
-        if vector_store is None:
-            raise ValueError("the vectors consumer group needs the process's vector store")
-        updater = vectors_updater(services, vector_store)
         _group_module(ConsumerGroup.VECTORS).register(
-            broker, updater, dead_letters, metrics, settings
+            broker, vectors_updater(stores), dead_letters, metrics, settings
         )
+    if ConsumerGroup.RETRAIN in groups:
+        _register_retrain(broker, stores, dead_letters, metrics)
     if ConsumerGroup.ONLINE_RL in groups:
-        learner = learner or online_learner(services)
         _group_module(ConsumerGroup.ONLINE_RL).register(
-            broker, learner, dead_letters, metrics, settings
+            broker, learner or online_learner(stores), dead_letters, metrics, settings
         )
     return broker
+
+
+def _register_retrain(
+    broker: ConsumerBroker, stores: Stores, dead_letters: DeadLetterSink, metrics: Metrics
+) -> None:
+    retrain = _group_module(ConsumerGroup.RETRAIN)
+    config = retrain.RetrainConfig.from_settings(stores.settings)
+    loop, rounds = retrain.build_loop(stores, config)
+    retrain.register(broker, loop, dead_letters, metrics, stores.settings)
+    broker.before_start.append(partial(retrain.start_loop, loop, stores))
+
+    async def stop_loop() -> None:
+        await loop.stop()
+        rounds.close()
+
+    broker.after_stop.append(stop_loop)
 
 
 _TORCH_GROUP_MODULES = {
     ConsumerGroup.VECTORS: "consumers.vectors",
     ConsumerGroup.ONLINE_RL: "consumers.online_rl",
+    ConsumerGroup.RETRAIN: "consumers.retrain",
 }
 
 
@@ -158,21 +165,18 @@ def _group_module(group: ConsumerGroup) -> ModuleType:
     return import_module(_TORCH_GROUP_MODULES[group])
 
 
-def online_learner(services: Services) -> OnlineLearner:
-    online_rl = _group_module(ConsumerGroup.ONLINE_RL)
-    settings = services.settings
-    registry = ModelRegistry(services.engine, settings.var_dir / "models")
-    active = online_rl.ActiveModels(registry, settings.model_reload_seconds)
-    config = online_rl.LearnerConfig.from_settings(settings)
-    learner: OnlineLearner = online_rl.OnlineLearner(active, registry, services.ids, config)
+def online_learner(stores: Stores) -> OnlineLearner:
+    online = import_module("trainer.online")  # PyTorch: imported only by a process that learns
+    learner: OnlineLearner = online.OnlineLearner.from_settings(
+        stores.models, stores.ids, stores.settings
+    )
     return learner
 
 
-def vectors_updater(services: Services, store: VectorStore) -> VectorsUpdater:
+def vectors_updater(stores: Stores) -> VectorsUpdater:
     vectors = _group_module(ConsumerGroup.VECTORS)
-    models = ModelRegistry(services.engine, services.settings.var_dir / "models")
-    cache = vectors.ModelCache(models, store)
+    cache = vectors.ModelCache(stores.models, stores.vectors)
     updater: VectorsUpdater = vectors.VectorsUpdater(
-        feature_store(services), services.ids, cache, store
+        stores.features, stores.ids, cache, stores.vectors
     )
     return updater

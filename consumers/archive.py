@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decode import decode_batch
+from consumers.decode import DecodedBatch
 from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
+from consumers.subscriber import subscribe_batches
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.events import ImpressionEvent, ItemEvent, SourcedEvent
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
-
-GROUP = ConsumerGroup.ARCHIVE.value
 
 
 def archive_events(archive: Archive, ids: IdRegistry, events: list[SourcedEvent]) -> int:
@@ -50,19 +46,15 @@ def register(
 ) -> None:
     """Subscribe the archive group to every event topic."""
 
-    @broker.subscriber(
-        *event_topics(settings, ConsumerGroup.ARCHIVE), **batch_subscriber_options(settings, GROUP)
+    async def apply(batch: DecodedBatch) -> int:
+        return await asyncio.to_thread(archive_events, archive, ids, batch.events)
+
+    subscribe_batches(
+        broker,
+        ConsumerGroup.ARCHIVE,
+        apply,
+        dead_letters,
+        metrics,
+        settings,
+        retry="archiving a batch to SQL",
     )
-    async def archive_events_to_sql(body: list[bytes | None], msg: KafkaMessage) -> None:
-        async with settle(msg, GROUP):
-            batch = decode_batch(msg.raw_message, GROUP)
-            await dead_letters.send(batch.dead)
-            if not batch.events:
-                return
-            with metrics.batch_seconds.labels(GROUP).time():
-                await with_backoff(
-                    lambda: asyncio.to_thread(archive_events, archive, ids, batch.events),
-                    what="archiving a batch to SQL",
-                )
-            for topic, n in Counter(s.topic for s in batch.events).items():
-                metrics.events_consumed.labels(GROUP, topic).inc(n)

@@ -9,15 +9,16 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.progress import Progress, TaskID
 from rich.table import Table
-from sqlalchemy import Engine
 
 from consumers.dlq import (
     ReplaySummary,
@@ -26,18 +27,16 @@ from consumers.dlq import (
     read_dead_letters,
     replay_dead_letters,
 )
-from consumers.membership import GroupInUse, hold_groups
-from core.db import create_db_engine
-from core.errors import StreamrecError
-from core.lag import LagReport, consumer_lag
+from consumers.membership import GroupHold, GroupInUse, hold_groups, start_as_holder
+from core.errors import ServiceUnavailable, StreamrecError
+from core.lag import LagReader, LagReport, LagStatus
 from core.logs import configure_logging
-from core.metrics import Metrics
-from core.services import kafka_bootstrap_for, open_services
+from core.metrics import Metrics, serving_metrics
+from core.services import kafka_bootstrap_for
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
 from stores.dlq_replays import DlqReplayLog, SourceRecord
-from stores.schema import create_schema
-from stores.vectors import open_vector_store
+from stores.factory import open_sql_stores, open_stores
 
 console = Console()
 log = logging.getLogger("streamrec.consumers")
@@ -48,24 +47,92 @@ class GroupName(StrEnum):
     ARCHIVE = "archive"
     VECTORS = "vectors"
     ONLINE_RL = "online-rl"
+    RETRAIN = "retrain"
+
+
+_STATUS_STYLE = {
+    LagStatus.OK: "green",
+    LagStatus.UNKNOWN: "dim",
+    LagStatus.WARN: "yellow",
+    LagStatus.STALL: "red",
+    LagStatus.STOP: "bold red",
+    LagStatus.ERR: "bold magenta",
+}
+
+
+def _status(status: LagStatus) -> str:
+    return f"[{_STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def lag_table(report: LagReport) -> Table:
-    table = Table(title="consumer lag", caption=f"total lag: {report.total_lag:,} messages")
-    for column in ("group", "topic", "partition", "end", "committed", "lag", "lag s"):
+    """One row per group (its totals and status), then its partitions."""
+    read_at = time.strftime("%H:%M:%S", time.localtime(report.measured_at))
+    table = Table(
+        title="consumer lag",
+        caption=f"total lag: {report.total_lag:,} messages; read at {read_at}",
+    )
+    columns = ("group", "topic", "partition", "end", "committed", "lag", "lag s", "status")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("group", "topic") else "right")
     for group in report.groups:
-        for p in group.partitions:
+        members = "" if group.members is None else f" ({group.members} members)"
+        table.add_row(
+            f"[bold]{group.group.removeprefix('streamrec-')}[/]{members}",
+            *("", "", "", ""),
+            f"[bold]{group.total_lag:,}[/]",
+            _seconds(group.max_lag_seconds),
+            _status(group.status),
+        )
+        for i, p in enumerate(group.partitions):
             table.add_row(
-                group.group.removeprefix("streamrec-"),
+                "",
                 p.topic.removeprefix("streamrec."),
                 str(p.partition),
                 f"{p.end_offset:,}",
                 "-" if p.committed_offset is None else f"{p.committed_offset:,}",
                 f"[red]{p.lag:,}[/]" if p.lag else "0",
-                "-" if p.lag_seconds is None else f"{p.lag_seconds:.1f}",
+                _seconds(p.lag_seconds),
+                _status(p.status),
+                end_section=i == len(group.partitions) - 1,
             )
     return table
+
+
+def _api_lag(url: str) -> Callable[[], Awaitable[LagReport]]:
+    """Read a running API's ``/v1/ops/lag``: its statuses, judged over its window."""
+    endpoint = url.rstrip("/") + "/v1/ops/lag"
+
+    async def read() -> LagReport:
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.get(endpoint)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(f"the API at {endpoint} did not answer: {exc}") from exc
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"the API at {endpoint} answered {response.text.strip()}")
+        return LagReport.model_validate_json(response.content)
+
+    return read
+
+
+async def _show_lag(read: Callable[[], Awaitable[LagReport]], watch: bool, interval: float) -> None:
+    if not watch:
+        console.print(lag_table(await read()))
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(lag_table(await read()), refresh=True)
+            await asyncio.sleep(interval)
+
+
+async def _lag_from_kafka(settings: Settings, watch: bool, interval: float) -> None:
+    reader = LagReader.for_settings(kafka_bootstrap_for(settings), settings)
+    async with reader:
+        await _show_lag(reader.refresh, watch, interval)
 
 
 async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
@@ -74,26 +141,31 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        hold: GroupHold | None = None
         if settings.embedded_kafka:
             # Refused here, before joining, when another process holds one of the groups.
-            stack.enter_context(hold_groups(settings.var_dir, groups, "streamrec consume"))
-        services = await stack.enter_async_context(open_services(settings, attach=True))
-        await asyncio.to_thread(create_schema, services.engine)
-        store = None
-        if ConsumerGroup.VECTORS in groups:
-            store = await asyncio.to_thread(open_vector_store, settings)
+            hold = stack.enter_context(hold_groups(settings.var_dir, groups, "streamrec consume"))
+        stores = await stack.enter_async_context(open_stores(settings, attach=True))
         from consumers.app import build_consumer_broker  # FastStream: only where it consumes
 
-        broker = build_consumer_broker(services, Metrics(), groups, store)
-        await broker.start()
+        metrics = Metrics()
+        broker = build_consumer_broker(stores, metrics, groups)
+        # This process's groups' lag, beside their counters, at its own /metrics.
+        lag = LagReader.for_settings(stores.services.kafka_bootstrap, settings, groups)
+        stack.push_async_callback(lag.close)
+        lag.start_background()
+        metrics.export_lag(lambda: lag.latest)
+        stack.enter_context(
+            serving_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+        )
+        # A member a killed holder left in the group is removed first (consumers.membership).
+        await start_as_holder(broker, hold, stores.services.kafka_bootstrap)
         gc.freeze()  # start-up objects live as long as the process: keep them out of full GCs
         log.info("consuming as %s; Ctrl-C to stop", ", ".join(g.value for g in groups))
         try:
             await stop.wait()
         finally:
             await broker.stop()
-            if store is not None:
-                store.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -105,12 +177,24 @@ def register(app: typer.Typer) -> None:
             list[GroupName] | None,
             typer.Option("--group", "-g", help="Consumer group to run (repeatable)."),
         ] = None,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                max=65535,
+                help="Serve Prometheus /metrics on this port (0: off; default "
+                "STREAMREC_METRICS_PORT, 9108, on STREAMREC_METRICS_HOST).",
+            ),
+        ] = None,
     ) -> None:
         """Run consumer groups until Ctrl-C (production: one process per group or several).
 
         Default: every group. With embedded settings this joins a running `streamrec up`.
+        Serves its groups' counters and lag at http://STREAMREC_METRICS_HOST:PORT/metrics.
         """
         settings = Settings()
+        if metrics_port is not None:
+            settings.metrics_port = metrics_port
         configure_logging(settings.log_level)
         chosen = [ConsumerGroup(f"streamrec-{g.value}") for g in (group or list(GroupName))]
         try:
@@ -126,19 +210,28 @@ def register(app: typer.Typer) -> None:
     def lag(
         watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
         interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 2.0,
+        api: Annotated[
+            str | None,
+            typer.Option(
+                help="Show what a running API reports (its /v1/ops/lag), e.g. "
+                "http://127.0.0.1:8000: statuses judged over its window."
+            ),
+        ] = None,
     ) -> None:
-        """Print consumer lag per group, topic and partition."""
+        """Print consumer lag per group, topic and partition, with a status for each
+        (OK, UNKNOWN, WARN, STALL, STOP, ERR: rules in the README).
+
+        A status is judged over STREAMREC_LAG_WINDOW_SECONDS of readings: read here once, a
+        lagging partition is UNKNOWN; --watch builds the window, --api shows the API's.
+        """
+        settings = Settings()
         try:
-            bootstrap = kafka_bootstrap_for(Settings())
-            if not watch:
-                console.print(lag_table(asyncio.run(consumer_lag(bootstrap))))
-                return
-            with Live(console=console, auto_refresh=False) as live:
-                while True:
-                    live.update(lag_table(asyncio.run(consumer_lag(bootstrap))), refresh=True)
-                    time.sleep(interval)
+            if api:
+                asyncio.run(_show_lag(_api_lag(api), watch, interval))
+            else:
+                asyncio.run(_lag_from_kafka(settings, watch, interval))
         except StreamrecError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from exc
         except KeyboardInterrupt:
             return
@@ -249,12 +342,6 @@ def _dlq_table(letters: list[StoredDeadLetter], replayed: dict) -> Table:
     return table
 
 
-def _dlq_engine(settings: Settings) -> Engine:
-    engine = create_db_engine(settings.database_url)
-    create_schema(engine)
-    return engine
-
-
 def register_dlq(app: typer.Typer) -> None:
     dlq_app = typer.Typer(
         help="Dead letters (`streamrec.dlq`): list them; after a fix, replay chosen ones.",
@@ -280,11 +367,8 @@ def register_dlq(app: typer.Typer) -> None:
         try:
             bootstrap = kafka_bootstrap_for(settings)
             letters = [s for s in asyncio.run(read_dead_letters(bootstrap)) if selection.matches(s)]
-            engine = _dlq_engine(settings)
-            try:
-                replayed = DlqReplayLog(engine).replayed({s.source for s in letters})
-            finally:
-                engine.dispose()
+            with open_sql_stores(settings) as sql:
+                replayed = DlqReplayLog(sql.engine).replayed({s.source for s in letters})
         except StreamrecError as exc:
             console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from exc
@@ -338,20 +422,19 @@ def register_dlq(app: typer.Typer) -> None:
         configure_logging(settings.log_level)
         try:
             bootstrap = kafka_bootstrap_for(settings)
-            engine = _dlq_engine(settings)
-            try:
-                with Progress(console=console, transient=True) as progress:
-                    summary = asyncio.run(
-                        replay_dead_letters(
-                            bootstrap,
-                            engine,
-                            selection,
-                            dry_run=dry_run,
-                            on_progress=_ProgressBar(progress),
-                        )
+            with (
+                open_sql_stores(settings) as sql,
+                Progress(console=console, transient=True) as progress,
+            ):
+                summary = asyncio.run(
+                    replay_dead_letters(
+                        bootstrap,
+                        sql.engine,
+                        selection,
+                        dry_run=dry_run,
+                        on_progress=_ProgressBar(progress),
                     )
-            finally:
-                engine.dispose()
+                )
         except StreamrecError as exc:
             console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from exc

@@ -6,15 +6,13 @@ import logging
 from collections import Counter
 
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decode import decode_batch
+from consumers.decode import DecodedBatch
 from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
+from consumers.subscriber import count_skipped, subscribe_batches
 from core.kafka_log import topic_partitions
 from core.metrics import Metrics
 from core.settings import Settings
-from schemas.events import SourcedEvent
 from schemas.topics import GROUP_TOPICS, ConsumerGroup
 from stores.catalog import Archive
 from stores.features import ApplyResult, FeatureStore, RejectedEvents
@@ -55,16 +53,13 @@ async def follow_log(
     return behind
 
 
-def record_batch_metrics(
-    metrics: Metrics, group: str, events: list[SourcedEvent], result: ApplyResult
-) -> None:
-    """Once per batch, not per event: label lookups cost more than the increments."""
-    for topic, n in Counter(s.topic for s in events).items():
-        metrics.events_consumed.labels(group, topic).inc(n)
-    if result.redelivered:
-        metrics.events_skipped.labels(group, "redelivered").inc(result.redelivered)
-    if result.duplicates:
-        metrics.events_skipped.labels(group, "duplicate_event_id").inc(result.duplicates)
+def record_apply_metrics(metrics: Metrics, group: str, result: ApplyResult) -> None:
+    """What the store skipped, and how fresh the applied events were (once per batch)."""
+    count_skipped(
+        metrics,
+        group,
+        Counter({"redelivered": result.redelivered, "duplicate_event_id": result.duplicates}),
+    )
     histogram = metrics.event_to_state_seconds.labels(group)
     for lag in result.lag_seconds:
         histogram.observe(lag)
@@ -79,24 +74,25 @@ def register(
 ) -> None:
     """Subscribe the features group to every event topic."""
 
-    @broker.subscriber(
-        *event_topics(settings, ConsumerGroup.FEATURES), **batch_subscriber_options(settings, GROUP)
+    async def apply(batch: DecodedBatch) -> ApplyResult:
+        async def dead_letter_unappliable(rejected: RejectedEvents) -> None:
+            # Sent before the rest of the batch and its offsets are written: a crash in
+            # between redelivers the batch, and these are rejected (and sent) again.
+            await dead_letters.send(batch.dead_letters_of(GROUP, rejected))
+
+        return await store.apply_batch(
+            GROUP, batch.events, batch.positions, on_rejected=dead_letter_unappliable
+        )
+
+    subscribe_batches(
+        broker,
+        ConsumerGroup.FEATURES,
+        apply,
+        dead_letters,
+        metrics,
+        settings,
+        retry="applying a batch to Redis",
+        record=lambda result: record_apply_metrics(metrics, GROUP, result),
+        # A batch of dead letters only still moves the stored offsets on.
+        apply_empty=True,
     )
-    async def apply_events_to_features(body: list[bytes | None], msg: KafkaMessage) -> None:
-        async with settle(msg, GROUP):
-            batch = decode_batch(msg.raw_message, GROUP)
-            await dead_letters.send(batch.dead)
-
-            async def dead_letter_unappliable(rejected: RejectedEvents) -> None:
-                # Sent before the rest of the batch and its offsets are written: a crash in
-                # between redelivers the batch, and these are rejected (and sent) again.
-                await dead_letters.send(batch.dead_letters_of(GROUP, rejected))
-
-            with metrics.batch_seconds.labels(GROUP).time():
-                result = await with_backoff(
-                    lambda: store.apply_batch(
-                        GROUP, batch.events, batch.positions, on_rejected=dead_letter_unappliable
-                    ),
-                    what="applying a batch to Redis",
-                )
-            record_batch_metrics(metrics, GROUP, batch.events, result)

@@ -34,20 +34,19 @@ from aiokafka.errors import (
 from faststream import AckPolicy
 from faststream.kafka import Topic as KafkaTopic
 from faststream.kafka.message import KafkaMessage
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import OperationalError
 
+from core.errors import ServiceUnavailable
 from core.settings import Settings
+from core.unavailable import SERVICE_ERRORS
 from schemas.topics import GROUP_TOPICS, ConsumerGroup
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# Every outage the API answers 503 for (core.unavailable), plus a vector store that is down.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OperationalError,
+    *SERVICE_ERRORS,
+    ServiceUnavailable,
     ConnectionError,
     TimeoutError,
 )
@@ -173,7 +172,7 @@ def rewind(msg: KafkaMessage) -> None:
     in the batch (a partition revoked meanwhile restarts from its committed offset anyway)."""
     consumer = msg.consumer
     owned = consumer.assignment() if isinstance(consumer, AIOKafkaConsumer) else None
-    records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+    records = msg.raw_message if isinstance(msg.raw_message, tuple | list) else (msg.raw_message,)
     earliest: dict[TopicPartition, int] = {}
     for record in records:
         partition = TopicPartition(record.topic, record.partition)

@@ -14,13 +14,10 @@ from core.embedded import EmbeddedAddresses
 from core.errors import StateConflict, StreamrecError
 from core.kafka_log import group_members
 from core.logs import configure_logging
-from core.services import open_services
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
-from stores.catalog import Archive
-from stores.features import FeatureStore
+from stores.factory import open_stores
 from stores.rebuild import RebuildReport, rebuild_features
-from stores.schema import create_schema
 
 console = Console()
 GROUP = ConsumerGroup.FEATURES.value
@@ -48,9 +45,9 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
 
 async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
     await refuse_if_consumed(settings)
-    async with open_services(settings) as services:
+    async with open_stores(settings) as stores:
+        services = stores.services
         await refuse_if_consumed(settings, services.kafka_bootstrap)
-        await asyncio.to_thread(create_schema, services.engine)
         keys = await services.redis.dbsize()
         if keys and not wipe:
             raise StateConflict(
@@ -59,7 +56,7 @@ async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
             )
         if keys:
             await services.redis.flushdb()
-        archive = Archive(services.engine)
+        archive = stores.archive
         total = await asyncio.to_thread(archive.count_items) + await asyncio.to_thread(
             archive.count_interactions
         )
@@ -80,7 +77,7 @@ async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
                 progress.update(task, advance=n, rate=f"{speed:,.0f} ev/s")
 
             return await rebuild_features(
-                FeatureStore.for_settings(services.redis, services.settings),
+                stores.features,
                 archive,
                 GROUP,
                 services.kafka_log_id,

@@ -2,15 +2,23 @@
 
 PostgreSQL (psycopg 3) in production, a SQLite file when embedded. Work is synchronous;
 async callers hand it to a thread (``asyncio.to_thread``) so the event loop never blocks.
+
+``sql_timeout(seconds)`` bounds every PostgreSQL round trip made in its context (the API sets it
+around each request): a server that accepted the connection but never answers fails the call
+instead of hanging its thread forever (``core.pg_timeout``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING = {
@@ -33,6 +41,31 @@ def normalise_database_url(url: str) -> str:
     if url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.removeprefix("postgres://")
     return url
+
+
+# Read by each PostgreSQL connection at every wait on its socket; a ContextVar, so it follows a
+# request into the threads ``asyncio.to_thread`` starts for it and no other work.
+_SQL_TIMEOUT: ContextVar[float | None] = ContextVar("streamrec_sql_timeout", default=None)
+
+
+@contextmanager
+def sql_timeout(seconds: float | None) -> Iterator[None]:
+    """Within the block (and threads started from it with ``asyncio.to_thread``), each
+    PostgreSQL round trip (query, commit, rollback, pool ping) that gets no answer within
+    ``seconds`` fails with ``core.pg_timeout.SqlTimeout``, an ``OperationalError`` (so a 503 in
+    the API), and its connection is dropped. ``None`` lifts the bound. Opening a connection is
+    bounded by the engine's connect timeout instead (libpq's floor: 2 s). SQLite is local and
+    has no such bound."""
+    token = _SQL_TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        _SQL_TIMEOUT.reset(token)
+
+
+def current_sql_timeout() -> float | None:
+    """The bound ``sql_timeout`` set for this context, if any."""
+    return _SQL_TIMEOUT.get()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -70,7 +103,7 @@ def create_db_engine(
     if connect_timeout_seconds is not None and url.startswith("postgresql"):
         # libpq takes whole seconds and raises anything below 2 to 2.
         connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout_seconds))
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_size=5,
@@ -78,3 +111,10 @@ def create_db_engine(
         connect_args=connect_args,
         **pool_options,
     )
+    if make_url(url).get_driver_name() == "psycopg":
+        # Deferred: psycopg costs 0.15-0.25 s of start-up, which a process on SQLite (the
+        # embedded default: `up`, a restarted consumer) need not pay.
+        from core.pg_timeout import install
+
+        install(engine)
+    return engine

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     sql_connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     # Wait for a free pooled connection before answering 503.
     sql_pool_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Each PostgreSQL round trip (query, commit, pool ping) the API makes while serving a
+    # request: a server that accepted the connection but does not answer (hung, paused, a
+    # black hole) gives a 503 after this, the connection is dropped (core.db.sql_timeout).
+    sql_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # POST /v1/events answers 503 when Kafka has not acknowledged the events by then.
     publish_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 3.0
     # /readyz: each dependency check's bound, and how long one round of results is reused.
@@ -101,7 +105,39 @@ class Settings(BaseSettings):
     rl_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # The online learner's snapshots kept in the registry (older inactive ones are deleted).
     rl_keep_snapshots: Annotated[int, Field(ge=1, le=100_000)] = 20
+    # -- the learning loop's registry side (trainer/promotion.py, stores/model_registry.py) --
+    # Relative: a candidate goes live if its held-out score >= live score x (1 - tolerance).
+    # Relative, not absolute, because NDCG@10 (~0.05-0.3) and AUC (~0.7-0.9) differ in scale.
+    retrain_promotion_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    # Rejected and retired versions kept per model; older ones lose row, files and collections.
+    retrain_keep_versions: Annotated[int, Field(ge=0, le=10_000)] = 3
+    # -- the learning loop (consumers/retrain.py, trainer/retrain.py) --
+    # Models the loop retrains, comma-separated (registry names: mf, bpr, ncf, wide_deep,
+    # sasrec); empty: the loop counts but never trains.
+    retrain_models: str = "mf,ncf,sasrec"
+    # A round starts when this many new interactions arrived since the last one ...
+    retrain_every_events: Annotated[int, Field(ge=1, le=100_000_000)] = 2000
+    # ... or this long passed with at least retrain_min_events new ones.
+    retrain_every_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    retrain_min_events: Annotated[int, Field(ge=1, le=100_000_000)] = 100
+    # Epochs of a warm-started round (a first version trains from scratch with the model's own).
+    retrain_epochs: Annotated[int, Field(ge=1, le=1000)] = 3
+    # The newest interactions held out to score candidate and live version (never trained on).
+    retrain_holdout_events: Annotated[int, Field(ge=10, le=10_000_000)] = 1000
+    # CPU budget of a round: torch threads and the niceness of the training process.
+    retrain_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    retrain_nice: Annotated[int, Field(ge=0, le=19)] = 10
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # -- consumer lag (core/lag.py): one cached reader per process, a status per group --
+    # Kafka is read at most this often; a lag call in between answers from the last reading.
+    lag_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # The sliding window the status is judged over (STALL, WARN need a complete one) ...
+    lag_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    # ... and how long a lagging partition's committed offset may stand still before STOP.
+    lag_stop_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    # Where `streamrec consume` serves its Prometheus /metrics (port 0: not served).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9108
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)
 

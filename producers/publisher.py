@@ -54,29 +54,39 @@ class EventPublisher:
         client_id: str = "streamrec-publisher",
         timeout_seconds: float | None = None,
     ) -> None:
-        """``timeout_seconds`` bounds each ``publish_many`` call, retries included (None: only
-        the retries bound it, which with Kafka down takes minutes)."""
+        """``timeout_seconds`` bounds each ``publish_many`` call, retries included, and how long
+        ``stop`` waits for events still in flight. None: nothing does, and with Kafka gone they
+        wait until it is back (the idempotent producer never gives up on a send it began)."""
         self._bootstrap = list(bootstrap_servers)
         self._retries = retries
         self._timeout = timeout_seconds
         self._backoff = backoff_seconds
         self._metrics = metrics
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=15_000,
-        )
+        self._producer_options: dict[str, Any] = {
+            "bootstrap_servers": self._bootstrap,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "max_batch_size": 256 * 1024,
+            "request_timeout_ms": 15_000,
+        }
+        self._producer = AIOKafkaProducer(**self._producer_options)
         self._started = False
+        self._spent = False  # the producer has been started or stopped once
 
     @property
     def started(self) -> bool:
         return self._started
 
     async def start(self) -> None:
+        if self._started:
+            return
+        if self._spent:
+            # A stopped aiokafka producer (one whose start failed too) cannot start again:
+            # its sends would all fail with ProducerClosed.
+            self._producer = AIOKafkaProducer(**self._producer_options)
+        self._spent = True
         try:
             await self._producer.start()
         except KafkaError as exc:
@@ -87,9 +97,24 @@ class EventPublisher:
         self._started = True
 
     async def stop(self) -> None:
-        if self._started:
-            await self._producer.stop()
-            self._started = False
+        """Flush what is in flight and close; with Kafka gone, give up on it after
+        ``timeout_seconds`` (logged) rather than wait for Kafka to come back."""
+        if not self._started:
+            return
+        self._started = False
+        deadline = asyncio.timeout(self._timeout)
+        try:
+            async with deadline:
+                await self._producer.stop()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            log.warning(
+                "Kafka at %s did not acknowledge the events in flight within %gs of stopping; "
+                "they may be lost",
+                ",".join(self._bootstrap),
+                self._timeout,
+            )
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -129,6 +154,11 @@ class EventPublisher:
         the timeout. Those may still reach Kafka (they are in flight): the error carries every
         event id of the batch, so re-sending it is safe (consumers drop ids they applied).
         """
+        if not self._started:
+            # aiokafka would wait for a connection that is never made.
+            raise ServiceUnavailable(
+                f"Kafka at {','.join(self._bootstrap)}: the publisher is not started"
+            )
         batch = list(events)
         progress = _Progress()
         deadline = asyncio.timeout(self._timeout)
@@ -226,7 +256,11 @@ class SyncEventPublisher:
             target=self._loop.run_forever, daemon=True, name="streamrec-publisher"
         )
         self._thread.start()
-        self._publisher = self._run(self._create(bootstrap_servers, options))
+        try:
+            self._publisher = self._run(self._create(bootstrap_servers, options))
+        except BaseException:
+            self._close_loop()  # a publisher that failed to start leaves no thread behind
+            raise
 
     @staticmethod
     async def _create(bootstrap_servers: Sequence[str], options: dict) -> EventPublisher:
@@ -247,6 +281,10 @@ class SyncEventPublisher:
     def close(self) -> None:
         if self._loop.is_running():
             self._run(self._publisher.stop())
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self._loop.close()

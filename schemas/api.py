@@ -60,16 +60,36 @@ class RerankedBy(BaseModel):
     )
 
 
+class FallbackReason(StrEnum):
+    """Why popular items were served instead of the requested model."""
+
+    NO_VERSION_PUBLISHED = "no_version_published"  # the model has no live (or pinned) vectors
+    NO_HISTORY = "no_history"  # the user has no ratings or clicks yet
+    NO_USER_VECTOR = "no_user_vector"  # history, but no vector in that version yet
+
+
 class Recommendations(BaseModel):
     request_id: str
     user_id: str
     model: RecommendationModel = Field(description="The model that really served the list")
-    version: int | None = Field(None, description="Model version; null for popularity")
+    version: int | None = Field(
+        None, description="Model version (the live one, or the pinned one); null for popularity"
+    )
     requested_model: RecommendationModel | None = Field(None, description="The model asked for")
+    requested_version: int | None = Field(
+        None, description="The version pinned with ?version=; null: the live version serves"
+    )
     fallback: bool = Field(
         False,
         description="True when the requested model could not serve (no user vector or "
         "nothing published) and popular items were served instead",
+    )
+    fallback_reason: FallbackReason | None = Field(
+        None,
+        description="Why it fell back: no_version_published (the model has no live version, "
+        "or the pinned one none, in Qdrant), no_history (the user has no ratings or clicks "
+        "yet), no_user_vector (history, but no vector for that version yet); null when the "
+        "requested model served",
     )
     variant: str = "default"
     known_user: bool = Field(description="Whether the user has any events yet")
@@ -192,17 +212,50 @@ MODEL_NAME_PATTERN = r"^[a-z0-9_]+$"  # the registry's rule (stores.model_regist
 MAX_MODEL_NAME = 64
 
 
+class VersionStatus(StrEnum):
+    """Where a model version stands (``stores.model_registry``): at most one is live per name."""
+
+    CANDIDATE = "candidate"  # registered, not serving, awaiting a decision
+    LIVE = "live"  # the version serving (the registry's active pointer)
+    REJECTED = "rejected"  # scored against the live version and refused (see its promotion)
+    RETIRED = "retired"  # was live and was replaced; kept for rollback until retention
+
+
+PromotionDecision = Literal["promote", "reject"]
+
+
+class PromotionInfo(BaseModel):
+    """How the version was judged against the live one on the same held-out events."""
+
+    metric: str = Field(description="ndcg@10 (retrieval models) or auc (wide_deep)")
+    candidate_score: float | None = Field(description="null when it was not a number")
+    live_score: float | None = Field(description="null when no version was live")
+    live_version: int | None
+    tolerance: float = Field(description="Relative: promoted if >= live score x (1 - tolerance)")
+    decision: PromotionDecision
+    reason: str
+    heldout_events: int = Field(description="Held-out interactions both versions were scored on")
+    decided_at: datetime | None
+
+
 class ModelVersionInfo(BaseModel):
     name: str
     version: int
-    active: bool
+    active: bool = Field(description="Whether it is the live version (status live)")
+    status: VersionStatus
+    activated_at: datetime | None = Field(description="When it last went live")
     created_at: datetime
     artifact_class: str = Field(description="The trainer class that loads the artifact")
     n_users: int = Field(description="Id-registry users when the version was trained")
     n_items: int = Field(description="Id-registry items when the version was trained")
-    data_window: dict[str, Any] = Field(description="Event-time window and size of the data")
+    data_window: dict[str, Any] = Field(
+        description="What it was trained on: source, counts, event-time span and, for the "
+        "archive, the Kafka offsets covered per log, topic and partition (their ends are the "
+        "archive watermark)"
+    )
     metrics: dict[str, Any] = Field(description="Recorded metrics; per-epoch history left out")
     config: dict[str, Any] = Field(description="Scalar config values (sizes, loss, ...)")
+    promotion: PromotionInfo | None = Field(description="null until it was scored for promotion")
 
 
 class ModelInfo(BaseModel):
@@ -244,7 +297,8 @@ class TrainingJobRequest(BaseModel):
 
     model: TrainableModel
     data: TrainingData = Field(
-        description="synthetic (generated, seeded) or archive (the SQL interactions archive)"
+        description="archive (the SQL interactions archive: live) or synthetic (generated, "
+        "seeded; trained offline, apart from the live registries)"
     )
     # NotBool after the bounds, so that the schema still states them (minimum, maximum).
     epochs: Annotated[int, Field(ge=1, le=100), NotBool] | None = Field(
@@ -283,6 +337,11 @@ class TrainingJob(BaseModel):
         default_factory=dict, description="The new version's metrics on the held-out test part"
     )
     error: str | None = Field(None, description="Why the job failed")
+    offline: bool = Field(
+        False,
+        description="Trained on data other than the archive (synthetic): in an offline run with "
+        "its own id and model registry, never listed by /v1/models and never served",
+    )
 
 
 class TrainingJobList(BaseModel):
@@ -332,3 +391,51 @@ class OpsStats(BaseModel):
     groups: list[GroupThroughput] = Field(
         description="Consumer groups running in this process (empty when they run elsewhere)"
     )
+
+
+# -- consumer lag (core/lag.py, GET /v1/ops/lag, `streamrec lag`) ------------------------------
+class LagStatus(StrEnum):
+    """A group's or partition's health over a sliding window of lag samples, after LinkedIn
+    Burrow's evaluation rules (the rules are in core/lag.py and the README)."""
+
+    OK = "OK"  # caught up at some point in the window, or moving without falling behind
+    UNKNOWN = "UNKNOWN"  # lagging, but the window is not complete yet (or no data)
+    WARN = "WARN"  # the committed offset moves, but the lag grew over the whole window
+    STALL = "STALL"  # lagging, and the committed offset did not move over the whole window
+    STOP = "STOP"  # lagging, and the committed offset has not moved for lag_stop_seconds
+    ERR = "ERR"  # the committed offset went backwards in the window (a reset or rewind)
+
+
+class PartitionLag(BaseModel):
+    topic: str
+    partition: int
+    end_offset: int
+    committed_offset: int | None = Field(description="Null: the group never committed here")
+    lag: int = Field(description="end_offset - committed offset (or - the log start)")
+    lag_seconds: float | None = Field(
+        None,
+        description="Age of the oldest unconsumed record (its Kafka timestamp); null when "
+        "it could not be read in time",
+    )
+    status: LagStatus = LagStatus.UNKNOWN
+
+
+class GroupLag(BaseModel):
+    group: str
+    partitions: list[PartitionLag]
+    total_lag: int
+    max_lag_seconds: float | None = None
+    status: LagStatus = Field(
+        LagStatus.UNKNOWN, description="The worst of its partitions' statuses"
+    )
+    members: int | None = Field(
+        None,
+        description="Members in the group (DescribeGroups); null where the broker does not "
+        "serve it (the embedded mock cluster)",
+    )
+
+
+class LagReport(BaseModel):
+    groups: list[GroupLag]
+    total_lag: int
+    measured_at: float = Field(description="When Kafka was read (Unix time, seconds)")

@@ -28,17 +28,21 @@ class ConsumerGroup(StrEnum):
 GROUP_TOPICS: dict[ConsumerGroup, tuple[Topic, ...]] = {
     ConsumerGroup.FEATURES: EVENT_TOPICS,
     ConsumerGroup.ARCHIVE: EVENT_TOPICS,
-    ConsumerGroup.VECTORS: (Topic.RATINGS, Topic.CLICKS),  # what changes a user's vector
+    # What changes a user's vector, and item events (new items' content vectors).
+    ConsumerGroup.VECTORS: (Topic.RATINGS, Topic.CLICKS, Topic.ITEMS),
     # Logged slates and the feedback on them.
     ConsumerGroup.ONLINE_RL: (Topic.IMPRESSIONS, Topic.CLICKS, Topic.RATINGS),
+    ConsumerGroup.RETRAIN: (Topic.RATINGS,),  # what the embedding models train on
 }
 
-# The groups `streamrec up` and `streamrec consume` run (retrain is not built yet). The vectors
-# group only checks the items aliases until a model is published, so it is safe on a fresh
-# system; the online-RL group learns only once a doc2vec version is active.
+# The groups `streamrec up` and `streamrec consume` run. The vectors group only checks the
+# items aliases until a model is published, so it is safe on a fresh system; the online-RL
+# group learns only once a doc2vec version is active; the retrain group trains a model's first
+# version once enough ratings are archived (STREAMREC_RETRAIN_*).
 DEFAULT_GROUPS: tuple[ConsumerGroup, ...] = (
     ConsumerGroup.FEATURES,
     ConsumerGroup.ARCHIVE,
     ConsumerGroup.VECTORS,
     ConsumerGroup.ONLINE_RL,
+    ConsumerGroup.RETRAIN,
 )

@@ -7,7 +7,8 @@ the training data of the retrain jobs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,12 +24,17 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    and_,
+    false,
     func,
+    not_,
+    or_,
     select,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from core.db import Base
 from schemas.events import (
@@ -101,6 +107,91 @@ class InteractionRow(Base):
     )
 
 
+# (Kafka log id, topic, partition): where an archived row came from. The log id is None for
+# rows written without one (before migration 0003, or by a writer that did not know it).
+LogPosition = tuple[str | None, str, int]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far into the log an archive read went: the newest archived offset per (Kafka log,
+    topic, partition).
+
+    A partition's rows are archived in offset order, one consumer batch per transaction, so
+    once offset ``o`` is archived every archived row before it is too: "every row at or below
+    the watermark" names the same rows whenever it is asked. Positions the watermark does not
+    name (a new partition, a new log after a restart of the embedded broker) are above it.
+    """
+
+    offsets: Mapping[LogPosition, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def covers(self, position: LogPosition, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``position`` is at or below the watermark."""
+        newest = self.offsets.get(position)
+        return newest is not None and offset <= newest
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Rows ``{"log_id", "topic", "partition", "offset"}``, sorted: what a model version
+        records of the data it covered."""
+        return [
+            {"log_id": log_id, "topic": topic, "partition": partition, "offset": offset}
+            for (log_id, topic, partition), offset in sorted(
+                self.offsets.items(), key=lambda kv: (kv[0][0] or "", kv[0][1], kv[0][2])
+            )
+        ]
+
+    @classmethod
+    def from_json(cls, rows: Iterable[Mapping[str, Any]]) -> Watermark:
+        return cls(
+            {
+                (row.get("log_id"), str(row["topic"]), int(row["partition"])): int(row["offset"])
+                for row in rows
+            }
+        )
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[tuple[str | None, str, int, int]]) -> Watermark:
+        """The watermark of ``(log_id, topic, partition, offset)`` rows: the newest per position."""
+        offsets: dict[LogPosition, int] = {}
+        for log_id, topic, partition, offset in rows:
+            key = (log_id, topic, partition)
+            if offset > offsets.get(key, -1):
+                offsets[key] = offset
+        return cls(offsets)
+
+
+def _covered(watermark: Watermark) -> ColumnElement[bool]:
+    """SQL: the interaction row is at or below ``watermark``."""
+    t = InteractionRow.__table__.c
+    terms = [
+        and_(
+            # IS NOT DISTINCT FROM: a NULL log id matches a None position, never "unknown"
+            t.log_id.is_not_distinct_from(log_id),
+            t.topic == topic,
+            t.partition == partition,
+            t.offset <= offset,
+        )
+        for (log_id, topic, partition), offset in watermark.offsets.items()
+    ]
+    return or_(*terms) if terms else false()
+
+
+def between_watermarks(
+    since: Watermark | None = None, until: Watermark | None = None
+) -> list[ColumnElement[bool]]:
+    """WHERE terms for interaction rows above ``since`` (exclusive) and at or below ``until``
+    (inclusive); no term for a bound left out."""
+    terms: list[ColumnElement[bool]] = []
+    if since is not None and len(since):
+        terms.append(not_(_covered(since)))
+    if until is not None:
+        terms.append(_covered(until))
+    return terms
+
+
 def _insert(engine: Engine, table: Any) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
@@ -166,6 +257,34 @@ class Archive:
         query = select(func.count()).select_from(InteractionRow)
         if type_ is not None:
             query = query.where(InteractionRow.type == type_)
+        with self._engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def watermark(self, types: Sequence[str] | None = None) -> Watermark:
+        """The newest archived offset per (log, topic, partition), over rows of ``types``
+        (every type by default)."""
+        t = InteractionRow.__table__.c
+        query = select(t.log_id, t.topic, t.partition, func.max(t.offset)).group_by(
+            t.log_id, t.topic, t.partition
+        )
+        if types is not None:
+            query = query.where(t.type.in_(list(types)))
+        with self._engine.connect() as conn:
+            return Watermark.of_rows((r[0], r[1], r[2], r[3]) for r in conn.execute(query))
+
+    def count_between(
+        self,
+        since: Watermark | None = None,
+        until: Watermark | None = None,
+        types: Sequence[str] | None = None,
+    ) -> int:
+        """Archived interactions of ``types`` above ``since`` and at or below ``until``: how
+        much new data arrived after a version's watermark, for instance."""
+        t = InteractionRow.__table__.c
+        query = select(func.count()).select_from(InteractionRow)
+        query = query.where(*between_watermarks(since, until))
+        if types is not None:
+            query = query.where(t.type.in_(list(types)))
         with self._engine.connect() as conn:
             return conn.execute(query).scalar_one()
 

@@ -29,6 +29,7 @@ from core.settings import Settings
 from producers.publisher import EventPublisher
 from schemas.events import Event
 from schemas.topics import ConsumerGroup
+from stores.factory import Stores, open_stores
 from stores.schema import create_schema, drop_schema
 
 INGEST_KEY = "test-ingest-key"
@@ -105,11 +106,15 @@ def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def services(settings: Settings) -> AsyncIterator:
-    from core.services import open_services
-
-    async with open_services(settings) as opened:
+async def stores(settings: Settings) -> AsyncIterator[Stores]:
+    """Every connection and store of a process, from ``stores.factory`` (embedded Kafka)."""
+    async with open_stores(settings) as opened:
         yield opened
+
+
+@pytest.fixture
+def services(stores: Stores) -> Services:
+    return stores.services
 
 
 class FakeClock:
@@ -144,14 +149,15 @@ async def wait_until(
 
 
 async def consume_until_drained(
-    services: Services,
+    stores: Stores,
     groups: Sequence[ConsumerGroup],
     events: Sequence[Event] = (),
     metrics: Metrics | None = None,
 ) -> None:
     """Run ``groups`` in this process, publish ``events``, and return once every group has
     committed up to the end of each partition it reads."""
-    broker = build_consumer_broker(services, metrics or Metrics(), groups)
+    services = stores.services
+    broker = build_consumer_broker(stores, metrics or Metrics(), groups)
     await broker.start()
     try:
         if events:

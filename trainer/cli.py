@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+from contextlib import ExitStack
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,10 +21,10 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from core.db import create_db_engine
-from core.errors import StreamrecError
+from core.errors import InvalidInput, StreamrecError
 from core.ids import IdRegistry
 from core.settings import Settings
-from stores.model_registry import ModelRegistry
+from stores.model_registry import ModelRegistry, ModelVersion
 from stores.schema import create_schema
 
 log = logging.getLogger(__name__)
@@ -91,42 +92,94 @@ def train(
     threads: Annotated[int, typer.Option(min=0, help="CPU threads (0: half the cores).")] = 0,
     exclude_seen: Annotated[bool, SEEN_OPT] = True,
     activate: Annotated[bool, typer.Option(help="Make the new version the active one.")] = True,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="Start from the active version (rows of known users and items kept, new ids "
+            "appended); usually with fewer --epochs."
+        ),
+    ] = False,
     var_dir: Annotated[Path | None, VAR_OPT] = None,
 ) -> None:
-    """Train a model on a dataset and register it as a new version (`var/models/<name>/vN`)."""
-    try:
-        from trainer.service import load_data, train_model  # PyTorch: only when it trains
+    """Train a model on a dataset and register it as a new version (`var/models/<name>/vN`).
 
-        engine, models = _services(var_dir)
-        raw = load_data(data, engine, seed)
-        opts = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "patience": patience,
-            "seed": seed,
-            "threads": threads,
-        }
-        version = train_model(
-            model.value,
-            raw,
-            IdRegistry(engine),
-            models,
-            protocol.value,
-            opts,
-            exclude_seen,
-            activate,
-            show_progress=True,
-        )
+    Only `--data archive` is live: any other data trains in an offline run of its own
+    (`var/offline/<run>/`: its own id and model registry), which the live system never serves.
+    """
+    try:
+        from trainer import service  # PyTorch: only when it trains
+
+        settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
+        with ExitStack() as stack:
+            if service.is_offline(data):  # the live database is not even opened
+                ws = stack.enter_context(service.offline_workspace(settings.var_dir, data))
+            else:
+                engine, models = _services(var_dir)
+                stack.callback(engine.dispose)
+                ws = service.Workspace(engine, IdRegistry(engine), models, offline=False)
+            previous = ws.models.active(model.value) if warm_start else None
+            if warm_start and previous is None:
+                raise InvalidInput(
+                    f"--warm-start: {model.value} has no active version to start from "
+                    f"{'in this offline run ' if ws.offline else ''}(train one first)"
+                )
+            loaded = service.load_data(data, ws.engine, seed)
+            opts = {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "patience": patience,
+                "seed": seed,
+                "threads": threads,
+            }
+            version = service.train_model(
+                model.value,
+                loaded,
+                ws.ids,
+                ws.models,
+                protocol.value,
+                opts,
+                exclude_seen,
+                activate,
+                show_progress=True,
+                warm_start=previous,
+            )
+            where, offline = ws.location, ws.offline
     except (StreamrecError, OSError, ValueError) as error:
         raise _fail(error) from None
-    console.print(
-        f"registered [bold]{version.name} v{version.version}[/]"
-        f"{' (active)' if version.active else ''} at {version.path}"
-    )
+    _print_trained(version, where, offline)
+
+
+def _print_trained(version: ModelVersion, where: Path, offline: bool) -> None:
+    label = f"{version.name} v{version.version}"
+    if offline:
+        console.print(
+            f"offline run: registered [bold]{label}[/]"
+            f"{' (active in this run)' if version.active else ''} at {version.path}\n"
+            f"offline data keeps its own id and model registry in {where}: the live registries "
+            "are untouched and this version cannot serve live traffic"
+        )
+    else:
+        console.print(
+            f"registered [bold]{label}[/]{' (active)' if version.active else ''} at {version.path}"
+        )
+    began = version.metrics.get("warm_start")
+    if isinstance(began, dict):
+        console.print(_warm_start_line(began))
     test = version.metrics.get("test", {})
     if test:
-        console.print(_metric_table({f"{version.name} v{version.version}": test}))
+        console.print(_metric_table({label: test}))
+
+
+def _warm_start_line(began: dict[str, Any]) -> str:
+    source = f"v{began.get('from_version')}"
+    if not began.get("warm"):
+        return f"cold start instead of a warm start from {source}: {began.get('reason')}"
+    return (
+        f"warm-started from {source}: {began.get('carried_users')} users and "
+        f"{began.get('carried_items')} items carried over, {began.get('new_users')} and "
+        f"{began.get('new_items')} new"
+    )
 
 
 def evaluate_cmd(

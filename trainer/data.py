@@ -9,10 +9,11 @@ sizes at build time, so rows may exist for items a given dataset never mentions.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,13 @@ from sqlalchemy import Engine, select
 from core.datasets import InteractionData, Item, Rating, User
 from core.errors import InvalidInput
 from core.ids import IdKind, IdRegistry
-from stores.catalog import InteractionRow, ItemRow
+from stores.catalog import (
+    InteractionRow,
+    ItemRow,
+    LogPosition,
+    Watermark,
+    between_watermarks,
+)
 
 Batch = dict[str, torch.Tensor]
 
@@ -184,30 +191,150 @@ def _multi_hot(per_row: dict[int, list[str]], n_rows: int) -> tuple[tuple[str, .
     return vocab, matrix
 
 
-def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> InteractionData:
-    """The SQL interactions archive (and items catalog) as ``InteractionData``.
+# First and last offset read per (Kafka log, topic, partition), both included.
+OffsetRanges = Mapping[LogPosition, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class DataWindow:
+    """What a training run saw, recorded with the version it registers (``as_dict`` is the
+    registry's ``data_window``): the source, the counts, the event-time span and, for the
+    archive, the Kafka offsets it covered per log, topic and partition (their ends are the
+    watermark it read up to) and the watermark it started above, if any."""
+
+    source: str  # "archive", "synthetic" or the dataset's name
+    events: int  # interactions
+    users: int  # distinct users in them
+    items: int  # distinct items in them
+    catalog_items: int  # items in the catalog read with them
+    start_ts: int | None  # first and last event time (Unix seconds); None without events
+    end_ts: int | None
+    offsets: OffsetRanges | None = None  # archive only: the offsets of the rows read
+    since: Watermark | None = None  # archive only: rows at or below it were left out
+
+    @property
+    def watermark(self) -> Watermark | None:
+        """The newest offset read per position (archive only): the ``since`` of a later read
+        that wants only what came after, or the ``until`` that reads the same rows again."""
+        if self.offsets is None:
+            return None
+        return Watermark({position: last for position, (_, last) in self.offsets.items()})
+
+    @classmethod
+    def of(
+        cls,
+        data: InteractionData,
+        source: str,
+        offsets: OffsetRanges | None = None,
+        since: Watermark | None = None,
+    ) -> DataWindow:
+        times = [r.ts for r in data.ratings]
+        return cls(
+            source=source,
+            events=len(data.ratings),
+            users=len({r.user_id for r in data.ratings}),
+            items=len({r.item_id for r in data.ratings}),
+            catalog_items=len(data.items),
+            start_ts=min(times) if times else None,
+            end_ts=max(times) if times else None,
+            offsets=offsets,
+            since=since,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``start_ts``/``end_ts``/``events`` keep the keys versions had before.
+        ``offsets`` rows are ``{"topic", "partition", "first", "last", "log_id"}``."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "events": self.events,
+            "users": self.users,
+            "items": self.items,
+            "catalog_items": self.catalog_items,
+            "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
+        }
+        if self.offsets is not None:
+            out["offsets"] = [
+                {"topic": t, "partition": p, "first": first, "last": last, "log_id": log_id}
+                for (log_id, t, p), (first, last) in sorted(
+                    self.offsets.items(), key=lambda kv: (kv[0][0] or "", kv[0][1], kv[0][2])
+                )
+            ]
+        if self.since is not None:
+            out["since"] = self.since.to_json()
+        return out
+
+
+def recorded_watermark(data_window: Mapping[str, Any]) -> Watermark | None:
+    """The watermark a registered version read up to (the ends of its recorded ``offsets``),
+    for instance the ``since`` of the next round; None when it was not trained on the archive
+    or did not record offsets."""
+    rows = data_window.get("offsets")
+    if not isinstance(rows, list):
+        return None
+    return Watermark.from_json(
+        {
+            "log_id": r.get("log_id"),
+            "topic": r["topic"],
+            "partition": r["partition"],
+            "offset": r["last"],
+        }
+        for r in rows
+    )
+
+
+@dataclass(frozen=True)
+class ArchiveRead:
+    """Interactions read from the archive and the offsets of exactly the rows read."""
+
+    data: InteractionData
+    offsets: dict[LogPosition, tuple[int, int]]
+
+    @property
+    def watermark(self) -> Watermark:
+        return Watermark({position: last for position, (_, last) in self.offsets.items()})
+
+
+def _offset_ranges(
+    rows: Iterable[tuple[str | None, str, int, int]],
+) -> dict[LogPosition, tuple[int, int]]:
+    ranges: dict[LogPosition, tuple[int, int]] = {}
+    for log_id, topic, partition, offset in rows:
+        key = (log_id, topic, partition)
+        first, last = ranges.get(key, (offset, offset))
+        ranges[key] = (min(first, offset), max(last, offset))
+    return ranges
+
+
+def read_archive(
+    engine: Engine,
+    types: tuple[str, ...] = ("rating",),
+    *,
+    until: Watermark | None = None,
+    since: Watermark | None = None,
+) -> ArchiveRead:
+    """The SQL interactions archive (and items catalog) as ``InteractionData``: rows above
+    ``since`` and at or below ``until`` (``stores.catalog.Watermark``; None: no bound), and the
+    offsets of the rows read, whose ends are its watermark (one SELECT, so it is exactly what
+    was read even while the archive group keeps writing).
 
     Only rating events by default; clicks (``types=("rating", "click")``) count as a rating of
-    5.0 so implicit models see them as positives.
+    5.0 so implicit models see them as positives. The catalog is read whole (it has no log
+    positions): items newer than the watermark get a row and stay untrained.
     """
+    t = InteractionRow.__table__.c
     query = (
-        select(
-            InteractionRow.user_id,
-            InteractionRow.item_id,
-            InteractionRow.rating,
-            InteractionRow.ts,
-            InteractionRow.type,
-        )
-        .where(InteractionRow.type.in_(types), InteractionRow.item_id.is_not(None))
-        .order_by(InteractionRow.ts, InteractionRow.offset)
+        select(t.user_id, t.item_id, t.rating, t.ts, t.log_id, t.topic, t.partition, t.offset)
+        .where(t.type.in_(types), t.item_id.is_not(None), *between_watermarks(since, until))
+        .order_by(t.ts, t.offset)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         catalog = conn.execute(select(ItemRow.__table__)).mappings().all()
     ratings = [
         # item_id IS NOT NULL above: every row names an item
-        Rating(u, str(i), float(r) if r is not None else 5.0, _unix(ts))
-        for u, i, r, ts, _ in rows
+        Rating(row.user_id, str(row.item_id), _rating(row.rating), _unix(row.ts))
+        for row in rows
     ]
     items = {
         row["item_id"]: Item(
@@ -219,7 +346,23 @@ def from_archive(engine: Engine, types: tuple[str, ...] = ("rating",)) -> Intera
         )
         for row in catalog
     }
-    return InteractionData(name="archive", ratings=ratings, items=items)
+    offsets = _offset_ranges((r.log_id, r.topic, r.partition, r.offset) for r in rows)
+    return ArchiveRead(InteractionData(name="archive", ratings=ratings, items=items), offsets)
+
+
+def from_archive(
+    engine: Engine,
+    types: tuple[str, ...] = ("rating",),
+    *,
+    until: Watermark | None = None,
+    since: Watermark | None = None,
+) -> InteractionData:
+    """``read_archive``'s data alone."""
+    return read_archive(engine, types, until=until, since=since).data
+
+
+def _rating(value: float | None) -> float:
+    return float(value) if value is not None else 5.0  # a click: a positive
 
 
 def _unix(ts: datetime) -> int:

@@ -43,6 +43,9 @@ class TrainConfig:
     metric: str = "ndcg@10"
     seed: int = 0
     threads: int = 0  # 0: half the cores (at least 1); the machine usually runs other work
+    # Validate before the first epoch too, as epoch 0, which may stay the best: a warm start
+    # then never ends below the score it started from (the carried-over weights are kept).
+    validate_start: bool = False
 
 
 @dataclass
@@ -101,6 +104,8 @@ def fit(
     n_batches = count_batches(model.input_kind, train, config.batch_size, **_batch_options(model))
     task = progress.add_task("training", total=config.epochs * n_batches) if progress else None
     started = time.perf_counter()
+    if config.validate_start and validate is not None:
+        best_state = _start_record(model, validate, config, history)
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         loss = _train_epoch(model, train, optimizer, rng, config, progress, task)
@@ -131,6 +136,19 @@ def fit(
     model.eval()
     history.seconds = time.perf_counter() - started
     return history
+
+
+def _start_record(
+    model: Recommender, validate: Validator, config: TrainConfig, history: History
+) -> dict[str, Any]:
+    """Epoch 0: the untrained model's validation, the best so far; its weights to restore."""
+    t0 = time.perf_counter()
+    record: dict[str, float] = {"epoch": 0, **validate(model)}
+    record["seconds"] = time.perf_counter() - t0
+    history.epochs.append(record)
+    history.best_metric, history.best_epoch = record.get(config.metric, -math.inf), 0
+    log.info("epoch 0 (before training) %s", {k: round(v, 4) for k, v in record.items()})
+    return copy.deepcopy(model.state_dict())
 
 
 def _train_epoch(

@@ -1,41 +1,39 @@
-"""Publishing a model version's item vectors for serving (``streamrec vectors publish``).
+"""Publishing model versions: serving names, item payloads, ``publish_version`` and
+``streamrec vectors publish``.
 
-A version's item vectors go into a NEW versioned collection ``items_<model>__v<N>`` (N = the
-model registry version), streamed in resumable batches, indexed, and only then made live by
-swapping the alias ``items_<model>``; the previous version stays for rollback. Doc2Vec is
-served as ``content``: its vectors go to ``items_content`` (alias) → ``items_content__v<N>``.
+Publishing a version writes its item vectors into a new collection ``items_<model>__v<N>``,
+then the vector of every user with state into ``users_<model>__v<N>``, and only then swaps the
+alias ``items_<model>``: going live means every user is served by the new version (the steps:
+``trainer.live``). Doc2Vec is served as ``content`` (``items_content`` →
+``items_content__v<N>``).
 
-Point id = id-registry item index; the payload carries ``item_id`` (the external id, so the
-edge needs no reverse lookup), title, genres, year and popularity (interactions in the SQL
-archive) for filtering and display.
+This module stays light (no PyTorch, no gensim): the ``streamrec`` CLI imports it at start-up
+to register the command, so ``publish_version`` loads ``trainer.live`` on its first call.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 from sqlalchemy import Engine, func, select
 
-from core.errors import InvalidInput, NotFound, StreamrecError
-from core.ids import IdKind, IdRegistry
+from core.errors import InvalidInput, StreamrecError
 from stores.catalog import InteractionRow, ItemRow
-from stores.model_registry import ModelRegistry, ModelVersion
-from stores.vectors import (
-    Distance,
-    VectorBatch,
-    VectorStore,
-    bulk_upsert,
-    item_version_name,
-    items_alias,
-)
+from stores.vectors import Distance
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.ids import IdRegistry
+    from stores.model_registry import ModelRegistry
+    from stores.vectors import VectorStore
+
+# (stage: "items" or "users", done, total)
+PublishProgress = Callable[[str, int, int], None]
+DEFAULT_HISTORY = 50  # recent items a fold-in averages (trainer.user_vectors)
 
 # Serving name (API ``model=``, collection suffix) -> model registry name.
 SERVING_MODELS: Mapping[str, str] = {
@@ -52,6 +50,12 @@ def registry_name(serving: str) -> str:
     if serving not in SERVING_MODELS:
         raise InvalidInput(f"unknown model {serving!r}; choose one of {', '.join(SERVING_MODELS)}")
     return SERVING_MODELS[serving]
+
+
+def serving_name(registry: str) -> str | None:
+    """The serving name of registry model ``registry`` (doc2vec -> content); None for models
+    that serve no vectors (dqn) or are not served (bpr)."""
+    return next((s for s, r in SERVING_MODELS.items() if r == registry), None)
 
 
 def distance_of(serving: str) -> Distance:
@@ -101,101 +105,52 @@ class Published:
     version: int
     collection: str
     alias: str
-    points: int
+    points: int  # item vectors in the collection's stream
     previous: str | None  # the alias target before the swap (kept for rollback)
     seconds: float
+    users: int = 0  # user vectors written into users_collection before the swap
+    users_collection: str = ""
+    user_seconds: float = 0.0  # of ``seconds``, the time spent on user vectors
+    inferred: int = 0  # content: catalog items newer than the Doc2Vec version, inferred
 
 
-def _version(models: ModelRegistry, name: str, version: int | None) -> ModelVersion:
-    if version is not None:
-        return models.get(name, version)
-    found = models.active(name)
-    if found is None:
-        raise NotFound(f"model {name} has no active version: train one or pass --version")
-    return found
-
-
-def _rows(matrix: np.ndarray, registered: int) -> np.ndarray:
-    """Indices worth publishing: registered items with a non-zero vector (Doc2Vec leaves rows
-    of items without text at zero, which would be everyone's neighbour under dot product)."""
-    rows = np.arange(min(len(matrix), registered))
-    return rows[np.any(matrix[rows] != 0.0, axis=1)]
-
-
-def _batches(
-    matrix: np.ndarray, rows: np.ndarray, external: list[str], payloads: PayloadSource, chunk: int
-) -> Callable[[int], Iterator[VectorBatch]]:
-    """A resumable source: payloads are read per chunk, so memory stays bounded."""
-
-    def source(start: int) -> Iterator[VectorBatch]:
-        for lo in range(start, len(rows), chunk):
-            idx = rows[lo : lo + chunk]
-            ids = [external[i] for i in idx]
-            found = payloads(ids)
-            pays = [{"item_id": e, **found.get(e, {})} for e in ids]
-            yield idx.tolist(), matrix[idx], pays
-
-    return source
-
-
-def publish_item_vectors(
+def publish_version(
     models: ModelRegistry,
     vectors: VectorStore,
     ids: IdRegistry,
-    payloads: PayloadSource,
+    engine: Engine,
     model: str,
     version: int | None = None,
     *,
     checkpoint_dir: Path | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: PublishProgress | None = None,
     chunk: int = 2000,
+    history: int = DEFAULT_HISTORY,
 ) -> Published:
-    """Write a version's item vectors into ``items_<model>__v<N>`` and make it live.
+    """Make a version live: its item vectors, then every user's vector, then the alias swap.
 
-    ``model`` is a serving name (mf, ncf, wide_deep, sasrec, content). Resumable: a rerun after
-    an interruption continues from the checkpoint in ``checkpoint_dir``. ``on_progress`` gets
-    (points done, points total).
+    ``model`` is a serving name (mf, ncf, wide_deep, sasrec, content); ``version`` defaults to
+    the registry's active one. ``engine`` holds the catalog and the interactions archive (item
+    payloads, user histories). Item vectors are resumable: a rerun after an interruption
+    continues from the checkpoint in ``checkpoint_dir``. User vectors are always recomputed,
+    so publishing a version again (a rollback) refreshes them. ``on_progress`` gets (stage,
+    done, total) with stage ``items`` (points) then ``users`` (users processed). The alias
+    moves only once both collections are complete; the registry's active version is left
+    as it is (the caller activates or promotes). Blocking: call it from a thread in async code.
     """
-    import time
+    from trainer import live  # PyTorch and gensim: on the first publish, not at CLI start-up
 
-    started = time.perf_counter()
-    found = _version(models, registry_name(model), version)
-    matrix = item_matrix(models.load(found.name, found.version))
-    external = ids.external_ids(IdKind.ITEM)
-    rows = _rows(matrix, len(external))
-    if len(rows) == 0:
-        raise InvalidInput(f"{found.name} v{found.version} has no item vectors for known items")
-    collection = item_version_name(model, found.version)
-    if not vectors.collection_exists(collection):
-        vectors.create_item_version(model, matrix.shape[1], distance_of(model), found.version)
-    checkpoint = (checkpoint_dir / f"{collection}.json") if checkpoint_dir else None
-    total = len(rows)
-    result = bulk_upsert(
+    return live.publish_version(
+        models,
         vectors,
-        collection,
-        _batches(matrix, rows, external, payloads, chunk),
-        checkpoint_path=checkpoint,
-        batch_size=chunk,
-        on_progress=(lambda done: on_progress(done, total)) if on_progress else None,
-    )  # bulk_upsert optimizes (Edge index build) before we swap
-    alias = items_alias(model)
-    previous = vectors.swap_alias(alias, collection)
-    log.info(
-        "published %s v%d: %d points in %s (was %s)",
+        ids,
+        engine,
         model,
-        found.version,
-        total,
-        collection,
-        previous,
-    )
-    return Published(
-        model,
-        found.version,
-        collection,
-        alias,
-        result.points,
-        previous,
-        time.perf_counter() - started,
+        version,
+        checkpoint_dir=checkpoint_dir,
+        on_progress=on_progress,
+        chunk=chunk,
+        history=history,
     )
 
 
@@ -212,45 +167,53 @@ def publish_cmd(
         None
     ),
 ) -> None:
-    """Publish a model version's item vectors and swap the `items_<model>` alias to them."""
+    """Publish a model version: its item vectors, every user's vector, then swap the
+    `items_<model>` alias to it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from core.db import create_db_engine
     from core.settings import Settings
-    from stores.schema import create_schema
-    from stores.vectors import open_vector_store
+    from stores.factory import open_sql_stores, open_vectors
 
     console = Console()
     try:
         registry_name(model)
         settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
-        engine = create_db_engine(settings.database_url)
-        create_schema(engine)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        with open_vector_store(settings) as store, Progress(*columns, console=console) as bar:
-            task = bar.add_task(f"publishing {model}", total=None)
-            done = publish_item_vectors(
-                ModelRegistry(engine, settings.var_dir / "models"),
+        with (
+            open_sql_stores(settings) as sql,
+            open_vectors(settings) as store,
+            Progress(*columns, console=console) as bar,
+        ):
+            tasks = {
+                "items": bar.add_task(f"{model}: item vectors", total=None),
+                "users": bar.add_task(f"{model}: user vectors", total=None),
+            }
+            done = publish_version(
+                sql.models,
                 store,
-                IdRegistry(engine),
-                sql_payloads(engine),
+                sql.ids,
+                sql.engine,
                 model,
                 version,
                 checkpoint_dir=settings.var_dir / "publish",
-                on_progress=lambda n, total: bar.update(task, completed=n, total=total),
+                on_progress=lambda stage, n, total: bar.update(
+                    tasks[stage], completed=n, total=total
+                ),
             )
-        engine.dispose()
     except (StreamrecError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
+    inferred = f" ({done.inferred} inferred from their text)" if done.inferred else ""
     console.print(
-        f"{done.alias} → {done.collection}: {done.points} items in {done.seconds:.1f}s"
+        f"{done.alias} → {done.collection}: {done.points} items{inferred}, {done.users} user "
+        f"vectors in {done.users_collection}, in {done.seconds:.1f}s "
+        f"({done.user_seconds:.1f}s for users)"
         + (f" (previous: {done.previous}, kept for rollback)" if done.previous else "")
     )
 

@@ -1,6 +1,6 @@
 """The pure parts of online reinforcement learning: state, rewards, replay and DQN updates.
 
-Nothing here talks to Kafka, Redis or the registry; ``consumers/online_rl.py`` turns events
+Nothing here talks to Kafka, Redis or the registry; ``trainer/online.py`` turns events
 into ``Transition``s, pushes them into a ``ReplayBuffer`` and calls ``DQNLearner.update``.
 
 Candidates are stored as id-registry item indices, not vectors: a transition then costs

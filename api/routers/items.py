@@ -34,8 +34,9 @@ async def similar(
     ] = VectorModel.CONTENT,
     k: Annotated[int, Query(ge=1, le=200, description="How many items")] = 10,
 ) -> SimilarItems:
-    """The items nearest to ``item_id`` in ``model``'s published item vectors."""
-    answer = await asyncio.to_thread(runtime.serving.similar, model.value, item_id, k)  # type: ignore[union-attr]
+    """The items nearest to ``item_id`` in ``model``'s published item vectors. A new item
+    with text is in ``content`` as soon as the vectors group has consumed its item event."""
+    answer = await asyncio.to_thread(runtime.serving.similar, model.value, item_id, k)
     return SimilarItems(
         request_id=uuid.uuid4().hex,
         item_id=item_id,

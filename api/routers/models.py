@@ -1,13 +1,22 @@
 """The model registry over HTTP: list models and versions, activate a version, delete one.
 
+Each version shows its status (candidate, live, rejected, retired), its ``data_window`` (what it
+was trained on: source, counts, event-time span, Kafka offsets covered) and, once it was judged
+against the live version, its promotion record (both scores, metric, tolerance, decision,
+reason).
+
 Reads are open, like the other reads; activating and deleting need the admin key. Names and
 versions are validated here (the registry's own rules) and again by the registry, which builds
 every path from a validated name and number under its root, so a request never reaches a file
 outside ``<var_dir>/models``.
 
 Activating a version hot-swaps what the registry serves (``dqn``, ``doc2vec``: within
-``STREAMREC_MODEL_RELOAD_SECONDS``); vector models serve what ``streamrec vectors publish``
-put behind their Qdrant alias, which publishes the active version by default.
+``STREAMREC_MODEL_RELOAD_SECONDS``). A model served from vectors (mf, ncf, wide_deep, sasrec;
+doc2vec as ``content``) is published first, in a worker thread (``trainer.publish``): its item
+vectors (reused when already complete), every user's vector, then the alias swap; only then
+does the registry make it live. So the call answers once the version serves every user, which
+takes as long as the publish (seconds on ml-100k, see README); if publishing fails, nothing
+changed.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
 
-from api.deps import AdminKey, ModelRegistryDep
+from api.deps import AdminKey, ModelRegistryDep, RuntimeDep
 from api.responses import error_responses
+from api.runtime import Runtime
 from core.errors import NotFound
 from schemas.api import (
     MAX_MODEL_NAME,
@@ -27,8 +37,10 @@ from schemas.api import (
     ModelInfo,
     ModelList,
     ModelVersionInfo,
+    PromotionInfo,
 )
-from stores.model_registry import ModelRegistry, ModelVersion
+from stores.model_registry import ModelRegistry, ModelVersion, Promotion
+from trainer.publish import publish_version, serving_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -56,6 +68,8 @@ def _version_info(found: ModelVersion) -> ModelVersionInfo:
         name=found.name,
         version=found.version,
         active=found.active,
+        status=found.status,
+        activated_at=found.activated_at,
         created_at=found.created_at,
         artifact_class=found.artifact_class,
         n_users=found.n_users,
@@ -63,6 +77,21 @@ def _version_info(found: ModelVersion) -> ModelVersionInfo:
         data_window=found.data_window,
         metrics={k: v for k, v in found.metrics.items() if k != "epochs"},
         config=_scalars(found.config),
+        promotion=_promotion_info(found.promotion) if found.promotion else None,
+    )
+
+
+def _promotion_info(promotion: Promotion) -> PromotionInfo:
+    return PromotionInfo(
+        metric=promotion.metric,
+        candidate_score=promotion.candidate_score,
+        live_score=promotion.live_score,
+        live_version=promotion.live_version,
+        tolerance=promotion.tolerance,
+        decision=promotion.decision,
+        reason=promotion.reason,
+        heldout_events=promotion.heldout_events,
+        decided_at=promotion.decided_at,
     )
 
 
@@ -80,7 +109,8 @@ def _model_infos(versions: list[ModelVersion]) -> list[ModelInfo]:
 
 @router.get("", responses=error_responses(503))
 async def list_models(registry: ModelRegistryDep) -> ModelList:
-    """Every registered model with its versions (metrics without the per-epoch history)."""
+    """Every registered model with its versions: status, what each was trained on, its
+    promotion scores, metrics (without the per-epoch history)."""
     versions = await asyncio.to_thread(registry.list)
     return ModelList(models=_model_infos(versions))
 
@@ -100,10 +130,32 @@ async def get_model(name: ModelName, registry: ModelRegistryDep) -> ModelInfo:
     responses=error_responses(503, described={**_ADMIN, **_LOOKUP}),
 )
 async def activate_version(
-    name: ModelName, version: Version, registry: ModelRegistryDep
+    name: ModelName, version: Version, registry: ModelRegistryDep, runtime: RuntimeDep
 ) -> ModelVersionInfo:
-    """Make ``version`` the one active version of ``name``."""
-    return _version_info(await asyncio.to_thread(registry.activate, name, version))
+    """Make ``version`` the live version of ``name``, whatever its status (rollback, or
+    overruling a rejection); the version that was live becomes ``retired``. A vector model's
+    version is published first (item vectors, every user's vector, alias swap), so the answer
+    comes once it serves every user."""
+    activated = await asyncio.to_thread(_publish_and_activate, runtime, registry, name, version)
+    return _version_info(activated)
+
+
+def _publish_and_activate(
+    runtime: Runtime, registry: ModelRegistry, name: str, version: int
+) -> ModelVersion:
+    registry.get(name, version)  # an unknown version is a 404 before any work
+    serving = serving_name(name)
+    if serving is not None:
+        publish_version(
+            registry,
+            runtime.vectors,
+            runtime.services.ids,
+            runtime.services.engine,
+            serving,
+            version,
+            checkpoint_dir=runtime.settings.var_dir / "publish",
+        )
+    return registry.activate(name, version)
 
 
 @router.delete(

@@ -9,17 +9,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.deps import RuntimeDep
 from api.readiness import OK, Readiness
 from api.responses import error_responses
-from core.lag import LagReport, consumer_lag
+from core.lag import LagReader, LagReport
 from schemas.api import Health
 
 router = APIRouter(tags=["ops"])
 
 
 @router.get("/v1/ops/lag", responses=error_responses(described={503: "Kafka is unavailable"}))
-async def lag(runtime: RuntimeDep) -> LagReport:
-    """Per consumer group, topic and partition: end offset, committed offset, lag and, where
-    it can be known, the age in seconds of the oldest unconsumed event; with totals."""
-    return await consumer_lag(runtime.services.kafka_bootstrap)
+async def lag(request: Request) -> LagReport:
+    """Per consumer group, topic and partition: end offset, committed offset, lag, the age in
+    seconds of the oldest unconsumed event where it can be read, and a Burrow-style status
+    (OK, UNKNOWN, WARN, STALL, STOP, ERR) over a sliding window; with totals. Read from the
+    process's lag reader: at most STREAMREC_LAG_REFRESH_SECONDS old (``measured_at``)."""
+    reader: LagReader = request.app.state.lag
+    return await reader.report()
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -36,7 +36,6 @@ _ERRORS = error_responses(
 
 
 def _rl(runtime: Runtime) -> RLServer:
-    assert runtime.rl is not None  # built in Runtime.__post_init__
     return runtime.rl
 
 

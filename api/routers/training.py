@@ -23,7 +23,7 @@ from schemas.api import TrainingJob, TrainingJobList, TrainingJobRequest
 async def run_training_jobs(app: FastAPI) -> AsyncIterator[None]:
     """The job worker lives as long as the app (nested in its lifespan, after the runtime)."""
     runtime = app.state.runtime
-    jobs = TrainingJobs(runtime.services, runtime.model_registry())
+    jobs = TrainingJobs(runtime.services, runtime.models)
     jobs.start()
     app.state.training_jobs = jobs
     try:

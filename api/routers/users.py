@@ -17,9 +17,10 @@ from pydantic import StringConstraints
 from api.deps import FeaturesDep, RuntimeDep
 from api.responses import error_responses
 from api.runtime import Runtime
-from api.serving import ItemMetaCache
+from api.serving import ItemMetaCache, NoVector
 from core.errors import ConfigurationError, NotFound
 from schemas.api import (
+    FallbackReason,
     HistoryItem,
     RecommendationModel,
     Recommendations,
@@ -103,6 +104,7 @@ class _Served:
     version: int | None
     items: list[RecommendedItem]
     age_ms: int | None
+    fallback_reason: FallbackReason | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,10 @@ def rerank_depth(k: int) -> int:
     return min(max(3 * k, RERANK_MIN_CANDIDATES), RERANK_MAX_CANDIDATES)
 
 
+def _has_history(stats: Mapping[str, str]) -> bool:
+    return int(stats.get("ratings", 0)) + int(stats.get("clicks", 0)) > 0
+
+
 async def _base(
     runtime: Runtime,
     features: FeatureStore,
@@ -128,22 +134,27 @@ async def _base(
     *,
     exclude_seen: bool,
     wanted: list[str] | None,
-    age: int | None,
+    stats: Mapping[str, str],
+    version: int | None,
 ) -> _Served:
-    """The base model's top ``n``; popular items when it cannot serve the user."""
+    """The base model's top ``n`` (from ``version`` when pinned); popular items, with the
+    reason, when it cannot serve the user."""
+    age = _state_age_ms(stats)
+    reason = None
     if model != RecommendationModel.POPULAR:
         seen = await features.seen_items(user_id) if exclude_seen else set()
-        assert runtime.serving is not None  # built in Runtime.__post_init__
-        answer = await runtime.serving.arecommend(model.value, user_id, n, seen, wanted)
-        if answer is not None:
+        answer = await runtime.serving.arecommend(model.value, user_id, n, seen, wanted, version)
+        if not isinstance(answer, NoVector):
             if answer.updated_ms is not None:
                 age = max(0, int(time.time() * 1000) - answer.updated_ms)
             return _Served(model, answer.version, _from_hits(answer.hits), age)
-    assert runtime.item_meta is not None  # built in Runtime.__post_init__
+        reason = answer.reason
+        if reason == FallbackReason.NO_USER_VECTOR and not _has_history(stats):
+            reason = FallbackReason.NO_HISTORY
     items = await _popular(
         features, runtime.item_meta, user_id if exclude_seen else None, n, wanted
     )
-    return _Served(RecommendationModel.POPULAR, None, items, age)
+    return _Served(RecommendationModel.POPULAR, None, items, age, reason)
 
 
 async def _rerank_dqn(
@@ -158,7 +169,6 @@ async def _rerank_dqn(
     exploration); the base order when no policy can serve, since recommendations must not
     depend on the policy being deployed. Whenever Doc2Vec is active the slate carries a policy
     log (the state, the exploration and its propensities) for the online learner."""
-    assert runtime.rl is not None  # built in Runtime.__post_init__
     if not items:  # e.g. no events yet: a slate (and its policy log) needs at least one item
         return _Reranked(items, note="the base model returned no candidates to re-rank")
     recent = await features.recent_items(user_id, STATE_RECENT_ITEMS)
@@ -183,7 +193,13 @@ async def _rerank_dqn(
 
 @router.get(
     "/{user_id}/recommendations",
-    responses=error_responses(503, described={422: "Unknown model or rerank, or bad k"}),
+    responses=error_responses(
+        503,
+        described={
+            404: "The pinned version has no published vectors (popular has none)",
+            422: "Unknown model or rerank, or bad k or version",
+        },
+    ),
 )
 async def recommend(
     user_id: str,
@@ -203,10 +219,24 @@ async def recommend(
         RerankPolicy | None,
         Query(description="Re-order the base model's candidates by this policy's Q-values"),
     ] = None,
+    version: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**31 - 1,
+            description="Serve this published version of the model instead of the live one",
+        ),
+    ] = None,
 ) -> Recommendations:
-    """Top-k items for a user from ``model``. Users without a vector for that model (and
-    models with nothing published) get the popular items, marked ``fallback: true``. With
+    """Top-k items for a user from ``model`` (its live version, or the published ``version``
+    pinned). Users without a vector for that model (and models with nothing published) get
+    the popular items, marked ``fallback: true`` with a ``fallback_reason``. With
     ``rerank=dqn`` the base model's top ``rerank_depth(k)`` are re-ordered by Q-value."""
+    if version is not None and model == RecommendationModel.POPULAR:
+        # A 404 like any version without published vectors: the request is well-formed.
+        raise NotFound(
+            "popular has no versions: version= pins a published version of a vector model"
+        )
     stats = await features.user_stats(user_id)
     depth = rerank_depth(k) if rerank else k
     base = await _base(
@@ -217,7 +247,8 @@ async def recommend(
         depth,
         exclude_seen=exclude_seen,
         wanted=genre_list(genres),
-        age=_state_age_ms(stats),
+        stats=stats,
+        version=version,
     )
     reranked = (
         await _rerank_dqn(runtime, features, user_id, stats, base.items, k)
@@ -246,7 +277,9 @@ async def recommend(
         model=base.model,
         version=base.version,
         requested_model=model,
+        requested_version=version,
         fallback=base.model != model,
+        fallback_reason=base.fallback_reason,
         variant=variant,
         known_user=bool(stats),
         state_age_ms=base.age_ms,

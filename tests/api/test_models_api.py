@@ -13,7 +13,7 @@ import torch
 
 from api.app import create_app
 from core.settings import Settings
-from stores.model_registry import ModelRegistry
+from stores.model_registry import ModelRegistry, Promotion
 from tests.conftest import ADMIN_KEY, INGEST_KEY
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
@@ -74,6 +74,75 @@ async def test_list_shows_versions_active_metrics_and_config(edge) -> None:  # t
     assert first["config"]["state_dim"] == 5 and first["config"]["item_dim"] == 4
     assert "hidden" not in first["config"]  # a list, not a scalar: left out of the summary
     assert first["artifact_class"].startswith("trainer.") and first["created_at"]
+
+
+WINDOW = {
+    "source": "archive",
+    "events": 1200,
+    "users": 40,
+    "items": 90,
+    "start_ts": 880_000_000,
+    "end_ts": 880_086_400,
+    "offsets": [
+        {"topic": "streamrec.ratings", "partition": 0, "first": 0, "last": 599, "log_id": "L1"}
+    ],
+}
+
+
+def _decided(decision: str, live_version: int, candidate: float) -> Promotion:
+    return Promotion(
+        metric="ndcg@10",
+        candidate_score=candidate,
+        live_score=0.07,
+        live_version=live_version,
+        tolerance=0.02,
+        decision=decision,  # type: ignore[arg-type]
+        reason=f"{decision}: the test says so",
+        heldout_events=300,
+    )
+
+
+async def test_list_shows_status_data_window_and_promotion(edge) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    registry.register("dqn", _dqn(0), data_window=WINDOW, activate=True)  # v1 live
+    registry.register("dqn", _dqn(1))  # v2: scored worse, rejected
+    registry.record_promotion("dqn", 2, _decided("reject", 1, 0.05))
+    registry.register("dqn", _dqn(2))  # v3: promoted, v1 retired
+    registry.record_promotion("dqn", 3, _decided("promote", 1, 0.08))
+
+    response = await client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    (model,) = response.json()["models"]
+    assert model["active_version"] == 3
+    first, rejected, live = model["versions"]
+    assert [(v["status"], v["active"]) for v in (first, rejected, live)] == [
+        ("retired", False),
+        ("rejected", False),
+        ("live", True),
+    ]
+    assert first["data_window"] == WINDOW  # what it saw: counts, span, offsets
+    assert first["promotion"] is None and first["activated_at"] is not None
+    assert rejected["activated_at"] is None and live["activated_at"] is not None
+    promotion = rejected["promotion"]
+    assert promotion.pop("decided_at")
+    assert promotion == {
+        "metric": "ndcg@10",
+        "candidate_score": 0.05,
+        "live_score": 0.07,
+        "live_version": 1,
+        "tolerance": 0.02,
+        "decision": "reject",
+        "reason": "reject: the test says so",
+        "heldout_events": 300,
+    }
+    assert live["promotion"]["decision"] == "promote"
+
+    # An admin rolls back to v1 by hand: it goes live, v3 retires; v2 stays rejected.
+    rollback = await client.post("/v1/models/dqn/versions/1/activate", headers=ADMIN)
+    assert rollback.status_code == 200, rollback.text
+    assert (rollback.json()["status"], rollback.json()["active"]) == ("live", True)
+    versions = (await client.get("/v1/models/dqn")).json()["versions"]
+    assert [v["status"] for v in versions] == ["live", "rejected", "retired"]
 
 
 async def test_get_one_model_and_unknown_model(edge) -> None:  # type: ignore[no-untyped-def]

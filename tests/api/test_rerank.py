@@ -57,6 +57,7 @@ class FakeVectors:
         k: int,
         seen: Iterable[str] = (),
         genres: Sequence[str] | None = None,
+        version: int | None = None,
     ) -> VectorAnswer:
         return self.recommend(model, user_id, k, seen, genres)
 

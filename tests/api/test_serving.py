@@ -14,15 +14,16 @@ import torch
 from core.datasets import InteractionData, synthetic
 from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
-from schemas.events import ItemEvent, SourcedEvent
+from schemas.events import ItemEvent, RatingEvent, SourcedEvent
 from stores.catalog import Archive
+from stores.factory import Stores
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
-from tests.conftest import INGEST_KEY, wait_until
+from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
 from trainer.data import build
 from trainer.loop import TrainConfig, fit
 from trainer.models import build_model
-from trainer.publish import publish_item_vectors, sql_payloads
+from trainer.publish import publish_version
 
 pytestmark = pytest.mark.kafka
 CLUSTER_SHARE = 0.8  # at least 8 of 10 recommended items from the clicked cluster
@@ -57,11 +58,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"data": data, "mf": mf, "sasrec": sasrec, "inter": inter}
 
 
-async def _publish(runtime: Any, trained: dict[str, Any], names: tuple[str, ...]) -> None:
+async def _publish(
+    runtime: Any, trained: dict[str, Any], names: tuple[str, ...], *, ratings: bool = False
+) -> None:
+    """Register the ids and write the catalog (and, with ``ratings``, every rating: the users'
+    history) into the archive, then register and publish each model."""
     services = runtime.services
     data: InteractionData = trained["data"]
     await asyncio.to_thread(build, data, services.ids)
-    items = [
+    events = [
         SourcedEvent(
             ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres), year=i.year),
             "streamrec.items",
@@ -70,7 +75,17 @@ async def _publish(runtime: Any, trained: dict[str, Any], names: tuple[str, ...]
         )
         for n, i in enumerate(data.items.values())
     ]
-    await asyncio.to_thread(Archive(services.engine).write_batch, items)
+    if ratings:
+        events += [
+            SourcedEvent(
+                RatingEvent(user_id=r.user_id, item_id=r.item_id, rating=r.rating),
+                "streamrec.ratings",
+                0,
+                n,
+            )
+            for n, r in enumerate(data.ratings)
+        ]
+    await asyncio.to_thread(Archive(services.engine).write_batch, events)
     models = ModelRegistry(services.engine, runtime.settings.var_dir / "models")
     inter = trained["inter"]
     for name in names:
@@ -78,14 +93,17 @@ async def _publish(runtime: Any, trained: dict[str, Any], names: tuple[str, ...]
         await asyncio.to_thread(_publish_one, runtime, models, name)
 
 
-def _publish_one(runtime: Any, models: ModelRegistry, name: str) -> None:
+def _publish_one(
+    runtime: Any, models: ModelRegistry, name: str, version: int | None = None
+) -> None:
     services = runtime.services
-    publish_item_vectors(
+    publish_version(
         models,
         runtime.vectors,
         services.ids,
-        sql_payloads(services.engine),
+        services.engine,
         name,
+        version,
         checkpoint_dir=runtime.settings.var_dir / "publish",
     )
 
@@ -246,11 +264,11 @@ def test_module_data_has_clear_clusters(tmp_path: Path) -> None:
 
 async def test_item_metadata_is_cached_for_its_ttl_and_unknown_items_are_not(
     services: Any,
+    stores: Stores,
 ) -> None:
     from api.serving import ItemMetaCache
-    from consumers.app import feature_store
 
-    store = feature_store(services)
+    store = stores.features
 
     async def catalog(offset: int, item: ItemEvent) -> None:
         await store.apply_batch("test", [SourcedEvent(item, "streamrec.items", 0, offset)])
@@ -267,3 +285,94 @@ async def test_item_metadata_is_cached_for_its_ttl_and_unknown_items_are_not(
     assert again["m1"]["title"] == "Heat"  # served from the cache within its TTL
     assert again["m2"]["title"] == "Clueless"  # an unknown item was not cached
     assert (await uncached.get(["m1"]))["m1"]["title"] == "Heat (1995)"
+
+
+async def test_after_a_publish_every_user_with_history_is_served_without_a_new_event(
+    app_client: Any, trained: dict[str, Any]
+) -> None:
+    app, client = app_client
+    await _publish(app.state.runtime, trained, ("mf", "sasrec"), ratings=True)
+    users = sorted({r.user_id for r in trained["data"].ratings})
+    for model in ("mf", "sasrec"):
+        for user in users:
+            body = await _recs(client, user, model)
+            assert (body["fallback"], body["fallback_reason"]) == (False, None), (model, user)
+            assert body["version"] == 1 and len(body["items"]) == 10
+
+
+async def test_every_fallback_says_why(app_client: Any, trained: dict[str, Any]) -> None:
+    app, client = app_client
+    runtime = app.state.runtime
+    body = await _recs(client, "u1", "mf")
+    assert (body["fallback"], body["fallback_reason"]) == (True, "no_version_published")
+    assert body["model"] == "popular" and body["version"] is None
+
+    await _publish(runtime, trained, ("mf",))
+    body = await _recs(client, "u1", "mf")  # a trained user: its row was written at publish
+    assert (body["fallback"], body["fallback_reason"], body["version"]) == (False, None, 1)
+    body = await _recs(client, "stranger", "mf")
+    assert (body["fallback"], body["fallback_reason"]) == (True, "no_history")
+    # History in the features, but the vectors group has not seen it (no Kafka event here).
+    rating = RatingEvent(user_id="fresh-face", item_id=next(iter(trained["data"].items)), rating=4)
+    await runtime.features.apply_batch("test", [SourcedEvent(rating, "streamrec.ratings", 0, 0)])
+    body = await _recs(client, "fresh-face", "mf")
+    assert (body["fallback"], body["fallback_reason"]) == (True, "no_user_vector")
+    assert body["known_user"] is True
+    body = await _recs(client, "stranger", "popular")  # asked for popular: no fallback
+    assert (body["fallback"], body["fallback_reason"]) == (False, None)
+
+
+async def test_a_pinned_version_serves_instead_of_the_live_one(
+    app_client: Any, trained: dict[str, Any]
+) -> None:
+    app, client = app_client
+    runtime = app.state.runtime
+    await _publish(runtime, trained, ("mf",))
+    first = await _recs(client, "u1", "mf")
+    models = ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+    inter = trained["inter"]
+    other = build_model("mf", inter, dim=16, seed=7)  # untrained: other vectors
+    models.register("mf", other, {}, inter.n_users, inter.n_items, activate=True)
+    await asyncio.to_thread(_publish_one, runtime, models, "mf")
+
+    live = await _recs(client, "u1", "mf")
+    assert (live["version"], live["requested_version"]) == (2, None)
+    pinned = await _recs(client, "u1", "mf", version=1)
+    assert (pinned["version"], pinned["requested_version"], pinned["fallback"]) == (1, 1, False)
+    assert pinned["items"] == first["items"]  # v1's collections, as when it was live
+    assert live["items"] != first["items"]
+
+    missing = await client.get("/v1/users/u1/recommendations", params={"model": "mf", "version": 3})
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["error"] == "not_found"
+    assert "mf v3 has no published vectors" in missing.json()["message"]
+    popular = await client.get("/v1/users/u1/recommendations", params={"version": 1})
+    assert popular.status_code == 404
+    assert "popular has no versions" in popular.json()["message"]
+
+
+async def test_activating_an_unpublished_version_publishes_it_for_every_user(
+    app_client: Any, trained: dict[str, Any]
+) -> None:
+    app, client = app_client
+    runtime = app.state.runtime
+    await _publish(runtime, trained, ("mf",), ratings=True)
+    models = ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+    inter = trained["inter"]
+    models.register("mf", trained["mf"], {}, inter.n_users, inter.n_items)  # v2: a candidate
+    assert not runtime.vectors.collection_exists("items_mf__v2")
+
+    response = await client.post(
+        "/v1/models/mf/versions/2/activate", headers={"X-API-Key": ADMIN_KEY}
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["version"], response.json()["status"]) == (2, "live")
+    assert runtime.vectors.resolve_alias("items_mf") == "items_mf__v2"
+    users = sorted({r.user_id for r in trained["data"].ratings})
+    assert runtime.vectors.count("users_mf__v2") == len(users)
+    body = await _recs(client, users[-1], "mf")  # no new event: served by v2 at once
+    assert (body["version"], body["fallback"]) == (2, False)
+
+    back = await client.post("/v1/models/mf/versions/1/activate", headers={"X-API-Key": ADMIN_KEY})
+    assert back.status_code == 200, back.text
+    assert runtime.vectors.resolve_alias("items_mf") == "items_mf__v1"  # a rollback swaps too

@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import torch
+from sqlalchemy import Engine, func, select
 
 from api.app import create_app
 from api.training_jobs import StageCallback, TrainingJobs
+from core.ids import IdMapping
 from core.services import Services
 from core.settings import Settings
 from schemas.api import TrainingJobRequest
+from schemas.events import RatingEvent, SourcedEvent
+from stores.catalog import Archive
 from stores.model_registry import ModelRegistry, ModelVersion
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
@@ -88,8 +93,15 @@ async def test_requests_outside_the_bounds_are_422(edge, change: dict, field: st
     assert (await client.get(JOBS, headers=ADMIN)).json()["jobs"] == []
 
 
-async def test_a_synthetic_job_trains_and_registers_a_version(edge) -> None:  # type: ignore[no-untyped-def]
-    _, client = edge
+def _id_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(IdMapping)).scalar_one()
+
+
+async def test_a_synthetic_job_trains_offline_and_leaves_live_state_alone(edge) -> None:  # type: ignore[no-untyped-def]
+    app, client = edge
+    runtime = app.state.runtime
+    live_id_rows = _id_rows(runtime.services.engine)
     body = {"model": "mf", "data": "synthetic", "epochs": 1}
     response = await client.post(JOBS, json=body, headers=ADMIN)
     assert response.status_code == 202, response.text
@@ -97,15 +109,53 @@ async def test_a_synthetic_job_trains_and_registers_a_version(edge) -> None:  # 
     job = await _wait_finished(client, response.json()["id"])
     assert job["status"] == "succeeded", job
     assert job["stage"] == "finished" and job["error"] is None
-    assert job["model_version"] == {"name": "mf", "version": 1, "active": True}
+    assert job["offline"] is True
+    assert job["model_version"] == {"name": "mf", "version": 1, "active": False}
     assert job["test_metrics"]["ndcg@10"] >= 0.0
     assert job["started_at"] <= job["finished_at"]
-    listed = (await client.get("/v1/models/mf")).json()
-    assert listed["active_version"] == 1
-    assert listed["versions"][0]["metrics"]["dataset"] == "synthetic"
-    assert listed["versions"][0]["metrics"]["test"] == job["test_metrics"]
+    # the version lives in the offline run; the live registries never saw it
+    run_dir = runtime.settings.var_dir / "offline" / "synthetic"
+    assert (run_dir / "models" / "mf" / "v1" / "weights.pt").is_file()
+    assert (await client.get("/v1/models/mf")).status_code == 404
+    assert (await client.get("/v1/models")).json()["models"] == []
+    assert _id_rows(runtime.services.engine) == live_id_rows
     jobs = (await client.get(JOBS, headers=ADMIN)).json()["jobs"]
     assert [j["id"] for j in jobs] == [job["id"]]
+
+
+async def test_an_archive_job_registers_a_live_version_with_its_data_window(edge) -> None:  # type: ignore[no-untyped-def]
+    app, client = edge
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    events = [
+        SourcedEvent(
+            RatingEvent(
+                user_id=f"u{u}",
+                item_id=f"m{(u + n) % 12}",
+                rating=float(1 + (u * n) % 5),
+                ts=start + timedelta(minutes=10 * u + n),
+            ),
+            "streamrec.ratings",
+            u % 2,
+            5 * u + n,
+        )
+        for u in range(8)
+        for n in range(5)
+    ]
+    Archive(app.state.runtime.services.engine, log_id="log-1").write_batch(events)
+    body = {"model": "mf", "data": "archive", "epochs": 1}
+    response = await client.post(JOBS, json=body, headers=ADMIN)
+    job = await _wait_finished(client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["offline"] is False
+    assert job["model_version"] == {"name": "mf", "version": 1, "active": True}
+    listed = (await client.get("/v1/models/mf")).json()
+    assert listed["active_version"] == 1
+    window = listed["versions"][0]["data_window"]
+    assert window["source"] == "archive" and window["events"] == 40 and window["users"] == 8
+    assert [(o["partition"], o["first"], o["last"]) for o in window["offsets"]] == [
+        (0, 0, 34),
+        (1, 5, 39),
+    ]
 
 
 async def test_a_failing_job_reports_its_error(edge) -> None:  # type: ignore[no-untyped-def]

@@ -108,6 +108,39 @@ async def test_sql_gone_is_503_naming_sql(settings: Settings) -> None:
         await proxy.close()
 
 
+async def test_hung_sql_is_503_within_the_sql_timeout(settings: Settings) -> None:
+    """A PostgreSQL that accepted the connections and answers nothing (a paused server, a black
+    hole): before the SQL timeout, the request's thread waited on its socket for ever."""
+    url = make_url(normalise_database_url(settings.database_url))
+    if not url.drivername.startswith("postgresql"):
+        pytest.skip("needs STREAMREC_TEST_DATABASE_URL (PostgreSQL) to put a proxy in front")
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    hung = settings.model_copy(update={"database_url": proxied, "sql_timeout_seconds": 0.5})
+    try:
+        async with serving(hung) as (_, client):
+            assert (await client.get("/v1/models")).status_code == 200
+            proxy.pause()
+            async with asyncio.timeout(HANG):
+                response = await client.get("/v1/models")
+            # The pooled connection's ping got no answer in time; no reconnect was waited for.
+            assert_error(response, 503, "service_unavailable", "SQL database", "within 0.5s")
+            async with asyncio.timeout(HANG):  # no pooled connection left: a new one times out
+                response = await client.get("/v1/models")
+            assert_error(response, 503, "service_unavailable", "SQL database")
+            async with asyncio.timeout(HANG):
+                ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["sql"].startswith("down: ")
+            assert ready.json()["checks"]["redis"] == "ok"
+            proxy.resume()
+            async with asyncio.timeout(HANG):  # the server answers again: so does the API
+                assert (await client.get("/v1/models")).status_code == 200
+    finally:
+        await proxy.close()
+
+
 @pytest.fixture
 def private_kafka(settings: Settings):  # type: ignore[no-untyped-def]
     kafka = EmbeddedKafka(settings.topic_partitions)

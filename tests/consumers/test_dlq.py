@@ -40,14 +40,14 @@ async def _dead_letters(services, expected: int):  # type: ignore[no-untyped-def
     return found
 
 
-async def test_dead_letters_keep_the_original_bytes_exactly(services) -> None:  # type: ignore[no-untyped-def]
+async def test_dead_letters_keep_the_original_bytes_exactly(services, stores) -> None:  # type: ignore[no-untyped-def]
     # Not UTF-8 (\xff, a lone continuation byte), a null byte, and a JSON-looking prefix.
     value = b'{"type": "rating", "user_id": "\xff\xfe\x00", "rating": \x80}'
     key = b"\xc3\x28k\x00ey"  # an invalid UTF-8 sequence in the key too
     tombstone_key = b"\xfftomb"
     await _produce(services, [(key, value), (tombstone_key, None)])
 
-    await consume_until_drained(services, [ConsumerGroup.FEATURES])
+    await consume_until_drained(stores, [ConsumerGroup.FEATURES])
 
     letters = await _dead_letters(services, expected=2)
     by_key = {stored.letter.source_key: stored for stored in letters}
@@ -66,7 +66,9 @@ async def test_dead_letters_keep_the_original_bytes_exactly(services) -> None:  
     assert again.payload == value and again.source_key == key
 
 
-async def test_replay_after_a_fix_applies_the_event_once(services, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_replay_after_a_fix_applies_the_event_once(
+    services, stores, engine, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     event = RatingEvent(user_id="replayed", item_id="i1", rating=4)
     validate = consumers.decode._validate
 
@@ -79,7 +81,7 @@ async def test_replay_after_a_fix_applies_the_event_once(services, engine, monke
 
     monkeypatch.setattr(consumers.decode, "_validate", buggy)
     await _produce(services, [(b"replayed", event.model_dump_json().encode())])
-    await consume_until_drained(services, [ConsumerGroup.FEATURES])
+    await consume_until_drained(stores, [ConsumerGroup.FEATURES])
     [stored] = await _dead_letters(services, expected=1)
     assert await services.redis.hget(user_key("replayed"), "ratings") is None
 
@@ -94,7 +96,7 @@ async def test_replay_after_a_fix_applies_the_event_once(services, engine, monke
     assert (summary.letters, summary.records, summary.published) == (1, 1, 1), summary
     assert summary.already == [] and summary.unconfirmed == []
     assert ("publishing", 1, 1) in seen  # progress carries the true total
-    await consume_until_drained(services, [ConsumerGroup.FEATURES])
+    await consume_until_drained(stores, [ConsumerGroup.FEATURES])
     assert await services.redis.hget(user_key("replayed"), "ratings") == "1"
 
     again = await replay_dead_letters(
@@ -108,11 +110,13 @@ async def test_replay_after_a_fix_applies_the_event_once(services, engine, monke
     assert dry.published == 0 and dry.already == [stored.source]
 
 
-async def test_replay_publishes_a_record_rejected_by_several_groups_once(services, engine) -> None:  # type: ignore[no-untyped-def]
+async def test_replay_publishes_a_record_rejected_by_several_groups_once(
+    services, stores, engine
+) -> None:  # type: ignore[no-untyped-def]
     # Both groups dead-letter the same malformed record: one source record, one replay.
     await _produce(services, [(b"k", b"not json")])
     broker = build_consumer_broker(
-        services, Metrics(), [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
+        stores, Metrics(), [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
     )
     groups = {FEATURES, ConsumerGroup.ARCHIVE.value}
     letters: list = []

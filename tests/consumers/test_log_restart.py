@@ -7,18 +7,14 @@ offsets was skipped as "redelivered" (20 of 20 ratings after a restart never rea
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from consumers.app import feature_store
 from core.db import create_db_engine
-from core.services import open_services
 from core.settings import Settings
 from schemas.events import ItemEvent, RatingEvent
 from schemas.topics import ConsumerGroup
 from stores.catalog import Archive
-from stores.schema import create_schema
+from stores.factory import open_stores
 from tests.conftest import consume_until_drained
 
 pytestmark = pytest.mark.kafka
@@ -28,10 +24,10 @@ GROUPS = [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
 async def _run_up(settings: Settings, events: list) -> tuple[str, int]:  # type: ignore[type-arg]
     """One `up`: open the services (a new embedded Kafka), run the features and archive groups,
     publish ``events``, wait until both groups consumed them; (log id, user's ratings)."""
-    async with open_services(settings) as services:
-        await asyncio.to_thread(create_schema, services.engine)
-        await consume_until_drained(services, GROUPS, events)
-        stats = await feature_store(services).user_stats("u")
+    async with open_stores(settings) as stores:
+        services = stores.services
+        await consume_until_drained(stores, GROUPS, events)
+        stats = await stores.features.user_stats("u")
         assert services.kafka_log_id is not None
         return services.kafka_log_id, int(stats.get("ratings", 0))
 

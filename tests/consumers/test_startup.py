@@ -5,29 +5,20 @@ delay (~3 s)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from consumers.app import DEFAULT_GROUPS, build_consumer_broker
 from core.metrics import Metrics
 from core.services import Services
-from core.settings import Settings
-from stores.vectors import VectorStore, open_vector_store
+from stores.factory import Stores
 
 
-@pytest.fixture
-def vector_store(settings: Settings) -> Iterator[VectorStore]:
-    store = open_vector_store(settings)
-    yield store
-    store.close()
-
-
-async def test_groups_join_at_the_same_time(services: Services, vector_store: VectorStore) -> None:
+async def test_groups_join_at_the_same_time(services: Services, stores: Stores) -> None:
     """Every group's start (its join) begins before any of them finishes: the joins overlap.
     (How long they take is measured, not asserted: one join waits out the cluster's rebalance
     delay.)"""
-    broker = build_consumer_broker(services, Metrics(), DEFAULT_GROUPS, vector_store)
+    broker = build_consumer_broker(stores, Metrics(), DEFAULT_GROUPS)
     steps: list[tuple[str, str]] = []
     for subscriber in broker.subscribers:
         original = subscriber.start
@@ -52,9 +43,9 @@ async def test_groups_join_at_the_same_time(services: Services, vector_store: Ve
 
 
 async def test_a_failed_start_stops_the_groups_already_starting(
-    services: Services, vector_store: VectorStore
+    services: Services, stores: Stores
 ) -> None:
-    broker = build_consumer_broker(services, Metrics(), DEFAULT_GROUPS, vector_store)
+    broker = build_consumer_broker(stores, Metrics(), DEFAULT_GROUPS)
     failing = broker.subscribers[1]
 
     async def fail() -> None:

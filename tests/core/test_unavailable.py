@@ -3,16 +3,18 @@ clients are built with the configured timeouts (issue 11, item 5)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.db import create_db_engine
 from core.errors import ServiceUnavailable
+from core.pg_timeout import BoundedConnection
 from core.services import redis_client
 from core.settings import Settings
 from core.unavailable import service_unavailable
@@ -62,7 +64,7 @@ async def test_a_closed_redis_port_fails_at_once_as_unavailable() -> None:
     await client.aclose()
 
 
-def test_the_sql_engine_uses_the_configured_timeouts() -> None:
+def test_the_sql_engine_uses_the_configured_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = create_db_engine(
         "postgresql://postgres@127.0.0.1:1/nothing",
         connect_timeout_seconds=0.5,
@@ -70,11 +72,14 @@ def test_the_sql_engine_uses_the_configured_timeouts() -> None:
     )
     assert engine.pool.timeout() == 0.7
     captured: dict[str, object] = {}
+    connect = BoundedConnection.connect
 
-    def capture(_dialect, _record, _args, kwargs) -> None:  # type: ignore[no-untyped-def]
+    def capture(*args: Any, **kwargs: Any) -> BoundedConnection:
         captured.update(kwargs)
+        return connect(*args, **kwargs)
 
-    event.listen(engine, "do_connect", capture)
+    # A PostgreSQL engine opens its connections through core.pg_timeout (its do_connect hook).
+    monkeypatch.setattr(BoundedConnection, "connect", capture)
     with pytest.raises(OperationalError) as raised:  # nothing listens on port 1
         engine.connect()
     # libpq's floor is 2 s: asking for less gets 2, never 0 (which would mean no timeout).

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.app import build_consumer_broker, feature_store
+from consumers.app import build_consumer_broker
 from consumers.dlq import read_dead_letters
 from core.datasets import load_movielens, synthetic
 from core.ids import IdKind
@@ -104,10 +104,10 @@ async def test_http_and_sdk_events_reach_redis_and_sql(app_client) -> None:  # t
 
 
 @pytest.mark.movielens
-async def test_movielens_replay_matches_ratings_csv(services, ml100k) -> None:  # type: ignore[no-untyped-def]
+async def test_movielens_replay_matches_ratings_csv(services, stores, ml100k) -> None:  # type: ignore[no-untyped-def]
     create_schema(services.engine)
     data = load_movielens(ml100k)
-    broker = build_consumer_broker(services, Metrics(), [ConsumerGroup.FEATURES])
+    broker = build_consumer_broker(stores, Metrics(), [ConsumerGroup.FEATURES])
     await broker.start()
     try:
         async with EventPublisher(services.kafka_bootstrap) as publisher:
@@ -149,7 +149,7 @@ async def _rewind_group(services, group: str) -> None:  # type: ignore[no-untype
         await rewind.stop()
 
 
-async def test_restart_over_same_messages_does_not_double_count(services) -> None:  # type: ignore[no-untyped-def]
+async def test_restart_over_same_messages_does_not_double_count(services, stores) -> None:  # type: ignore[no-untyped-def]
     create_schema(services.engine)
     data = synthetic(n_users=50, n_items=40, n_events=3000, seed=3)
     truth = Counter(r.user_id for r in data.ratings)
@@ -157,7 +157,7 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
         await replay(data, publisher)
 
     metrics = Metrics()
-    first = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
+    first = build_consumer_broker(stores, metrics, [ConsumerGroup.FEATURES])
     await first.start()
     try:
 
@@ -173,7 +173,7 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
     await _rewind_group(services, FEATURES)
     assert await _lag(services, FEATURES) == len(data.ratings) + len(data.items)
 
-    second = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
+    second = build_consumer_broker(stores, metrics, [ConsumerGroup.FEATURES])
     await second.start()
     try:
         await _wait_drained(services, timeout=120)
@@ -187,10 +187,10 @@ async def test_restart_over_same_messages_does_not_double_count(services) -> Non
     assert skipped and skipped > 0  # the redelivery really happened, and was recognised
 
 
-async def test_duplicate_event_ids_are_applied_once(services) -> None:  # type: ignore[no-untyped-def]
+async def test_duplicate_event_ids_are_applied_once(services, stores) -> None:  # type: ignore[no-untyped-def]
     create_schema(services.engine)
     event = RatingEvent(user_id="dup", item_id="x", rating=3)
-    broker = build_consumer_broker(services, Metrics(), [ConsumerGroup.FEATURES])
+    broker = build_consumer_broker(stores, Metrics(), [ConsumerGroup.FEATURES])
     await broker.start()
     try:
         async with EventPublisher(services.kafka_bootstrap) as publisher:
@@ -225,7 +225,7 @@ async def _read_topic(services, topic: str, expected: int) -> list[dict]:  # typ
     return found
 
 
-async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services, stores) -> None:  # type: ignore[no-untyped-def]
     create_schema(services.engine)
     valid = [RatingEvent(user_id="dl", item_id=f"i{n}", rating=4) for n in range(2)]
     bad = {
@@ -253,7 +253,7 @@ async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services)
         await producer.stop()
 
     metrics = Metrics()
-    broker = build_consumer_broker(services, metrics, [ConsumerGroup.FEATURES])
+    broker = build_consumer_broker(stores, metrics, [ConsumerGroup.FEATURES])
     await broker.start()
     try:
         await _wait_drained(services)
@@ -283,7 +283,7 @@ async def test_bad_messages_go_to_dlq_and_valid_ones_around_them_apply(services)
     assert counted == {"malformed_json": 1.0, "invalid": 2.0, "unknown_type": 1.0}
 
 
-async def test_lag_counts_unconsumed_events_and_returns_to_zero(services) -> None:  # type: ignore[no-untyped-def]
+async def test_lag_counts_unconsumed_events_and_returns_to_zero(services, stores) -> None:  # type: ignore[no-untyped-def]
     create_schema(services.engine)
     events = [ItemEvent(item_id="z")] + [
         RatingEvent(user_id=f"u{n}", item_id="z", rating=3) for n in range(25)
@@ -296,7 +296,7 @@ async def test_lag_counts_unconsumed_events_and_returns_to_zero(services) -> Non
     assert lagging and all(p.lag_seconds is not None and p.lag_seconds >= 0 for p in lagging)
     assert all(p.committed_offset is None for p in report.groups[0].partitions)
 
-    broker = build_consumer_broker(services, Metrics(), [ConsumerGroup.FEATURES])
+    broker = build_consumer_broker(stores, Metrics(), [ConsumerGroup.FEATURES])
     await broker.start()
     try:
         await _wait_drained(services)
@@ -305,7 +305,7 @@ async def test_lag_counts_unconsumed_events_and_returns_to_zero(services) -> Non
     report = await consumer_lag(services.kafka_bootstrap, groups=[FEATURES])
     assert report.total_lag == 0
     assert sum(p.end_offset for p in report.groups[0].partitions) == 26
-    store = feature_store(services)
+    store = stores.features
     assert [item for item, _ in await store.popular(1)] == ["z"]
 
 
@@ -321,7 +321,7 @@ async def test_ops_lag_endpoint(app_client) -> None:  # type: ignore[no-untyped-
     async def drained() -> bool:
         body = (await client.get("/v1/ops/lag")).json()
         ends = sum(p["end_offset"] for g in body["groups"] for p in g["partitions"])
-        return body["total_lag"] == 0 and ends == 12  # 3 ratings, read by 4 groups
+        return body["total_lag"] == 0 and ends == 15  # 3 ratings, read by 5 groups
 
     await wait_until(drained)
     body = (await client.get("/v1/ops/lag")).json()
@@ -338,10 +338,11 @@ async def test_ops_lag_endpoint(app_client) -> None:  # type: ignore[no-untyped-
             "streamrec.clicks",
             "streamrec.impressions",
         },
-        "streamrec-vectors": {"streamrec.ratings", "streamrec.clicks"},
+        "streamrec-vectors": {"streamrec.ratings", "streamrec.clicks", "streamrec.items"},
         "streamrec-online-rl": {
             "streamrec.impressions",
             "streamrec.clicks",
             "streamrec.ratings",
         },
+        "streamrec-retrain": {"streamrec.ratings"},
     }

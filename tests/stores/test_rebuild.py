@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumers.app import feature_store
 from core.services import Services
 from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
 from schemas.topics import ConsumerGroup, Topic
 from stores.catalog import Archive
+from stores.factory import Stores
 from stores.rebuild import rebuild_features, snapshot_features, state_behind_archive
 from stores.schema import create_schema
 from tests.conftest import consume_until_drained
@@ -50,16 +50,16 @@ def _interactions() -> list:  # type: ignore[type-arg]
     return events
 
 
-async def _consume(services: Services, events: list) -> None:  # type: ignore[type-arg]
+async def _consume(stores: Stores, events: list) -> None:  # type: ignore[type-arg]
     """Run the features and archive groups until both have consumed ``events``."""
-    await consume_until_drained(services, GROUPS, events)
+    await consume_until_drained(stores, GROUPS, events)
 
 
-async def _snapshot(services: Services):  # type: ignore[no-untyped-def]
-    settings = services.settings
+async def _snapshot(stores: Stores):  # type: ignore[no-untyped-def]
+    settings = stores.settings
     return await snapshot_features(
-        services.redis,
-        feature_store(services),
+        stores.services.redis,
+        stores.features,
         USERS,
         ITEMS,
         settings.popularity_half_life_days,
@@ -67,16 +67,18 @@ async def _snapshot(services: Services):  # type: ignore[no-untyped-def]
     )
 
 
-async def test_rebuild_after_flushdb_equals_what_the_consumers_built(services: Services) -> None:
+async def test_rebuild_after_flushdb_equals_what_the_consumers_built(
+    services: Services, stores: Stores
+) -> None:
     await asyncio.to_thread(create_schema, services.engine)
     catalog = [
         ItemEvent(item_id=item, title=f"Film {item}", genres=["Drama", f"G{n % 3}"], year=1990 + n)
         for n, item in enumerate(ITEMS)
     ]
-    await _consume(services, catalog)  # the catalog first: every rating finds its genres
-    await _consume(services, _interactions())
-    store, archive = feature_store(services), Archive(services.engine)
-    original = await _snapshot(services)
+    await _consume(stores, catalog)  # the catalog first: every rating finds its genres
+    await _consume(stores, _interactions())
+    store, archive = stores.features, Archive(services.engine)
+    original = await _snapshot(stores)
     u0 = original.users["u0"]
     assert u0["ratings"] and u0["clicks"] and u0["impressions"] and u0["g:Drama"]
     assert original.items["m0"]["impressions"] > 0 and original.variants
@@ -85,12 +87,12 @@ async def test_rebuild_after_flushdb_equals_what_the_consumers_built(services: S
     offsets = {tp: await store.applied_offset(FEATURES, *tp) for tp in positions}
 
     await services.redis.flushdb()
-    assert len((await _snapshot(services)).differences(original)) > 100  # the comparison sees
+    assert len((await _snapshot(stores)).differences(original)) > 100  # the comparison sees
     assert await state_behind_archive(store, archive, FEATURES, "a-new-log") is not None
     report = await rebuild_features(store, archive, FEATURES, services.kafka_log_id, chunk=50)
 
     assert (report.items, report.interactions) == (12, 240)
-    rebuilt = await _snapshot(services)
+    rebuilt = await _snapshot(stores)
     assert rebuilt.differences(original) == []
     assert {tp: await store.applied_offset(FEATURES, *tp) for tp in positions} == offsets
     assert await store.log_of(FEATURES) == services.kafka_log_id
@@ -102,15 +104,16 @@ async def test_rebuild_after_flushdb_equals_what_the_consumers_built(services: S
     old = RatingEvent(user_id="u0", item_id="m0", rating=5, ts=at(1))
     redelivered = await store.apply_batch(FEATURES, [SourcedEvent(old, topic, partition, high)])
     assert (redelivered.applied, redelivered.redelivered) == (0, 1)
-    await _consume(services, [RatingEvent(user_id="u0", item_id="m1", rating=4, ts=at(10**6))])
+    await _consume(stores, [RatingEvent(user_id="u0", item_id="m1", rating=4, ts=at(10**6))])
     assert int((await store.user_stats("u0"))["ratings"]) == u0["ratings"] + 1  # type: ignore[operator]
 
 
 async def test_archive_beyond_the_applied_offsets_of_a_gone_log_is_reported(
     services: Services,
+    stores: Stores,
 ) -> None:
     await asyncio.to_thread(create_schema, services.engine)
-    store = feature_store(services)
+    store = stores.features
     await store.adopt_log(FEATURES, "old-log", [])
     await store.apply_batch(FEATURES, [], positions={(Topic.RATINGS.value, 0): 4})
     archive = Archive(services.engine, log_id="old-log")

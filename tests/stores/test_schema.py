@@ -23,8 +23,10 @@ from sqlalchemy import Engine, inspect, text
 
 from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
+from schemas.api import VersionStatus
 from schemas.events import ImpressionEvent, PolicyLog, SourcedEvent
 from stores.catalog import Archive
+from stores.model_registry import ModelRegistry
 from stores.schema import (
     ADVISORY_LOCK_KEY,
     INITIAL_REVISION,
@@ -171,6 +173,65 @@ def test_database_at_0001_upgrades_to_0002_keeping_its_rows(empty_engine: Engine
     assert archive.write_batch([SourcedEvent(served, "streamrec.impressions", 0, 0)]) == 1
     assert archive.impressions(policy="dqn") == [served]
     assert archive.count_interactions("impression") == 2
+
+
+def test_model_versions_at_0004_get_a_status_from_their_active_flag(
+    empty_engine: Engine, tmp_path: Path
+) -> None:
+    _upgrade_to(empty_engine, "0004")
+    versions_0004 = sa.table(
+        "model_versions",
+        *(
+            sa.column(name, type_)
+            for name, type_ in [
+                ("name", sa.String()),
+                ("version", sa.Integer()),
+                ("created_at", sa.DateTime(timezone=True)),
+                ("artifact_class", sa.String()),
+                ("metrics", sa.JSON()),
+                ("config", sa.JSON()),
+                ("n_users", sa.Integer()),
+                ("n_items", sa.Integer()),
+                ("data_window", sa.JSON()),
+                ("path", sa.String()),
+                ("active", sa.Boolean()),
+            ]
+        ),
+    )
+    created = datetime(2026, 11, 1, tzinfo=UTC)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            versions_0004.insert(),
+            [
+                {
+                    "name": "mf",
+                    "version": version,
+                    "created_at": created,
+                    "artifact_class": "trainer.models.mf:MF",
+                    "metrics": {},
+                    "config": {},
+                    "n_users": 1,
+                    "n_items": 1,
+                    "data_window": {"events": version},
+                    "path": f"mf/v{version}",
+                    "active": version == 2,
+                }
+                for version in (1, 2, 3)
+            ],
+        )
+
+    create_schema(empty_engine)
+
+    assert _revision(empty_engine) == _head()
+    kept = ModelRegistry(empty_engine, tmp_path / "models").list("mf")
+    assert [(v.version, v.status, v.active) for v in kept] == [
+        (1, VersionStatus.RETIRED, False),
+        (2, VersionStatus.LIVE, True),
+        (3, VersionStatus.RETIRED, False),
+    ]
+    assert [(v.data_window, v.activated_at, v.promotion) for v in kept] == [
+        ({"events": n}, None, None) for n in (1, 2, 3)
+    ]
 
 
 def test_partial_create_all_database_is_refused(empty_engine: Engine) -> None:

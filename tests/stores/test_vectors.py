@@ -1,26 +1,26 @@
-"""One contract suite for both VectorStore backends: Qdrant Edge and qdrant-client local mode."""
+"""One contract suite for both VectorStore backends: Qdrant Edge and qdrant-client local mode.
+
+The bulk loader (``stores/vectors/bulk.py``) has its own file, ``test_vectors_bulk.py``.
+"""
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
-from core.errors import ConfigurationError, InvalidInput, NotFound, ServiceUnavailable
+from core.errors import ConfigurationError, InvalidInput, NotFound
 from core.settings import Settings
 from stores.vectors import (
     EdgeVectorStore,
     QdrantServerVectorStore,
-    RetryPolicy,
     VectorBatch,
-    Vectors,
     VectorStore,
-    array_source,
     bulk_upsert,
     items_alias,
     open_vector_store,
@@ -33,11 +33,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 
 DIM = 8
 GENRES = ["action", "comedy", "drama", "horror"]
-NO_RETRY_SLEEP = RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0)
 
 
-@pytest.fixture(params=["edge", "local"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+# Named apart from the fixture so test_vectors_bulk.py can import it without shadowing.
+@pytest.fixture(name="store", params=["edge", "local"])
+def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     url = "embedded" if request.param == "edge" else ":memory:"
     vector_store = open_vector_store(url, tmp_path / "qdrant")
     yield vector_store
@@ -61,6 +61,15 @@ def clustered(n: int, seed: int = 0) -> tuple[list[int], np.ndarray, list[dict[s
         for i in ids
     ]
     return ids, vectors, payloads
+
+
+def chunks(n: int, size: int, fail_after: int | None = None) -> Iterator[VectorBatch]:
+    """The clustered points as a stream of input chunks; optionally dies after some chunks."""
+    ids, vectors, payloads = clustered(n)
+    for number, lo in enumerate(range(0, n, size)):
+        if fail_after is not None and number == fail_after:
+            raise KeyboardInterrupt("simulated crash of the loader")
+        yield ids[lo : lo + size], vectors[lo : lo + size], payloads[lo : lo + size]
 
 
 def axis(index: int) -> list[float]:
@@ -260,136 +269,24 @@ def test_publishing_a_version_never_fails_live_queries(store: VectorStore) -> No
     assert store.count(alias) == 1500
 
 
-# -- bulk upsert -------------------------------------------------------------------------------
-
-
-def chunks(n: int, size: int, fail_after: int | None = None) -> Iterator[VectorBatch]:
-    """The clustered points as a stream of input chunks; optionally dies after some chunks."""
-    ids, vectors, payloads = clustered(n)
-    for number, lo in enumerate(range(0, n, size)):
-        if fail_after is not None and number == fail_after:
-            raise KeyboardInterrupt("simulated crash of the loader")
-        yield ids[lo : lo + size], vectors[lo : lo + size], payloads[lo : lo + size]
-
-
-class RecordingStore:
-    """Delegates to a store, records upserted ids, and can fail chosen upsert calls."""
-
-    def __init__(self, inner: VectorStore, fail_calls: Sequence[int] = ()) -> None:
-        self.inner = inner
-        self.fail_calls = set(fail_calls)
-        self.calls = 0
-        self.upserted: list[int] = []
-
-    def upsert(
-        self, collection: str, ids: Sequence[int], vectors: Vectors, payloads: Any = None
-    ) -> None:
-        self.calls += 1
-        if self.calls in self.fail_calls:
-            raise ServiceUnavailable("simulated: Qdrant did not answer")
-        self.inner.upsert(collection, ids, vectors, payloads)
-        self.upserted.extend(ids)
-
-    def optimize(self, collection: str) -> None:
-        self.inner.optimize(collection)
-
-
-def assert_exactly(store: VectorStore, name: str, n: int) -> None:
-    assert store.count(name) == n
-    records = store.retrieve(name, range(n))
-    assert [r.id for r in records] == list(range(n))
-    _, vectors, payloads = clustered(n)
-    for r in records[:: max(1, n // 50)]:
-        np.testing.assert_allclose(r.vector, vectors[r.id], rtol=1e-5)
-        assert r.payload == payloads[r.id]
-
-
-def test_interrupted_bulk_upsert_resumes_exactly(store: VectorStore, tmp_path: Path) -> None:
-    name = store.create_item_version("mf", DIM)
-    checkpoint = tmp_path / "bulk.json"
-    recording = RecordingStore(store)
-    kwargs: dict[str, Any] = {"checkpoint_path": checkpoint, "batch_size": 256, "optimize": False}
-    with pytest.raises(KeyboardInterrupt):
-        bulk_upsert(recording, name, chunks(3000, 100, fail_after=13), **kwargs)  # type: ignore[arg-type]
-    saved = json.loads(checkpoint.read_text())
-    assert saved["offset"] == 1280 and not saved["complete"]  # 5 whole batches of 256
-    assert store.count(name) == 1280
-
-    progress: list[int] = []
-    result = bulk_upsert(recording, name, chunks(3000, 100), on_progress=progress.append, **kwargs)  # type: ignore[arg-type]
-    assert result.resumed_from == 1280 and result.points == 3000
-    assert progress[0] == 1280 and progress[-1] == 3000
-    assert sorted(recording.upserted) == list(range(3000))  # each point sent exactly once
-    assert_exactly(store, name, 3000)
-    assert json.loads(checkpoint.read_text())["complete"]
-    again = bulk_upsert(recording, name, chunks(3000, 100), **kwargs)  # type: ignore[arg-type]
-    assert again.batches == 0 and len(recording.upserted) == 3000
-
-
-def test_bulk_upsert_gives_up_then_resumes_from_callable_source(
-    store: VectorStore, tmp_path: Path
-) -> None:
-    name = store.create_item_version("mf", DIM)
-    checkpoint = tmp_path / "bulk.json"
-    ids, vectors, payloads = clustered(2000)
-    source = array_source(ids, vectors, payloads, chunk=300)
-    failing = RecordingStore(store, fail_calls=range(4, 100))  # the 4th call on never answers
-    with pytest.raises(ServiceUnavailable):
-        bulk_upsert(
-            failing,  # type: ignore[arg-type]
-            name,
-            source,
-            checkpoint_path=checkpoint,
-            batch_size=500,
-            retry=NO_RETRY_SLEEP,
-            optimize=False,
-        )
-    assert json.loads(checkpoint.read_text())["offset"] == 1500
-    healthy = RecordingStore(store)
-    result = bulk_upsert(healthy, name, source, checkpoint_path=checkpoint, batch_size=500)  # type: ignore[arg-type]
-    assert healthy.upserted == list(range(1500, 2000))
-    assert result.points == 2000 and result.batches == 1
-    assert_exactly(store, name, 2000)
-    assert [h.id % 4 for h in store.query(name, axis(2), k=5)] == [2] * 5  # optimized, still right
-
-
-def test_bulk_upsert_retries_transient_failures(store: VectorStore) -> None:
-    name = store.create_item_version("mf", DIM)
-    flaky = RecordingStore(store, fail_calls=[2, 3])
-    pauses: list[float] = []
-    retry = RetryPolicy(attempts=5, base_delay=0.1, max_delay=1.0)
-    result = bulk_upsert(
-        flaky,  # type: ignore[arg-type]
-        name,
-        chunks(1000, 250),
-        batch_size=400,
-        retry=retry,
-        sleep=pauses.append,
-        optimize=False,
-    )
-    assert result.retries == 2 and result.batches == 3
-    assert len(pauses) == 2 and 0.05 <= pauses[0] <= 0.1 and 0.1 <= pauses[1] <= 0.2
-    assert_exactly(store, name, 1000)
-
-
-def test_bulk_upsert_does_not_retry_bad_input(store: VectorStore) -> None:
-    name = store.create_item_version("mf", DIM)
-    bad: list[VectorBatch] = [([1, 2], np.zeros((2, DIM + 1)), None)]
-    pauses: list[float] = []
-    with pytest.raises(InvalidInput):
-        bulk_upsert(store, name, bad, sleep=pauses.append, optimize=False)
-    assert pauses == []
-
-
-def test_checkpoint_of_another_collection_is_refused(store: VectorStore, tmp_path: Path) -> None:
-    name = store.create_item_version("mf", DIM)
-    checkpoint = tmp_path / "bulk.json"
-    checkpoint.write_text(json.dumps({"collection": "items_x__v1", "offset": 5, "batches": 1}))
-    with pytest.raises(InvalidInput):
-        bulk_upsert(store, name, chunks(10, 10), checkpoint_path=checkpoint)
-
-
 # -- backend specifics -------------------------------------------------------------------------
+
+
+def test_only_the_in_process_edge_is_called_on_the_event_loop(store: VectorStore) -> None:
+    """Edge answers in-process holding the GIL (a thread buys nothing); local mode, standing in
+    for the server, must run in a thread like the server's network calls."""
+    expected = isinstance(store, EdgeVectorStore)
+    assert isinstance(store, EdgeVectorStore | QdrantServerVectorStore)
+    assert store.call_on_event_loop is expected
+
+
+def test_a_real_server_is_called_in_a_thread() -> None:
+    """The HTTP client (no request is made here) waits on the network: never on the loop."""
+    client = QdrantClient(url="http://127.0.0.1:9", check_compatibility=False)
+    with QdrantServerVectorStore(client) as server:
+        assert server.call_on_event_loop is False
+    # Abstract in the interface: a new backend cannot inherit a default answer.
+    assert "call_on_event_loop" in VectorStore.__abstractmethods__
 
 
 def test_edge_alias_swapped_by_another_store_is_seen(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from rich.progress import Progress
@@ -40,6 +42,22 @@ def test_early_stopping_restores_the_best_epoch(tiny: Interactions) -> None:
     assert [e["epoch"] for e in history.epochs] == [1, 2, 3, 4]  # 2 epochs without progress
     assert history.best_epoch == 2 and history.best_metric == 0.5
     assert all(torch.equal(a, b) for a, b in zip(_weights(model), snapshots[1], strict=True))
+
+
+def test_validating_the_start_keeps_it_when_no_epoch_beats_it(tiny: Interactions) -> None:
+    model = build_model("bpr", tiny, dim=8)
+    start = _weights(model)
+    scores = iter([0.5, 0.4, 0.3, 0.45])
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        return {"ndcg@10": next(scores)}
+
+    config = TrainConfig(epochs=5, batch_size=512, lr=1e-2, patience=3, threads=1)
+    history = fit(model, tiny, validate, replace(config, validate_start=True))
+    assert [e["epoch"] for e in history.epochs] == [0, 1, 2, 3]
+    assert "loss" not in history.epochs[0]  # nothing trained yet
+    assert history.best_epoch == 0 and history.best_metric == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(_weights(model), start, strict=True))
 
 
 def test_history_and_progress(tiny: Interactions) -> None:

@@ -1,9 +1,10 @@
-"""The model registry on SQLite (and PostgreSQL when configured), and retrains through the id
-registry: same item → same row, new items → new rows, old rows kept."""
+"""Every trainer artifact through the model registry on SQLite (and PostgreSQL when
+configured): saved and rebuilt from its own files, and retrains through the id registry: same
+item → same row, new items → new rows, old rows kept. The registry itself (statuses,
+activation, promotion records, retention) is tested in tests/stores/test_model_registry.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ import torch
 from sqlalchemy import Engine
 
 from core.datasets import InteractionData, Rating
-from core.errors import InvalidInput, NotFound
 from core.ids import IdKind, IdRegistry
 from stores.model_registry import ModelRegistry
 from trainer.data import Interactions, build, pad_sequences
@@ -45,62 +45,6 @@ def models(engine: Engine, tmp_path: Path) -> ModelRegistry:
 @pytest.fixture
 def inter(engine: Engine, tiny_raw: InteractionData) -> Interactions:
     return build(tiny_raw, IdRegistry(engine))
-
-
-def test_versions_list_activate_delete(models: ModelRegistry, inter: Interactions) -> None:
-    model = build_model("bpr", inter, dim=4)
-    v1 = models.register(
-        "bpr", model, {"ndcg@10": 0.1}, inter.n_users, inter.n_items, {"start_ts": 1, "end_ts": 2}
-    )
-    v2 = models.register("bpr", model, {"ndcg@10": 0.2}, activate=True)
-    assert (v1.version, v2.version) == (1, 2)
-    assert v1.path == models.root / "bpr" / "v1"
-    assert {p.name for p in v1.path.iterdir()} >= {
-        "weights.pt",
-        "config.json",
-        "metrics.json",
-        "meta.json",
-    }
-    meta = json.loads((v1.path / "meta.json").read_text())
-    assert meta["n_items"] == inter.n_items and meta["data_window"] == {"start_ts": 1, "end_ts": 2}
-    assert [v.version for v in models.list("bpr")] == [1, 2]
-    assert models.get("bpr", 1).metrics == {"ndcg@10": 0.1}
-    assert models.active("bpr").version == 2  # type: ignore[union-attr]
-    models.activate("bpr", 1)
-    assert models.active("bpr").version == 1  # type: ignore[union-attr]
-    assert [v.active for v in models.list("bpr")] == [True, False]
-    with pytest.raises(InvalidInput, match="active"):
-        models.delete("bpr", 1)
-    models.delete("bpr", 2)
-    assert not (models.root / "bpr" / "v2").exists()
-    assert models.register("bpr", model).version == 2  # numbers continue from the highest
-    with pytest.raises(NotFound):
-        models.get("bpr", 9)
-    assert models.active("nothing") is None
-    with pytest.raises(NotFound):
-        models.load("nothing")
-
-
-@pytest.mark.parametrize("bad", ["../x", "A", "", "a/b", "a b", "x" * 65])
-def test_names_cannot_escape_the_root(models: ModelRegistry, bad: str) -> None:
-    with pytest.raises(InvalidInput):
-        models.version_dir(bad, 1)
-
-
-@pytest.mark.parametrize("bad", [0, -1, True, "1"])
-def test_versions_are_positive_ints(models: ModelRegistry, bad: object) -> None:
-    with pytest.raises(InvalidInput):
-        models.get("bpr", bad)  # type: ignore[arg-type]
-
-
-def test_only_trainer_classes_load(models: ModelRegistry, inter: Interactions) -> None:
-    version = models.register("mf", build_model("mf", inter, dim=4))
-    meta_path = version.path / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["artifact_class"] = "os:system"
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(InvalidInput):
-        models.load("mf", 1)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -1,4 +1,5 @@
-"""Publishing item vectors: versioned collections, alias swap, payloads, rollback, the CLI."""
+"""Publishing: versioned item collections, payloads, rollback, serving names, the CLI (the
+user vectors written before the swap: tests/trainer/test_live.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from stores.schema import create_schema
 from stores.vectors import EdgeVectorStore
 from trainer.data import build
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from trainer.live import publish_version
 from trainer.models import build_model
-from trainer.publish import item_matrix, publish_item_vectors, register, sql_payloads
+from trainer.publish import item_matrix, register, serving_name
 
 
 def small_data() -> InteractionData:
@@ -68,13 +70,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _publish(world: dict[str, Any], model: str, **kwargs: Any):  # type: ignore[no-untyped-def]
-    return publish_item_vectors(
-        world["models"],
-        world["store"],
-        world["ids"],
-        sql_payloads(world["engine"]),
-        model,
-        **kwargs,
+    return publish_version(
+        world["models"], world["store"], world["ids"], world["engine"], model, **kwargs
     )
 
 
@@ -83,16 +80,16 @@ def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any
     inter = build(world["data"], ids)
     first = build_model("mf", inter, dim=4)
     models.register("mf", first, activate=True)
-    progress: list[tuple[int, int]] = []
+    progress: list[tuple[str, int, int]] = []
     done = _publish(
         world,
         "mf",
         checkpoint_dir=world["tmp"] / "ckpt",
-        on_progress=lambda n, t: progress.append((n, t)),
+        on_progress=lambda *p: progress.append(p),
     )
     assert (done.collection, done.alias, done.previous) == ("items_mf__v1", "items_mf", None)
     assert done.points == store.count("items_mf__v1") == 30
-    assert progress[-1] == (30, 30)
+    assert ("items", 30, 30) in progress and progress[-1] == ("users", 20, 20)
     assert (world["tmp"] / "ckpt" / "items_mf__v1.json").is_file()
 
     i0 = ids.lookup(IdKind.ITEM, ["i0"])["i0"]
@@ -163,4 +160,9 @@ def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: 
     engine.dispose()
     result = cli("--model", "mf")
     assert result.exit_code == 0, result.output
-    assert "items_mf → items_mf__v1: 30 items" in result.output
+    assert "items_mf → items_mf__v1: 30 items, 20 user vectors in users_mf__v1" in result.output
+
+
+def test_serving_names_of_registry_models() -> None:
+    assert serving_name("doc2vec") == "content" and serving_name("mf") == "mf"
+    assert serving_name("dqn") is None and serving_name("bpr") is None  # no vectors served

@@ -40,6 +40,9 @@ class Recommender(nn.Module):
     item_tables: ClassVar[tuple[str, ...]] = ()  # ... with a row per item (plus any offset)
     init_std: ClassVar[float] = 0.05
     sequential: ClassVar[bool] = False
+    # Config fields derived from the training data (a mean, a feature vocabulary): a warm start
+    # keeps the previous version's values, as its weights were learned against them.
+    data_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -116,6 +119,45 @@ class Recommender(nn.Module):
         else:
             rows.normal_(0.0, self.init_std)
 
+    # -- warm start ---------------------------------------------------------------------------
+    def warm_start_from(self, previous: Recommender) -> CarriedOver:
+        """Copy ``previous``'s learned weights into this model, in place.
+
+        Rows of the user and item tables are registry indices and the registry only grows, so
+        row ``i`` of ``previous`` is the same id here: its rows are copied over the first rows
+        of each table, and rows past them (ids registered since) keep what this model was
+        initialised with. Every other parameter is copied when its shape matches and left as
+        initialised otherwise (reported in ``skipped``). Buffers (genres, demographics) are not
+        learned: they keep what ``adapt`` filled from this model's data.
+        """
+        if type(previous) is not type(self):
+            raise InvalidInput(
+                f"cannot warm-start a {type(self).__name__} from a {type(previous).__name__}"
+            )
+        if previous.n_users > self.n_users or previous.n_items > self.n_items:
+            raise InvalidInput(
+                f"cannot warm-start a {self.n_users}x{self.n_items} model from a larger "
+                f"{previous.n_users}x{previous.n_items} one: the id registry is append-only, "
+                "so the previous version comes from another registry"
+            )
+        tables = {f"{name}.weight" for name in (*self.user_tables, *self.item_tables)}
+        mine = dict(self.named_parameters())
+        carried: dict[str, int] = {}
+        copied: list[str] = []
+        skipped: list[str] = []
+        with torch.no_grad():
+            for name, old in previous.named_parameters():
+                new = mine.get(name)
+                if new is not None and name in tables and _rows_fit(old, new):
+                    new[: old.shape[0]] = old
+                    carried[name.removesuffix(".weight")] = old.shape[0]
+                elif new is not None and new.shape == old.shape:
+                    new.copy_(old)
+                    copied.append(name)
+                else:
+                    skipped.append(name)
+        return CarriedOver(carried, copied, skipped)
+
     # -- artifacts ----------------------------------------------------------------------------
     def save_artifacts(self, directory: Path) -> dict[str, Any]:
         """Write weights (a plain state dict) and the config; return the config as a dict."""
@@ -127,6 +169,19 @@ class Recommender(nn.Module):
         from trainer.models import config_class  # the registry maps class → config class
 
         return load_checkpoint(cls, config_class(cls), directory)
+
+
+@dataclass(frozen=True)
+class CarriedOver:
+    """What ``Recommender.warm_start_from`` copied."""
+
+    tables: dict[str, int]  # table name -> rows carried over (the rest are new ids)
+    copied: list[str]  # other parameters copied whole
+    skipped: list[str]  # parameters of the previous model left out (no match here)
+
+
+def _rows_fit(old: Tensor, new: Tensor) -> bool:
+    return old.shape[0] <= new.shape[0] and old.shape[1:] == new.shape[1:]
 
 
 M = TypeVar("M", bound=nn.Module)

@@ -33,6 +33,7 @@ class MF(Recommender):
     user_tables = ("user_emb", "user_bias")
     item_tables = ("item_emb", "item_bias")
     init_std = 0.01  # xavier-sized start: larger noise generalised worse on ml-100k
+    data_fields = ("global_mean",)  # the biases were learned around it
 
     def __init__(self, config: MFConfig) -> None:
         if config.loss not in ("mse", "bpr"):

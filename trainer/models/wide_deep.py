@@ -44,6 +44,9 @@ class WideDeep(Recommender):
     input_kind = "pointwise"
     user_tables = ("user_emb", "user_bias", "cross")
     item_tables = ("item_emb", "item_bias")
+    # The vocabularies name the columns of the wide and deep feature weights: a warm start keeps
+    # the previous ones (adapt maps the data onto them; features new since are ignored).
+    data_fields = ("genres", "user_features", "item_features")
 
     def __init__(self, config: WideDeepConfig) -> None:
         super().__init__(config)

@@ -1,0 +1,218 @@
+"""Consumer group ``streamrec-retrain``: the learning loop that runs by itself.
+
+It reads the ratings (what the embedding models train on), counts them per model
+(``trainer.retrain.RetrainTrigger``) and, when a model is due, runs a round for it: a candidate
+trained in a child process (``trainer.retrain.train_candidate``: warm-started, CPU-budgeted,
+off this event loop), then the decision in this process (``trainer.retrain.conclude_round``:
+promote and publish, or reject; retire old versions). Rounds run one model at a time; events
+keep being counted meanwhile. The batch is acknowledged as soon as it is counted: the count is
+advice, the archive (up to its watermark) is what a round trains on, so a restart loses at
+most the count, which the loop seeds again from the archive beyond each live version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import Awaitable, Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from consumers.decode import DecodedBatch
+from consumers.dlq import DeadLetterSink
+from consumers.subscriber import subscribe_batches
+from core.errors import StreamrecError
+from core.metrics import Metrics
+from core.settings import Settings
+from schemas.events import RatingEvent, SourcedEvent
+from schemas.topics import ConsumerGroup
+from stores.factory import Stores
+from trainer.retrain import (
+    Candidate,
+    RetrainConfig,
+    RetrainTrigger,
+    RoundReport,
+    budget_process,
+    conclude_round,
+    new_since_live,
+    train_candidate,
+)
+
+GROUP = ConsumerGroup.RETRAIN
+log = logging.getLogger(__name__)
+
+RunRound = Callable[[str], Awaitable[RoundReport]]
+# What a round may fail with and the loop survives (the next round tries again).
+ROUND_ERRORS: tuple[type[Exception], ...] = (StreamrecError, OSError)
+
+
+def count_interactions(events: Sequence[SourcedEvent]) -> int:
+    return sum(1 for sourced in events if isinstance(sourced.event, RatingEvent))
+
+
+class RetrainLoop:
+    """Counts, decides when, and runs rounds one at a time in a background task."""
+
+    def __init__(
+        self,
+        trigger: RetrainTrigger,
+        run_round: RunRound,
+        check_every_seconds: float = 1.0,
+    ) -> None:
+        self.trigger = trigger
+        self._run_round = run_round
+        self._check_every = check_every_seconds
+        self._rounds: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.reports: list[RoundReport] = []  # the newest last (bounded)
+
+    @property
+    def running(self) -> bool:
+        return self._rounds is not None and not self._rounds.done()
+
+    def observe(self, events: Sequence[SourcedEvent]) -> int:
+        counted = count_interactions(events)
+        self.trigger.observe(counted)
+        self.maybe_start()
+        return counted
+
+    def maybe_start(self) -> list[str]:
+        """Start a round for every due model unless one is running; the models started."""
+        if self.running:
+            return []
+        due = self.trigger.due()
+        if due:
+            self.trigger.started(due)
+            self._rounds = asyncio.create_task(self._run(due), name="retrain rounds")
+        return due
+
+    async def _run(self, models: list[str]) -> None:
+        for model in models:
+            try:
+                report = await self._run_round(model)
+            except ROUND_ERRORS as exc:
+                log.error("retrain round for %s failed (the next one tries again): %s", model, exc)
+                continue
+            log.info("%s", report.summary())
+            self.reports = [*self.reports[-99:], report]
+
+    async def _tick(self) -> None:
+        """The time threshold fires on a quiet stream too (no batch would wake the loop)."""
+        while True:
+            await asyncio.sleep(self._check_every)
+            self.maybe_start()
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick(), name="retrain ticker")
+
+    async def wait_idle(self) -> None:
+        """Until the running round (if any) is done: for tests and a clean stop."""
+        if self._rounds is not None:
+            await asyncio.shield(self._rounds)
+
+    async def stop(self) -> None:
+        for task in (self._ticker, self._rounds):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+class TrainingProcessDied(StreamrecError):
+    """The child process training a candidate ended without an answer (killed, crashed)."""
+
+
+def _in_child(send: Connection, threads: int, nice: int, args: tuple[Any, ...]) -> None:
+    """The child's whole life: take the CPU budget, train one candidate, send the outcome."""
+    budget_process(threads, nice)
+    try:
+        outcome: tuple[str, Any] = ("ok", train_candidate(*args))
+    except Exception as exc:  # not swallowed: the parent raises it (pickled back)
+        outcome = ("error", exc)
+    send.send(outcome)
+    send.close()
+
+
+class ProcessRounds:
+    """Rounds whose candidate is trained in a child process of its own (spawned per round, so
+    a crash or a kill loses only that attempt and ``close`` can end it at once)."""
+
+    def __init__(self, stores: Stores, config: RetrainConfig) -> None:
+        self._stores = stores
+        self._config = config
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._child: BaseProcess | None = None
+
+    def _train(self, model: str) -> Candidate:
+        receive, send = self._context.Pipe(duplex=False)
+        args = (self._stores.settings, model, self._config)
+        child = self._context.Process(
+            target=_in_child,
+            args=(send, self._config.threads, self._config.nice, args),
+            name=f"streamrec-retrain-{model}",
+            daemon=True,  # ends with this process
+        )
+        self._child = child
+        child.start()
+        send.close()  # the child holds the only writer: its end means EOF here
+        try:
+            kind, value = receive.recv()
+        except EOFError:
+            child.join()
+            raise TrainingProcessDied(
+                f"the process training {model} ended without an answer (exit code {child.exitcode})"
+            ) from None
+        finally:
+            receive.close()
+            child.join()
+            self._child = None
+        if kind == "error":
+            raise value
+        candidate: Candidate = value
+        return candidate
+
+    @property
+    def training(self) -> bool:
+        return self._child is not None and self._child.is_alive()
+
+    async def __call__(self, model: str) -> RoundReport:
+        candidate = await asyncio.to_thread(self._train, model)
+        return await asyncio.to_thread(conclude_round, self._stores, candidate, self._config)
+
+    def close(self) -> None:
+        """End a training in progress (its attempt is lost; the next round starts again)."""
+        child = self._child
+        if child is not None and child.is_alive():
+            child.terminate()
+
+
+def build_loop(stores: Stores, config: RetrainConfig) -> tuple[RetrainLoop, ProcessRounds]:
+    """The loop of a consumer process and the rounds it runs (start it with ``start_loop``)."""
+    rounds = ProcessRounds(stores, config)
+    return RetrainLoop(RetrainTrigger(config), rounds), rounds
+
+
+async def start_loop(loop: RetrainLoop, stores: Stores) -> None:
+    """Seed the counts from the archive beyond each model's live version (a restart does not
+    forget what already arrived), then start the loop's clock."""
+    for model in loop.trigger.models:
+        loop.trigger.seed(model, await asyncio.to_thread(new_since_live, stores, model))
+    await loop.start()
+
+
+def register(
+    broker: KafkaBroker,
+    loop: RetrainLoop,
+    dead_letters: DeadLetterSink,
+    metrics: Metrics,
+    settings: Settings,
+) -> None:
+    """Subscribe the retrain group to the ratings (what the embedding models train on)."""
+
+    async def apply(batch: DecodedBatch) -> int:
+        return loop.observe(batch.events)
+
+    subscribe_batches(broker, GROUP, apply, dead_letters, metrics, settings, retry=None)

@@ -1,0 +1,72 @@
+"""When the loop retrains (``RetrainTrigger``) and how it is configured."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ConfigurationError
+from tests.conftest import FakeClock
+from trainer.retrain import RetrainConfig, RetrainTrigger, parse_models
+
+
+def config(**overrides: object) -> RetrainConfig:
+    values: dict = dict(
+        models=("mf", "sasrec"),
+        every_events=100,
+        every_seconds=60.0,
+        min_events=10,
+        epochs=2,
+        holdout_events=20,
+        threads=1,
+        nice=0,
+        tolerance=0.02,
+        keep_versions=3,
+    )
+    return RetrainConfig(**{**values, **overrides})
+
+
+def test_fires_on_the_count_and_not_before(clock: FakeClock) -> None:
+    trigger = RetrainTrigger(config(), clock)
+    trigger.observe(99)
+    assert trigger.due() == []
+    trigger.observe(1)
+    assert trigger.due() == ["mf", "sasrec"]
+    trigger.started(["mf"])
+    assert trigger.due() == ["sasrec"]  # mf's count starts again from its round
+    assert trigger.new("mf") == 0
+
+
+def test_fires_on_the_time_with_enough_new_events_only(clock: FakeClock) -> None:
+    trigger = RetrainTrigger(config(), clock)
+    trigger.observe(9)
+    clock.advance(59.9)
+    assert trigger.due() == []
+    clock.advance(0.2)
+    assert trigger.due() == []  # time has passed, but 9 < min_events
+    trigger.observe(1)
+    assert trigger.due() == ["mf", "sasrec"]
+
+
+def test_the_time_counts_from_the_last_round(clock: FakeClock) -> None:
+    trigger = RetrainTrigger(config(), clock)
+    clock.advance(50)
+    trigger.observe(100)
+    trigger.started(["mf", "sasrec"])
+    trigger.observe(10)
+    clock.advance(59)
+    assert trigger.due() == []
+    clock.advance(1)
+    assert trigger.due() == ["mf", "sasrec"]
+
+
+def test_a_restart_is_seeded_with_what_arrived_beyond_the_live_version(clock: FakeClock) -> None:
+    trigger = RetrainTrigger(config(), clock)
+    trigger.seed("mf", 150)
+    assert trigger.due() == ["mf"]
+
+
+def test_models_setting_is_checked() -> None:
+    assert parse_models(" mf, sasrec ,mf,") == ("mf", "sasrec")
+    assert parse_models("") == ()
+    with pytest.raises(ConfigurationError, match="doc2vec"):
+        parse_models("mf,doc2vec")

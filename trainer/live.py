@@ -1,0 +1,275 @@
+"""Making a model version live: ``streamrec vectors publish``, the retrain loop's promotion and
+activation through the API all go through ``publish_version``.
+
+Going live means every user is served by the new version, so a publish writes, in order:
+
+1. the version's item vectors into a NEW versioned collection ``items_<model>__v<N>`` (N = the
+   model registry version), streamed in resumable batches (checkpointed) and indexed. Doc2Vec
+   is served as ``content`` (``items_content`` → ``items_content__v<N>``); catalog items with
+   text that the Doc2Vec version has no row for (newer than its training) get an inferred
+   vector, as the vectors consumer gives a new item one at once;
+2. the user vectors of EVERY user with state into ``users_<model>__v<N>``
+   (``trainer.user_vectors.all_user_vectors``: trained rows, SASRec's live sequence from the
+   archive, a fold-in otherwise), in bulk batches;
+3. only then the alias ``items_<model>`` swaps to the new collection, atomically; the previous
+   version stays for rollback. If step 1 or 2 fails, the alias does not move.
+
+Point id = id-registry index; an item's payload carries ``item_id`` (the external id, so the
+edge needs no reverse lookup), title, genres, year and popularity (interactions in the SQL
+archive) for filtering and display; a user's carries ``updated_ms`` and ``version``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from core.datasets import Item
+from core.errors import InvalidInput, NotFound
+from core.ids import IdKind, IdRegistry
+from stores.catalog import ItemRow
+from stores.model_registry import ModelRegistry, ModelVersion
+from stores.vectors import VectorBatch, VectorStore, bulk_upsert, item_version_name, items_alias
+from trainer.doc2vec import Doc2VecModel, item_text, tokenize
+from trainer.publish import (
+    SERVING_MODELS,
+    PayloadSource,
+    Published,
+    PublishProgress,
+    distance_of,
+    registry_name,
+    sql_payloads,
+)
+from trainer.user_vectors import DEFAULT_HISTORY, LoadedModel, all_user_vectors, load_model
+
+log = logging.getLogger(__name__)
+
+
+def _version(models: ModelRegistry, name: str, version: int | None) -> ModelVersion:
+    if version is not None:
+        return models.get(name, version)
+    found = models.active(name)
+    if found is None:
+        raise NotFound(f"model {name} has no active version: train one or pass --version")
+    return found
+
+
+def _rows(matrix: np.ndarray, registered: int) -> np.ndarray:
+    """Indices worth publishing: registered items with a non-zero vector (Doc2Vec leaves rows
+    of items without text at zero, which would be everyone's neighbour under dot product)."""
+    rows = np.arange(min(len(matrix), registered))
+    return rows[np.any(matrix[rows] != 0.0, axis=1)]
+
+
+def _batches(
+    matrix: np.ndarray, rows: np.ndarray, external: list[str], payloads: PayloadSource, chunk: int
+) -> Callable[[int], Iterator[VectorBatch]]:
+    """A resumable source: payloads are read per chunk, so memory stays bounded."""
+
+    def source(start: int) -> Iterator[VectorBatch]:
+        for lo in range(start, len(rows), chunk):
+            idx = rows[lo : lo + chunk]
+            ids = [external[i] for i in idx]
+            found = payloads(ids)
+            pays = [{"item_id": e, **found.get(e, {})} for e in ids]
+            yield idx.tolist(), matrix[idx], pays
+
+    return source
+
+
+def _inferred_items(
+    model: LoadedModel, rows: np.ndarray, external: list[str], engine: Engine, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Content only: (indices, vectors) of catalog items with text that the Doc2Vec version
+    has no row for (registered after it was trained, or without text then), inferred."""
+    if not isinstance(model.net, Doc2VecModel):
+        return np.zeros(0, np.int64), np.zeros((0, model.dim), np.float32)
+    published = set(rows.tolist())
+    candidates = [i for i in range(len(external)) if i not in published]
+    texts: list[str] = []
+    indices: list[int] = []
+    for start in range(0, len(candidates), chunk):
+        part = candidates[start : start + chunk]
+        by_id = {external[i]: i for i in part}
+        with engine.connect() as conn:
+            found = conn.execute(select(ItemRow).where(ItemRow.item_id.in_(list(by_id)))).all()
+        for row in found:
+            item = Item(row.item_id, row.title or "", tuple(row.genres or ()), None, row.text or "")
+            text = item_text(item)
+            if tokenize(text):
+                texts.append(text)
+                indices.append(by_id[row.item_id])
+    if not texts:
+        return np.zeros(0, np.int64), np.zeros((0, model.dim), np.float32)
+    return np.asarray(indices, np.int64), model.net.infer_many(texts)
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: str) -> threading.Lock:
+    """One publish of a serving model at a time in this process (the retrain loop and an
+    admin's activation may both publish)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def _write_items(
+    vectors: VectorStore,
+    ids: IdRegistry,
+    engine: Engine,
+    model: LoadedModel,
+    collection: str,
+    *,
+    checkpoint_dir: Path | None,
+    on_progress: PublishProgress | None,
+    chunk: int,
+) -> tuple[int, int]:
+    """Item vectors into ``collection`` (created if needed); returns (points, inferred)."""
+    serving = model.serving
+    matrix = model.items
+    external = ids.external_ids(IdKind.ITEM)
+    rows = _rows(matrix, len(external))
+    extra_idx, extra_vecs = _inferred_items(model, rows, external, engine, chunk)
+    if len(rows) == 0 and len(extra_idx) == 0:
+        raise InvalidInput(
+            f"{SERVING_MODELS[serving]} v{model.version} has no item vectors for known items"
+        )
+    checkpoint = (checkpoint_dir / f"{collection}.json") if checkpoint_dir else None
+    if not vectors.collection_exists(collection):
+        if checkpoint is not None:  # a checkpoint of a collection since deleted (retention)
+            checkpoint.unlink(missing_ok=True)
+        vectors.create_item_version(serving, matrix.shape[1], distance_of(serving), model.version)
+    total = len(rows) + len(extra_idx)
+    payloads = sql_payloads(engine)
+    result = bulk_upsert(
+        vectors,
+        collection,
+        _batches(matrix, rows, external, payloads, chunk),
+        checkpoint_path=checkpoint,
+        batch_size=chunk,
+        on_progress=(lambda done: on_progress("items", done, total)) if on_progress else None,
+    )  # bulk_upsert optimizes (Edge index build) before we swap
+    if len(extra_idx):
+        # Not checkpointed: items keep arriving, so every publish infers the current ones.
+        # Searchable without a rebuilt index (unindexed points are scanned), as the items the
+        # vectors consumer adds to the live collection are.
+        for lo in range(0, len(extra_idx), chunk):
+            idx = extra_idx[lo : lo + chunk]
+            names = [external[i] for i in idx]
+            found = payloads(names)
+            pays = [{"item_id": e, **found.get(e, {})} for e in names]
+            vectors.upsert(collection, idx.tolist(), extra_vecs[lo : lo + chunk], pays)
+        if on_progress:
+            on_progress("items", total, total)
+    return result.points + len(extra_idx), len(extra_idx)
+
+
+def _write_users(
+    vectors: VectorStore,
+    ids: IdRegistry,
+    engine: Engine,
+    model: LoadedModel,
+    *,
+    on_progress: PublishProgress | None,
+    chunk: int,
+    history: int,
+    now_ms: int,
+) -> int:
+    """Every user's vector into ``users_<model>__v<N>``; returns the vectors written.
+
+    Not checkpointed: a rerun recomputes from the archive as it is then (vectors go stale,
+    item vectors do not). Not indexed: the edge reads user vectors by id, never searches them.
+    """
+    vectors.create_collection(model.collection, model.dim, "dot", {}, exist_ok=True)
+    plan = all_user_vectors(
+        model,
+        engine,
+        ids,
+        history=history,
+        chunk=chunk,
+        updated_ms=now_ms,
+        on_progress=(lambda done, total: on_progress("users", done, total))
+        if on_progress
+        else None,
+    )
+    if on_progress:
+        on_progress("users", 0, plan.total)
+    result = bulk_upsert(vectors, model.collection, plan.batches, batch_size=chunk, optimize=False)
+    return result.points
+
+
+def publish_version(
+    models: ModelRegistry,
+    vectors: VectorStore,
+    ids: IdRegistry,
+    engine: Engine,
+    model: str,
+    version: int | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_progress: PublishProgress | None = None,
+    chunk: int = 2000,
+    history: int = DEFAULT_HISTORY,
+) -> Published:
+    """``trainer.publish.publish_version`` (documented there): items, users, then the swap."""
+    started = time.perf_counter()
+    with _model_lock(model):
+        found = _version(models, registry_name(model), version)
+        loaded = load_model(models, found.name, model, found.version)
+        collection = item_version_name(model, found.version)
+        points, inferred = _write_items(
+            vectors,
+            ids,
+            engine,
+            loaded,
+            collection,
+            checkpoint_dir=checkpoint_dir,
+            on_progress=on_progress,
+            chunk=chunk,
+        )
+        users_started = time.perf_counter()
+        users = _write_users(
+            vectors,
+            ids,
+            engine,
+            loaded,
+            on_progress=on_progress,
+            chunk=chunk,
+            history=history,
+            now_ms=int(time.time() * 1000),
+        )
+        user_seconds = time.perf_counter() - users_started
+        alias = items_alias(model)
+        previous = vectors.swap_alias(alias, collection)
+    log.info(
+        "published %s v%d: %d items in %s, %d user vectors in %s (%.1fs), was %s",
+        model,
+        found.version,
+        points,
+        collection,
+        users,
+        loaded.collection,
+        user_seconds,
+        previous,
+    )
+    return Published(
+        model=model,
+        version=found.version,
+        collection=collection,
+        alias=alias,
+        points=points,
+        previous=previous,
+        seconds=time.perf_counter() - started,
+        users=users,
+        users_collection=loaded.collection,
+        user_seconds=user_seconds,
+        inferred=inferred,
+    )
