@@ -17,6 +17,7 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.docs import OPENAPI_TAGS, install_docs, operation_id
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit, SqlTimeLimit
 from api.readiness import readiness_for
@@ -115,7 +116,12 @@ def create_app(
         version="0.1.0",
         summary="Real-time recommendations from a Kafka event log.",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # install_docs serves /docs and /redoc from local files, not a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(users.router)

@@ -7,8 +7,9 @@ when the CLI registers it: every other ``streamrec`` command starts without it.
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -18,7 +19,22 @@ from core.errors import StreamrecError
 from core.logs import configure_logging
 from core.settings import Settings
 
-console = Console()
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+# Errors on stderr, each on one line whatever the terminal's width (or none, in a container).
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (``--workers`` > 1): its settings and logging from the
+    environment, like the parent's."""
+    from api.app import create_app  # the app's imports cost seconds: only where it runs
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,19 +47,20 @@ def register(app: typer.Typer) -> None:
         """Run the API alone against real services (production; consumers run elsewhere).
 
         Needs STREAMREC_KAFKA_BOOTSTRAP and STREAMREC_REDIS_URL pointing at real servers and
-        both API keys set. For the all-in-one embedded system use `streamrec up`.
+        both API keys set. For the all-in-one embedded system use `streamrec up`. A service
+        that does not answer at start-up stops it with one line naming it (exit status 1).
         """
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if settings.embedded_kafka or settings.embedded_redis:
-            console.print(
+            errors.print(
                 "[red]error:[/] `streamrec serve` runs the API against real Kafka and Redis; "
                 "set STREAMREC_KAFKA_BOOTSTRAP and STREAMREC_REDIS_URL, or use `streamrec up` "
                 "for the embedded all-in-one system"
             )
             raise typer.Exit(2)
         if workers > 1 and settings.embedded_qdrant:
-            console.print(
+            errors.print(
                 "[red]error:[/] Qdrant Edge opens its shards in one process only: set "
                 "STREAMREC_QDRANT_URL to a Qdrant server to run several workers"
             )
@@ -51,26 +68,30 @@ def register(app: typer.Typer) -> None:
         try:
             settings.require_api_keys()
         except StreamrecError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            errors.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
-        if workers == 1:
-            from api.app import create_app  # the app's imports cost seconds: only where it runs
+        # The app's imports cost seconds: only where it runs.
+        from api.server import StartupFailed, check_services, run
 
-            uvicorn.run(
-                create_app(settings),
-                host=host,
-                port=port,
-                log_level="warning",
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
-            )
-        else:
-            # Each worker process builds its own app (and connections) from the environment.
-            uvicorn.run(
-                "api.app:create_app",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_level="warning",
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
-            )
+        try:
+            if workers == 1:
+                from api.app import create_app
+
+                run(create_app(settings), settings, host=host, port=port)
+                return
+            # Each worker starts the app on its own and would report a service that is down
+            # with a traceback of its own: one check here first says it once, in one line.
+            check_services(settings)
+        except StartupFailed as exc:
+            log.error("streamrec serve did not start: %s", exc)
+            raise typer.Exit(1) from exc
+        uvicorn.run(
+            "api.cli:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,  # each worker configures core.logs (worker_app)
+            log_level="warning",
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        )

@@ -8,17 +8,15 @@ consumer. FastAPI, FastStream and PyTorch load when the command runs, not when i
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
 from consumers.membership import parse_group_list
-from core.errors import StreamrecError
 from core.logs import configure_logging
 from core.settings import Settings
 from producers.cli import load_source, print_summary, replay_with_progress
@@ -31,6 +29,7 @@ if TYPE_CHECKING:
     from api.runtime import Runtime
 
 console = Console()
+log = logging.getLogger(__name__)
 
 
 def run_consumer_groups(groups: Sequence[ConsumerGroup]) -> InProcessHook:
@@ -60,10 +59,13 @@ def embedded_app(
     groups: Sequence[ConsumerGroup] = DEFAULT_GROUPS,
     on_started: StartupHook | None = None,
 ) -> FastAPI:
-    """The API with the consumer groups running in its process (what `streamrec up` serves)."""
+    """The API with the consumer groups and a training-jobs worker running in its process
+    (what `streamrec up` serves)."""
     from api.app import create_app  # the app's imports cost seconds: only where it runs
+    from apps.training_jobs import run_training_worker  # PyTorch: likewise
 
-    return create_app(settings, in_process=[run_consumer_groups(groups)], on_started=on_started)
+    hooks = [run_consumer_groups(groups), run_training_worker()]
+    return create_app(settings, in_process=hooks, on_started=on_started)
 
 
 def _banner(runtime: Runtime, host: str, port: int) -> Table:
@@ -72,6 +74,7 @@ def _banner(runtime: Runtime, host: str, port: int) -> Table:
     table = Table(show_header=False, box=None, title="[bold green]streamrec is up[/]")
     table.add_row("API", base)
     table.add_row("docs", f"{base}/docs")
+    table.add_row("ops", f"{base}/ops   (lag, status, throughput, freshness, dead letters)")
     table.add_row("lag", f"{base}/v1/ops/lag   (or: streamrec lag --watch)")
     table.add_row("Kafka", ", ".join(runtime.services.kafka_bootstrap))
     table.add_row("Redis", runtime.services.redis_url)
@@ -113,7 +116,7 @@ def register(app: typer.Typer) -> None:
         instead. Prints the URLs and the API keys once everything is up.
         """
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         try:
             consumer_groups = parse_group_list(groups, DEFAULT_GROUPS)
         except ValueError as exc:
@@ -131,15 +134,16 @@ def register(app: typer.Typer) -> None:
 
                 runtime.spawn(run_replay(), name="replay")
 
+        from api.server import StartupFailed, run  # the app's imports: only where it runs
+
         try:
-            application = embedded_app(settings, consumer_groups, on_started=started)
-            uvicorn.run(
-                application,
+            run(
+                embedded_app(settings, consumer_groups, on_started=started),
+                settings,
                 host=host,
                 port=port,
-                log_level="warning",
-                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )
-        except StreamrecError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from exc
+        except StartupFailed as exc:
+            # One line naming what did not start and what to do, not a traceback.
+            log.error("streamrec up did not start: %s", exc)
+            raise typer.Exit(1) from exc

@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
@@ -20,13 +20,6 @@ from rich.live import Live
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from consumers.dlq import (
-    ReplaySummary,
-    Selection,
-    StoredDeadLetter,
-    read_dead_letters,
-    replay_dead_letters,
-)
 from consumers.membership import GroupHold, GroupInUse, hold_groups, start_as_holder
 from core.errors import ServiceUnavailable, StreamrecError
 from core.lag import LagReader, LagReport, LagStatus
@@ -35,8 +28,10 @@ from core.metrics import Metrics, serving_metrics
 from core.services import kafka_bootstrap_for
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
-from stores.dlq_replays import DlqReplayLog, SourceRecord
-from stores.factory import open_sql_stores, open_stores
+
+if TYPE_CHECKING:
+    from consumers.dlq import ReplaySummary, Selection, StoredDeadLetter
+    from stores.dlq_replays import SourceRecord
 
 console = Console()
 log = logging.getLogger("streamrec.consumers")
@@ -145,6 +140,8 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
         if settings.embedded_kafka:
             # Refused here, before joining, when another process holds one of the groups.
             hold = stack.enter_context(hold_groups(settings.var_dir, groups, "streamrec consume"))
+        from stores.factory import open_stores  # SQLAlchemy, Qdrant: only where it consumes
+
         stores = await stack.enter_async_context(open_stores(settings, attach=True))
         from consumers.app import build_consumer_broker  # FastStream: only where it consumes
 
@@ -195,7 +192,7 @@ def register(app: typer.Typer) -> None:
         settings = Settings()
         if metrics_port is not None:
             settings.metrics_port = metrics_port
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         chosen = [ConsumerGroup(f"streamrec-{g.value}") for g in (group or list(GroupName))]
         try:
             asyncio.run(_consume(settings, chosen))
@@ -280,6 +277,8 @@ def _selection(
         raise typer.BadParameter(
             f"{', '.join(unknown)}: the kinds are {', '.join(DLQ_KINDS)}", param_hint="--kind"
         )
+    from consumers.dlq import Selection  # aiokafka and the decoders: only where it is used
+
     topics = {t if t.startswith("streamrec.") else f"streamrec.{t}" for t in topic or []}
     return Selection(
         at=frozenset(coordinates),
@@ -361,14 +360,17 @@ def register_dlq(app: typer.Typer) -> None:
     ) -> None:
         """List dead letters: where each came from, which group rejected it and why, its key
         and value (the original bytes), and whether it was replayed. Filters combine (AND)."""
+        from consumers.dlq import read_dead_letters  # heavy: only where it runs
+        from stores.factory import open_sql_stores
+
         selection = _selection(at, topic, kind, group)
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         try:
             bootstrap = kafka_bootstrap_for(settings)
             letters = [s for s in asyncio.run(read_dead_letters(bootstrap)) if selection.matches(s)]
             with open_sql_stores(settings) as sql:
-                replayed = DlqReplayLog(sql.engine).replayed({s.source for s in letters})
+                replayed = sql.dlq_replays.replayed({s.source for s in letters})
         except StreamrecError as exc:
             console.print(f"[red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from exc
@@ -412,6 +414,9 @@ def register_dlq(app: typer.Typer) -> None:
         sent, and a later replay skips it and says so. A record recorded but not acknowledged
         by Kafka (a crash, Kafka down) is not retried: it is reported as unconfirmed.
         """
+        from consumers.dlq import replay_dead_letters  # heavy: only where it runs
+        from stores.factory import open_sql_stores
+
         selection = _selection(at, topic, kind, group)
         if selection.empty and not replay_all:
             raise typer.BadParameter(
@@ -419,7 +424,7 @@ def register_dlq(app: typer.Typer) -> None:
                 param_hint="filters",
             )
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         try:
             bootstrap = kafka_bootstrap_for(settings)
             with (
@@ -429,7 +434,7 @@ def register_dlq(app: typer.Typer) -> None:
                 summary = asyncio.run(
                     replay_dead_letters(
                         bootstrap,
-                        sql.engine,
+                        sql.dlq_replays,
                         selection,
                         dry_run=dry_run,
                         on_progress=_ProgressBar(progress),

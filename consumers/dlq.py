@@ -1,14 +1,8 @@
 """The dead-letter topic ``streamrec.dlq``: writing dead letters, reading them, replaying them.
 
-**Format (binary-safe).** A dead-letter record is the rejected record itself, as Kafka
-Connect's DLQ writes it: its value is the original value and its key the original key, byte
-for byte, and the context travels in headers (``streamrec.dlq.*``: source topic, partition,
-offset and timestamp, consumer group, error, failed_at). Chosen over a JSON envelope with a
-base64 field because the bytes stay exactly the bytes (nothing to decode, any size, any
-encoding), the DLQ keeps the source key for partitioning, ``kcat``/Kafka UIs show the original
-message as it was, and a replay is a plain re-send of key and value. The one thing FastStream's
-publish cannot carry is a null value without a key (it sends ``b""``), so that case is marked
-with a header. The reason stays readable: ``streamrec.dlq.error`` is UTF-8 text.
+**Format.** The rejected record itself, key and value byte for byte, with its context in
+``streamrec.dlq.*`` headers: defined in ``core.dead_letters`` (the API reads it too), the
+reasons for it are there.
 
 **Replay.** ``replay_dead_letters`` re-publishes chosen dead letters to their source topic,
 each source record at most once (``stores.dlq_replays`` records it durably before the publish).
@@ -17,17 +11,16 @@ each source record at most once (``stores.dlq_replays`` records it durably befor
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from sqlalchemy import Engine
 
 from consumers.decode import dead_letter_kind
+from core.dead_letters import dead_letter_headers, letter_from_record
 from core.kafka_log import topic_partitions
 from core.metrics import Metrics
 from schemas.events import DeadLetter
@@ -39,32 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEADER_PREFIX = "streamrec.dlq."
-H_TOPIC = HEADER_PREFIX + "source.topic"
-H_PARTITION = HEADER_PREFIX + "source.partition"
-H_OFFSET = HEADER_PREFIX + "source.offset"
-H_TIMESTAMP = HEADER_PREFIX + "source.timestamp"
-H_GROUP = HEADER_PREFIX + "group"
-H_ERROR = HEADER_PREFIX + "error"
-H_FAILED_AT = HEADER_PREFIX + "failed_at"
-H_NULL_VALUE = HEADER_PREFIX + "null_value"  # only when the original value was null
 # Set on a replayed record: where in the DLQ it came from (consumers ignore headers).
 H_REPLAYED_FROM = "streamrec.replayed_from"
-
-
-def dead_letter_headers(letter: DeadLetter) -> dict[str, str]:
-    headers = {
-        H_TOPIC: letter.source_topic,
-        H_PARTITION: str(letter.source_partition),
-        H_OFFSET: str(letter.source_offset),
-        H_TIMESTAMP: str(letter.source_timestamp_ms),
-        H_GROUP: letter.consumer_group,
-        H_ERROR: letter.error,
-        H_FAILED_AT: letter.failed_at.isoformat(),
-    }
-    if letter.payload is None:
-        headers[H_NULL_VALUE] = "true"
-    return headers
 
 
 class DeadLetterSink:
@@ -118,42 +87,6 @@ class StoredDeadLetter:
             letter.source_offset,
             letter.source_timestamp_ms,
         )
-
-
-def letter_from_record(key: bytes | None, value: bytes | None, headers: Iterable) -> DeadLetter:
-    """The ``DeadLetter`` a DLQ record carries (``headers``: aiokafka's (name, bytes) pairs).
-
-    Records written before the DLQ became binary-safe were a JSON envelope with the payload as
-    text (non-UTF-8 bytes already replaced): they are read as such."""
-    found = {name: raw for name, raw in headers}
-    if H_TOPIC not in found:
-        envelope = json.loads(value or b"{}")
-        old_payload, old_key = envelope.get("payload"), envelope.get("source_key")
-        return DeadLetter(
-            source_topic=envelope["source_topic"],
-            source_partition=envelope["source_partition"],
-            source_offset=envelope["source_offset"],
-            source_key=old_key.encode() if old_key is not None else None,
-            consumer_group=envelope["consumer_group"],
-            error=envelope["error"],
-            payload=old_payload.encode() if old_payload is not None else None,
-            failed_at=envelope["failed_at"],
-        )
-
-    def text(name: str) -> str:
-        return found[name].decode()
-
-    return DeadLetter(
-        source_topic=text(H_TOPIC),
-        source_partition=int(text(H_PARTITION)),
-        source_offset=int(text(H_OFFSET)),
-        source_timestamp_ms=int(text(H_TIMESTAMP)) if H_TIMESTAMP in found else -1,
-        source_key=key,
-        consumer_group=text(H_GROUP),
-        error=text(H_ERROR),
-        payload=None if H_NULL_VALUE in found else (value if value is not None else None),
-        failed_at=datetime.fromisoformat(text(H_FAILED_AT)),
-    )
 
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -249,7 +182,7 @@ def distinct_sources(letters: Sequence[StoredDeadLetter]) -> dict[SourceRecord, 
 
 async def replay_dead_letters(
     bootstrap: list[str],
-    engine: Engine,
+    replays: DlqReplayLog,
     selection: Selection,
     *,
     dry_run: bool = False,
@@ -263,7 +196,6 @@ async def replay_dead_letters(
     published once Kafka acknowledged it (``acks=all``)."""
     letters = [s for s in await read_dead_letters(bootstrap, on_progress) if selection.matches(s)]
     sources = distinct_sources(letters)
-    replays = DlqReplayLog(engine)
     before = await asyncio.to_thread(replays.replayed, sources)
     summary = ReplaySummary(letters=len(letters), records=len(sources), dry_run=dry_run)
     summary.already = sorted(before, key=_order)

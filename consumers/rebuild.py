@@ -16,7 +16,6 @@ from core.kafka_log import group_members
 from core.logs import configure_logging
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
-from stores.factory import open_stores
 from stores.rebuild import RebuildReport, rebuild_features
 
 console = Console()
@@ -45,6 +44,8 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
 
 async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
     await refuse_if_consumed(settings)
+    from stores.factory import open_stores  # SQLAlchemy, Redis, Qdrant: only where it runs
+
     async with open_stores(settings) as stores:
         services = stores.services
         await refuse_if_consumed(settings, services.kafka_bootstrap)
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
         features consumer runs on it: stop `streamrec up` / `streamrec consume` first.
         """
         settings = Settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         try:
             report = asyncio.run(_rebuild(settings, wipe, chunk))
         except StreamrecError as exc:

@@ -14,6 +14,8 @@ touched, for every model whose item vectors are published; and content vectors f
   may not have applied the batch yet). MF / NCF / Wide & Deep: the trained user row when the
   user is known to the model, else a fold-in (mean of the recent items' vectors). Content
   (Doc2Vec): always the fold-in.
+* Every model with vectors is followed (``schemas.models.VECTOR_MODELS``), by the key of its
+  collections (the model's name; ``content`` for doc2vec).
 * Item events (``streamrec.items``): an item new to the live ``items_content`` version gets
   its vector inferred from its text (title, genres, text) by that version's Doc2Vec model and
   is upserted with its payload (title, genres, year, popularity 0) at once, so it can be
@@ -43,12 +45,12 @@ from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
 from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from schemas.models import MODELS, VECTOR_MODELS, ModelName
 from schemas.topics import ConsumerGroup
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.vectors import VectorStore, item_version_name, items_alias, parse_version
 from trainer.doc2vec import item_text, tokenize
-from trainer.publish import SERVING_MODELS
 from trainer.user_vectors import (
     DEFAULT_HISTORY,
     LoadedModel,
@@ -60,11 +62,14 @@ from trainer.user_vectors import (
 
 log = logging.getLogger(__name__)
 BACKFILL_USERS = 2000  # recently active users recomputed when a new version goes live
-CONTENT = "content"  # the serving name of Doc2Vec
+# Collection key (items_<key>) -> registry name, of every model with vectors.
+FOLLOWED = {MODELS[n].collection: n.value for n in VECTOR_MODELS}
+CONTENT = MODELS[ModelName.DOC2VEC].collection  # Doc2Vec's collections: new items' vectors
 
 
 class ModelCache:
-    """The live version of each serving model, loaded once and reloaded when its alias moves."""
+    """The live version of each model with vectors, loaded once and reloaded when its alias
+    moves; keyed by collection key (``FOLLOWED``)."""
 
     def __init__(
         self,
@@ -91,7 +96,7 @@ class ModelCache:
         return list(self.loaded.values()), changed
 
     def refresh(self) -> set[str]:
-        return {serving for serving in SERVING_MODELS if self._check(serving)}
+        return {serving for serving in FOLLOWED if self._check(serving)}
 
     def follow(self, serving: str) -> LoadedModel | None:
         """The version behind ``serving``'s alias right now (reloaded if it moved), for writes
@@ -117,7 +122,7 @@ class ModelCache:
 
     def _load(self, serving: str, version: int) -> LoadedModel | None:
         try:
-            loaded = load_model(self._models, SERVING_MODELS[serving], serving, version)
+            loaded = load_model(self._models, FOLLOWED[serving], serving, version)
         except (StreamrecError, OSError) as exc:  # published but gone from the registry
             log.warning("cannot load %s v%d for user vectors: %s", serving, version, exc)
             return None

@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     # Where `streamrec consume` serves its Prometheus /metrics (port 0: not served).
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65_535)] = 9108
+    # One line per record either way (core/logs.py): `json` for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -94,6 +94,10 @@ class EventPublisher:
             raise ServiceUnavailable(
                 f"Kafka at {','.join(self._bootstrap)} did not answer: {exc}"
             ) from exc
+        except BaseException:
+            # Cancelled (a signal during start-up): close what started, then let it through.
+            await asyncio.shield(self._producer.stop())
+            raise
         self._started = True
 
     async def stop(self) -> None:

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictBool
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictBool,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 from schemas.events import ExplorationMethod
+from schemas.models import (
+    MODELS,
+    RECOMMENDERS,
+    TRAINABLE,
+    VECTOR_MODELS,
+    ModelName,
+    choices,
+    resolve,
+)
 from schemas.numbers import NotBool
 
 
@@ -17,26 +37,49 @@ class EventsAccepted(BaseModel):
     by_topic: dict[str, int] = Field(description="Accepted events per topic")
 
 
-class RecommendationModel(StrEnum):
-    """Models that can serve recommendations; every one but popular answers from vectors."""
+@dataclass(frozen=True)
+class ModelNames:
+    """Field metadata: a model name taking ``allowed`` (their names, and former names on
+    input), derived from ``schemas.models``. A name it does not take is a 422 that says what
+    to use instead; the schema lists the accepted names (output: the names alone)."""
 
-    POPULAR = "popular"
-    MF = "mf"
-    NCF = "ncf"
-    WIDE_DEEP = "wide_deep"
-    SASREC = "sasrec"
-    CONTENT = "content"
+    allowed: tuple[ModelName, ...]
+    what: str  # the description
+    where: str = "model="  # how the client names the field, in messages
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        names = [n.value for n in self.allowed]
+        if handler.mode == "validation":
+            names += [alias for n in self.allowed for alias in MODELS[n].aliases]
+        described = f"{self.what}: {choices(self.allowed)}"
+        return {"type": "string", "enum": names, "description": described}
+
+    def _check(self, value: Any) -> ModelName:
+        try:
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"a model name (a string), not {value!r}: {self.where} takes "
+                    f"{choices(self.allowed)}"
+                )
+            return resolve(value, self.allowed, self.where)
+        except ValueError as error:
+            raise PydanticCustomError("model_name", str(error)) from None
 
 
-class VectorModel(StrEnum):
-    """Models with published item vectors: every recommendation model but popular, which has
-    no item vectors and so no notion of similar items."""
-
-    MF = "mf"
-    NCF = "ncf"
-    WIDE_DEEP = "wide_deep"
-    SASREC = "sasrec"
-    CONTENT = "content"
+# Models that can serve recommendations (model=): popular, from the Redis counts, and every
+# model with published vectors.
+RecommendationModel = Annotated[
+    ModelName, ModelNames(RECOMMENDERS, "A model that serves recommendations")
+]
+# Models with published item vectors (similar items): popular has none.
+VectorModel = Annotated[ModelName, ModelNames(VECTOR_MODELS, "A model with item vectors")]
 
 
 class RecommendedItem(BaseModel):
@@ -275,15 +318,8 @@ class DeletedVersion(BaseModel):
 
 
 # -- training jobs (api/routers/training.py) --------------------------------------------------
-class TrainableModel(StrEnum):
-    """The models ``streamrec train`` trains."""
-
-    MF = "mf"
-    BPR = "bpr"
-    NCF = "ncf"
-    WIDE_DEEP = "wide_deep"
-    SASREC = "sasrec"
-    DOC2VEC = "doc2vec"
+# The models ``streamrec train`` and training jobs train: each one can then be served.
+TrainableModel = Annotated[ModelName, ModelNames(TRAINABLE, "A model that trains", "model")]
 
 
 TrainingData = Literal["synthetic", "archive"]  # never a filesystem path from a request
@@ -383,6 +419,14 @@ class GroupThroughput(BaseModel):
     freshness_samples: int = Field(description="Events with a measured event-to-state time")
     freshness_p50_seconds: float | None = None
     freshness_p99_seconds: float | None = None
+    recent_events: int = Field(0, description="Events applied over the recent window")
+    recent_freshness_samples: int = Field(
+        0, description="Event-to-state times measured over the recent window"
+    )
+    recent_freshness_p50_seconds: float | None = Field(
+        None, description="Event-to-state p50 over the recent window; null without events"
+    )
+    recent_freshness_p99_seconds: float | None = None
 
 
 class OpsStats(BaseModel):
@@ -391,6 +435,45 @@ class OpsStats(BaseModel):
     groups: list[GroupThroughput] = Field(
         description="Consumer groups running in this process (empty when they run elsewhere)"
     )
+    window_seconds: float = Field(
+        0.0, description="What the recent_* figures span: the last minute, less after start"
+    )
+
+
+class DeadLetterCount(BaseModel):
+    consumer_group: str
+    source_topic: str
+    count: int
+    newest_failed_at: datetime
+
+
+class DeadLetterCounts(BaseModel):
+    measured_at: float = Field(description="When the DLQ topic was last read (Unix time)")
+    total: int = Field(description="Records in the DLQ topic now (end - start offsets)")
+    unread: int = Field(description="Of them, not read yet (a long DLQ takes several reads)")
+    counts: list[DeadLetterCount] = Field(
+        description="Per consumer group and source topic, over the letters read by this process"
+    )
+
+
+class DeadLetterView(BaseModel):
+    dlq_partition: int
+    dlq_offset: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    consumer_group: str
+    reason: str = Field(description="Why the consumer rejected it")
+    failed_at: datetime
+    key: str | None = Field(description="The source key as text (invalid UTF-8 replaced)")
+    payload_bytes: int | None = Field(description="Size of the original value; null: null value")
+    payload_excerpt: str | None = Field(
+        description="The start of the original value as text (invalid UTF-8 replaced)"
+    )
+
+
+class RecentDeadLetters(DeadLetterCounts):
+    letters: list[DeadLetterView] = Field(description="The newest dead letters, newest first")
 
 
 # -- consumer lag (core/lag.py, GET /v1/ops/lag, `streamrec lag`) ------------------------------

@@ -24,10 +24,14 @@ from core.ids import IdRegistry
 from core.services import Services, open_services
 from core.settings import Settings
 from stores.catalog import Archive
+from stores.dlq_replays import DlqReplayLog
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
+from stores.training_jobs import TrainingJobStore
 from stores.vectors import VectorStore, open_vector_store
+
+OFFLINE_DB = "streamrec.db"  # an offline run's own SQLite database
 
 
 def models_dir(settings: Settings) -> Path:
@@ -49,6 +53,8 @@ class Stores:
     archive: Archive  # writes carry the Kafka log's id (offsets mean something in one log)
     models: ModelRegistry
     vectors: VectorStore
+    training_jobs: TrainingJobStore
+    dlq_replays: DlqReplayLog
 
     @property
     def settings(self) -> Settings:
@@ -86,6 +92,8 @@ async def open_stores(
             archive=Archive(services.engine, log_id=services.kafka_log_id),
             models=model_registry(services.engine, settings),
             vectors=vectors,
+            training_jobs=TrainingJobStore(services.engine),
+            dlq_replays=DlqReplayLog(services.engine),
         )
 
 
@@ -98,6 +106,8 @@ class SqlStores:
     ids: IdRegistry
     archive: Archive
     models: ModelRegistry
+    training_jobs: TrainingJobStore
+    dlq_replays: DlqReplayLog
 
 
 @contextmanager
@@ -117,7 +127,25 @@ def open_sql_stores(settings: Settings) -> Iterator[SqlStores]:
             ids=IdRegistry(engine),
             archive=Archive(engine),
             models=model_registry(engine, settings),
+            training_jobs=TrainingJobStore(engine),
+            dlq_replays=DlqReplayLog(engine),
         )
+
+
+@contextmanager
+def open_offline_stores(settings: Settings, run_dir: Path) -> Iterator[SqlStores]:
+    """The SQL-backed stores of an offline run (training on anything but the live archive):
+    a SQLite database of its own under ``run_dir``, with its own id registry and its own model
+    registry (``run_dir/models``), so an experiment never touches the live ones."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    offline = settings.model_copy(
+        update={
+            "database_url": f"sqlite:///{(run_dir / OFFLINE_DB).as_posix()}",
+            "var_dir": run_dir,
+        }
+    )
+    with open_sql_stores(offline) as stores:
+        yield stores
 
 
 @contextmanager

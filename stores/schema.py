@@ -17,9 +17,16 @@ import core.ids
 import stores.catalog
 import stores.dlq_replays
 import stores.model_registry
+import stores.training_jobs
 from core.db import Base
 
-_TABLE_MODULES = (core.ids, stores.catalog, stores.dlq_replays, stores.model_registry)
+_TABLE_MODULES = (
+    core.ids,
+    stores.catalog,
+    stores.dlq_replays,
+    stores.model_registry,
+    stores.training_jobs,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"

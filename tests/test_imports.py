@@ -11,6 +11,7 @@ fails this test, and so does a listed edge that is gone, so the list only ever s
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +24,12 @@ RANK = {
     "consumers": 4,
     "api": 5,
     "apps": 6,  # programs: import anything, imported by nothing
+    "streamrec": 6,  # the SDK apps import: imported by nothing here, imports only SDK_IMPORTS
 }
 FORBIDDEN = {("api", "consumers")}  # allowed by rank, excluded by design
+# What ``import streamrec`` may load: the contracts, the publishers and the error tree (a leaf
+# module), never the server's heavy parts (torch, FastAPI, stores).
+SDK_IMPORTS = ("schemas", "producers", "core.errors")
 
 # Empty since the embedded all-in-one (apps/up.py) and the simulator (apps/simulate.py) left
 # the library; a wrong edge to come must be fixed, or listed here with the reason and its move.
@@ -55,6 +60,8 @@ def _edges() -> set[tuple[str, str]]:
 
 def _wrong(source: str, target: str) -> bool:
     a, b = source.split(".")[0], target.split(".")[0]
+    if a == "streamrec":
+        return not any(target == name or target.startswith(f"{name}.") for name in SDK_IMPORTS)
     return RANK[b] >= RANK[a] or (a, b) in FORBIDDEN
 
 
@@ -91,3 +98,25 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert _wrong("trainer.x", "consumers.app") and _wrong("api.x", "consumers.dlq")
     assert not _wrong("consumers.x", "trainer.models") and not _wrong("api.x", "trainer.rl")
     assert not _wrong("apps.simulate", "consumers.app") and _wrong("api.app", "apps.simulate")
+    assert not _wrong("streamrec.client", "core.errors") and _wrong("streamrec.x", "core.settings")
+    assert _wrong("streamrec.client", "stores.features") and _wrong("apps.up", "streamrec.client")
+
+
+def _command_modules() -> set[str]:
+    """The CLI layer: ``core.cli`` and the modules the ``streamrec.commands`` entry points name."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    entries = project["project"]["entry-points"]["streamrec.commands"].values()
+    return {"core.cli", *(entry.split(":")[0] for entry in entries)}
+
+
+def test_typer_only_in_the_cli_layer() -> None:
+    """No typer below the CLI: library code raises domain errors and returns values; only the
+    modules that register commands turn them into messages and exit codes."""
+    using = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for package in RANK
+        for path in (ROOT / package).rglob("*.py")
+        if any(name.split(".")[0] == "typer" for name in _imports(path))
+    }
+    assert "trainer.cli" in using  # the check sees them
+    assert using - _command_modules() == set(), "typer below the CLI layer"

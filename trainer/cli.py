@@ -1,43 +1,38 @@
-"""``streamrec train`` and ``streamrec eval``: train a model into the registry, judge a version.
+"""The trainer's commands: ``streamrec train`` (a model into the registry), ``streamrec eval``
+(judge a version) and ``streamrec vectors publish`` (make a version live).
 
-Both read the database URL and the var dir from ``core.settings.Settings`` (``--var-dir``
-overrides the latter) and run the training service (``trainer.service``), imported when a
-command runs (PyTorch loads then, not for ``--help``). Failures end with a one-line message and
-exit code 2, never a traceback.
+They read the database URL and the var dir from ``core.settings.Settings`` (``--var-dir``
+overrides the latter) and run the training service (``trainer.service``) or the publisher
+(``trainer.publish``), imported when a command runs (PyTorch loads then, not for ``--help``).
+Models are named as everywhere else (``schemas.models``): a name a command does not take is
+refused with what to use instead. Failures end with a one-line message and exit code 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Engine
 
-from core.db import create_db_engine
 from core.errors import InvalidInput, StreamrecError
-from core.ids import IdRegistry
 from core.settings import Settings
-from stores.model_registry import ModelRegistry, ModelVersion
-from stores.schema import create_schema
+from schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
+from stores.model_registry import ModelVersion
+
+if TYPE_CHECKING:
+    from stores.factory import SqlStores
 
 log = logging.getLogger(__name__)
 console = Console()
-
-
-class ModelName(StrEnum):
-    mf = "mf"
-    bpr = "bpr"
-    ncf = "ncf"
-    wide_deep = "wide_deep"
-    sasrec = "sasrec"
-    doc2vec = "doc2vec"
 
 
 class Protocol(StrEnum):
@@ -46,7 +41,7 @@ class Protocol(StrEnum):
     random_split = "random-split"
 
 
-MODEL_OPT = typer.Option("--model", "-m", help="Which model to train or evaluate.")
+MODEL_OPT = typer.Option("--model", "-m", help=f"Which model: {choices(TRAINABLE)}.")
 DATA_OPT = typer.Option(
     "--data",
     "-d",
@@ -67,19 +62,30 @@ PROTOCOL_OPT = typer.Option(
 )
 
 
-def _services(var_dir: Path | None) -> tuple[Engine, ModelRegistry]:
+@contextmanager
+def _live_stores(var_dir: Path | None) -> Iterator[SqlStores]:
+    """The live SQL stores (``stores.factory``), from the settings and ``--var-dir``."""
+    from stores.factory import open_sql_stores  # SQLAlchemy: only when a command runs
+
     settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
-    engine = create_db_engine(settings.database_url)
-    create_schema(engine)
-    return engine, ModelRegistry(engine, settings.var_dir / "models")
+    with open_sql_stores(settings) as stores:
+        yield stores
 
 
 def _fail(error: Exception) -> typer.BadParameter:
     return typer.BadParameter(str(error))
 
 
+def _trainable(value: str) -> str:
+    """``--model`` of train and eval: the name of a model that trains (a former name taken)."""
+    try:
+        return resolve(value, TRAINABLE, "--model").value
+    except ValueError as error:
+        raise _fail(error) from None
+
+
 def train(
-    model: Annotated[ModelName, MODEL_OPT],
+    model: Annotated[str, MODEL_OPT],
     data: Annotated[str, DATA_OPT],
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")
@@ -106,6 +112,7 @@ def train(
     Only `--data archive` is live: any other data trains in an offline run of its own
     (`var/offline/<run>/`: its own id and model registry), which the live system never serves.
     """
+    name = _trainable(model)
     try:
         from trainer import service  # PyTorch: only when it trains
 
@@ -114,13 +121,12 @@ def train(
             if service.is_offline(data):  # the live database is not even opened
                 ws = stack.enter_context(service.offline_workspace(settings.var_dir, data))
             else:
-                engine, models = _services(var_dir)
-                stack.callback(engine.dispose)
-                ws = service.Workspace(engine, IdRegistry(engine), models, offline=False)
-            previous = ws.models.active(model.value) if warm_start else None
+                live = stack.enter_context(_live_stores(var_dir))
+                ws = service.Workspace(live.engine, live.ids, live.models, offline=False)
+            previous = ws.models.active(name) if warm_start else None
             if warm_start and previous is None:
                 raise InvalidInput(
-                    f"--warm-start: {model.value} has no active version to start from "
+                    f"--warm-start: {name} has no active version to start from "
                     f"{'in this offline run ' if ws.offline else ''}(train one first)"
                 )
             loaded = service.load_data(data, ws.engine, seed)
@@ -133,7 +139,7 @@ def train(
                 "threads": threads,
             }
             version = service.train_model(
-                model.value,
+                name,
                 loaded,
                 ws.ids,
                 ws.models,
@@ -183,7 +189,7 @@ def _warm_start_line(began: dict[str, Any]) -> str:
 
 
 def evaluate_cmd(
-    model: Annotated[ModelName, MODEL_OPT],
+    model: Annotated[str, MODEL_OPT],
     data: Annotated[str, DATA_OPT],
     protocol: Annotated[Protocol, PROTOCOL_OPT] = Protocol.loo_full,
     version: Annotated[int | None, typer.Option(min=1, help="Version (default: active).")] = None,
@@ -196,13 +202,14 @@ def evaluate_cmd(
 
     Use the same data, protocol and seed as ``train`` to judge a model on data it did not see.
     """
+    name = _trainable(model)
     try:
         from trainer.service import evaluate_version  # PyTorch: only when it evaluates
 
-        engine, models = _services(var_dir)
-        metrics, found = evaluate_version(
-            engine, models, model.value, data, protocol.value, version, seed, exclude_seen
-        )
+        with _live_stores(var_dir) as live:
+            metrics, found = evaluate_version(
+                live.engine, live.models, name, data, protocol.value, version, seed, exclude_seen
+            )
     except (StreamrecError, OSError, ValueError) as error:
         raise _fail(error) from None
     label = f"{found.name} v{found.version}"
@@ -258,7 +265,71 @@ def _html_report(
     )
 
 
+PUBLISH_MODEL_OPT = typer.Option(
+    "--model", "-m", help=f"Which model's vectors: {choices(VECTOR_MODELS)}."
+)
+
+
+def publish_cmd(
+    model: Annotated[str, PUBLISH_MODEL_OPT],
+    version: Annotated[int | None, typer.Option(min=1, help="Version (default: active).")] = None,
+    var_dir: Annotated[Path | None, VAR_OPT] = None,
+) -> None:
+    """Publish a model version: its item vectors, every user's vector, then swap the
+    `items_<model>` alias to it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stores.factory import open_sql_stores, open_vectors
+    from trainer.publish import publish_version, vector_model
+
+    try:
+        kind = vector_model(model)
+        if model != kind.name:
+            console.print(f"{model} is the former name of {kind.name}: publishing {kind.name}")
+        settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with (
+            open_sql_stores(settings) as sql,
+            open_vectors(settings) as store,
+            Progress(*columns, console=console) as bar,
+        ):
+            tasks = {
+                "items": bar.add_task(f"{kind.name}: item vectors", total=None),
+                "users": bar.add_task(f"{kind.name}: user vectors", total=None),
+            }
+            done = publish_version(
+                sql.models,
+                store,
+                sql.ids,
+                sql.engine,
+                kind.name,
+                version,
+                checkpoint_dir=settings.var_dir / "publish",
+                on_progress=lambda stage, n, total: bar.update(
+                    tasks[stage], completed=n, total=total
+                ),
+            )
+    except (StreamrecError, OSError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    inferred = f" ({done.inferred} inferred from their text)" if done.inferred else ""
+    console.print(
+        f"{done.model} v{done.version}: {done.alias} → {done.collection}: {done.points} items"
+        f"{inferred}, {done.users} user vectors in {done.users_collection}, in "
+        f"{done.seconds:.1f}s ({done.user_seconds:.1f}s for users)"
+        + (f" (previous: {done.previous}, kept for rollback)" if done.previous else "")
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to the streamrec CLI."""
+    """Add this package's commands to the streamrec CLI: train, eval, vectors publish."""
     app.command("train")(train)
     app.command("eval")(evaluate_cmd)
+    vectors_app = typer.Typer(help="Serving vectors: publish model versions to Qdrant.")
+    vectors_app.command("publish")(publish_cmd)
+    app.add_typer(vectors_app, name="vectors")

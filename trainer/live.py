@@ -4,10 +4,10 @@ activation through the API all go through ``publish_version``.
 Going live means every user is served by the new version, so a publish writes, in order:
 
 1. the version's item vectors into a NEW versioned collection ``items_<model>__v<N>`` (N = the
-   model registry version), streamed in resumable batches (checkpointed) and indexed. Doc2Vec
-   is served as ``content`` (``items_content`` → ``items_content__v<N>``); catalog items with
-   text that the Doc2Vec version has no row for (newer than its training) get an inferred
-   vector, as the vectors consumer gives a new item one at once;
+   model registry version), streamed in resumable batches (checkpointed) and indexed. Doc2Vec's
+   collections keep their former key (``items_content`` → ``items_content__v<N>``); catalog
+   items with text that the Doc2Vec version has no row for (newer than its training) get an
+   inferred vector, as the vectors consumer gives a new item one at once;
 2. the user vectors of EVERY user with state into ``users_<model>__v<N>``
    (``trainer.user_vectors.all_user_vectors``: trained rows, SASRec's live sequence from the
    archive, a fold-in otherwise), in bulk batches;
@@ -33,18 +33,17 @@ from sqlalchemy import Engine, select
 from core.datasets import Item
 from core.errors import InvalidInput, NotFound
 from core.ids import IdKind, IdRegistry
+from schemas.models import ModelKind
 from stores.catalog import ItemRow
 from stores.model_registry import ModelRegistry, ModelVersion
 from stores.vectors import VectorBatch, VectorStore, bulk_upsert, item_version_name, items_alias
 from trainer.doc2vec import Doc2VecModel, item_text, tokenize
 from trainer.publish import (
-    SERVING_MODELS,
     PayloadSource,
     Published,
     PublishProgress,
-    distance_of,
-    registry_name,
     sql_payloads,
+    vector_model,
 )
 from trainer.user_vectors import DEFAULT_HISTORY, LoadedModel, all_user_vectors, load_model
 
@@ -125,6 +124,7 @@ def _write_items(
     vectors: VectorStore,
     ids: IdRegistry,
     engine: Engine,
+    kind: ModelKind,
     model: LoadedModel,
     collection: str,
     *,
@@ -133,20 +133,17 @@ def _write_items(
     chunk: int,
 ) -> tuple[int, int]:
     """Item vectors into ``collection`` (created if needed); returns (points, inferred)."""
-    serving = model.serving
     matrix = model.items
     external = ids.external_ids(IdKind.ITEM)
     rows = _rows(matrix, len(external))
     extra_idx, extra_vecs = _inferred_items(model, rows, external, engine, chunk)
     if len(rows) == 0 and len(extra_idx) == 0:
-        raise InvalidInput(
-            f"{SERVING_MODELS[serving]} v{model.version} has no item vectors for known items"
-        )
+        raise InvalidInput(f"{kind.name} v{model.version} has no item vectors for known items")
     checkpoint = (checkpoint_dir / f"{collection}.json") if checkpoint_dir else None
     if not vectors.collection_exists(collection):
         if checkpoint is not None:  # a checkpoint of a collection since deleted (retention)
             checkpoint.unlink(missing_ok=True)
-        vectors.create_item_version(serving, matrix.shape[1], distance_of(serving), model.version)
+        vectors.create_item_version(kind.collection, matrix.shape[1], kind.distance, model.version)
     total = len(rows) + len(extra_idx)
     payloads = sql_payloads(engine)
     result = bulk_upsert(
@@ -221,14 +218,16 @@ def publish_version(
 ) -> Published:
     """``trainer.publish.publish_version`` (documented there): items, users, then the swap."""
     started = time.perf_counter()
-    with _model_lock(model):
-        found = _version(models, registry_name(model), version)
-        loaded = load_model(models, found.name, model, found.version)
-        collection = item_version_name(model, found.version)
+    kind = vector_model(model)  # its name, or a former name (content)
+    with _model_lock(kind.name):
+        found = _version(models, kind.name, version)
+        loaded = load_model(models, found.name, kind.collection, found.version)
+        collection = item_version_name(kind.collection, found.version)
         points, inferred = _write_items(
             vectors,
             ids,
             engine,
+            kind,
             loaded,
             collection,
             checkpoint_dir=checkpoint_dir,
@@ -247,11 +246,11 @@ def publish_version(
             now_ms=int(time.time() * 1000),
         )
         user_seconds = time.perf_counter() - users_started
-        alias = items_alias(model)
+        alias = items_alias(kind.collection)
         previous = vectors.swap_alias(alias, collection)
     log.info(
         "published %s v%d: %d items in %s, %d user vectors in %s (%.1fs), was %s",
-        model,
+        kind.name,
         found.version,
         points,
         collection,
@@ -261,7 +260,7 @@ def publish_version(
         previous,
     )
     return Published(
-        model=model,
+        model=kind.name.value,
         version=found.version,
         collection=collection,
         alias=alias,

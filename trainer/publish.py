@@ -1,30 +1,30 @@
-"""Publishing model versions: serving names, item payloads, ``publish_version`` and
-``streamrec vectors publish``.
+"""Publishing model versions: which models publish, item payloads and ``publish_version``
+(its command, ``streamrec vectors publish``, is in ``trainer.cli``).
 
 Publishing a version writes its item vectors into a new collection ``items_<model>__v<N>``,
 then the vector of every user with state into ``users_<model>__v<N>``, and only then swaps the
 alias ``items_<model>``: going live means every user is served by the new version (the steps:
-``trainer.live``). Doc2Vec is served as ``content`` (``items_content`` →
-``items_content__v<N>``).
+``trainer.live``). Every model that trains publishes (``schemas.models.VECTOR_MODELS``), under
+its one name; doc2vec's collections keep their former key, ``content`` (``items_content`` →
+``items_content__v<N>``), and ``content`` is accepted as its name.
 
-This module stays light (no PyTorch, no gensim): the ``streamrec`` CLI imports it at start-up
-to register the command, so ``publish_version`` loads ``trainer.live`` on its first call.
+This module stays light (no PyTorch, no gensim): ``publish_version`` loads ``trainer.live`` on
+its first call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import typer
 from sqlalchemy import Engine, func, select
 
-from core.errors import InvalidInput, StreamrecError
+from core.errors import InvalidInput
+from schemas.models import MODELS, VECTOR_MODELS, ModelKind, resolve
 from stores.catalog import InteractionRow, ItemRow
-from stores.vectors import Distance
 
 if TYPE_CHECKING:
     from core.ids import IdRegistry
@@ -34,33 +34,23 @@ if TYPE_CHECKING:
 # (stage: "items" or "users", done, total)
 PublishProgress = Callable[[str, int, int], None]
 DEFAULT_HISTORY = 50  # recent items a fold-in averages (trainer.user_vectors)
-
-# Serving name (API ``model=``, collection suffix) -> model registry name.
-SERVING_MODELS: Mapping[str, str] = {
-    "mf": "mf",
-    "ncf": "ncf",
-    "wide_deep": "wide_deep",
-    "sasrec": "sasrec",
-    "content": "doc2vec",
-}
 PayloadSource = Callable[[Sequence[str]], dict[str, dict[str, Any]]]
 
 
-def registry_name(serving: str) -> str:
-    if serving not in SERVING_MODELS:
-        raise InvalidInput(f"unknown model {serving!r}; choose one of {', '.join(SERVING_MODELS)}")
-    return SERVING_MODELS[serving]
+def vector_model(name: str, where: str = "--model") -> ModelKind:
+    """The model ``name`` (or a former name: content) when it publishes vectors; InvalidInput
+    saying what to use instead otherwise (dqn: rerank=dqn; popular: nothing to publish)."""
+    try:
+        return MODELS[resolve(name, VECTOR_MODELS, where)]
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
 
 
-def serving_name(registry: str) -> str | None:
-    """The serving name of registry model ``registry`` (doc2vec -> content); None for models
-    that serve no vectors (dqn) or are not served (bpr)."""
-    return next((s for s, r in SERVING_MODELS.items() if r == registry), None)
-
-
-def distance_of(serving: str) -> Distance:
-    # Torch models retrieve by dot product (their scores are dot products); Doc2Vec by cosine.
-    return "cosine" if serving == "content" else "dot"
+def published_kind(name: str) -> ModelKind | None:
+    """The kind of registry model ``name`` when its versions are published (go live through
+    ``publish_version``); None for models served without vectors (dqn)."""
+    kind = next((k for k in MODELS.values() if k.name.value == name), None)
+    return kind if kind is not None and kind.vectors else None
 
 
 def item_matrix(model: Any) -> np.ndarray:
@@ -101,7 +91,7 @@ def sql_payloads(engine: Engine) -> PayloadSource:
 
 @dataclass(frozen=True)
 class Published:
-    model: str  # serving name
+    model: str  # the model's name (doc2vec for content)
     version: int
     collection: str
     alias: str
@@ -129,8 +119,9 @@ def publish_version(
 ) -> Published:
     """Make a version live: its item vectors, then every user's vector, then the alias swap.
 
-    ``model`` is a serving name (mf, ncf, wide_deep, sasrec, content); ``version`` defaults to
-    the registry's active one. ``engine`` holds the catalog and the interactions archive (item
+    ``model`` is the name of a model with vectors (``schemas.models.VECTOR_MODELS``: every
+    model that trains; ``content`` is taken for doc2vec); ``version`` defaults to the
+    registry's active one. ``engine`` holds the catalog and the interactions archive (item
     payloads, user histories). Item vectors are resumable: a rerun after an interruption
     continues from the checkpoint in ``checkpoint_dir``. User vectors are always recomputed,
     so publishing a version again (a rollback) refreshes them. ``on_progress`` gets (stage,
@@ -152,74 +143,3 @@ def publish_version(
         chunk=chunk,
         history=history,
     )
-
-
-# -- CLI ----------------------------------------------------------------------------------------
-
-
-MODEL_HELP = "mf, ncf, wide_deep, sasrec or content (the doc2vec model)."
-
-
-def publish_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
-    version: Annotated[int | None, typer.Option(min=1, help="Version (default: active).")] = None,
-    var_dir: Annotated[Path | None, typer.Option(help="State directory (default: settings).")] = (
-        None
-    ),
-) -> None:
-    """Publish a model version: its item vectors, every user's vector, then swap the
-    `items_<model>` alias to it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from core.settings import Settings
-    from stores.factory import open_sql_stores, open_vectors
-
-    console = Console()
-    try:
-        registry_name(model)
-        settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with (
-            open_sql_stores(settings) as sql,
-            open_vectors(settings) as store,
-            Progress(*columns, console=console) as bar,
-        ):
-            tasks = {
-                "items": bar.add_task(f"{model}: item vectors", total=None),
-                "users": bar.add_task(f"{model}: user vectors", total=None),
-            }
-            done = publish_version(
-                sql.models,
-                store,
-                sql.ids,
-                sql.engine,
-                model,
-                version,
-                checkpoint_dir=settings.var_dir / "publish",
-                on_progress=lambda stage, n, total: bar.update(
-                    tasks[stage], completed=n, total=total
-                ),
-            )
-    except (StreamrecError, OSError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
-    inferred = f" ({done.inferred} inferred from their text)" if done.inferred else ""
-    console.print(
-        f"{done.alias} → {done.collection}: {done.points} items{inferred}, {done.users} user "
-        f"vectors in {done.users_collection}, in {done.seconds:.1f}s "
-        f"({done.user_seconds:.1f}s for users)"
-        + (f" (previous: {done.previous}, kept for rollback)" if done.previous else "")
-    )
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``streamrec vectors publish`` to the streamrec CLI."""
-    vectors_app = typer.Typer(help="Serving vectors: publish model versions to Qdrant.")
-    vectors_app.command("publish")(publish_cmd)
-    app.add_typer(vectors_app, name="vectors")

@@ -27,28 +27,27 @@ import torch
 
 from core.errors import ConfigurationError, InvalidInput
 from core.settings import Settings
+from schemas.models import RETRAINABLE, resolve
 from stores.factory import Stores, open_sql_stores
 from stores.model_registry import Promotion
 from stores.vectors import VectorStore, item_version_name, user_version_name
 from trainer.data import build, recorded_watermark
 from trainer.promotion import HoldoutScores, compare_on_holdout, decide, newest_split
-from trainer.publish import publish_version, serving_name
+from trainer.publish import publish_version, published_kind
 from trainer.service import ARCHIVE, TrainingData, load_data, train_model
-
-# Registry names of the models the loop can retrain (embedding models over the archive).
-RETRAINABLE = ("mf", "bpr", "ncf", "wide_deep", "sasrec")
 
 
 def parse_models(value: str) -> tuple[str, ...]:
-    """``STREAMREC_RETRAIN_MODELS`` ("mf,ncf,sasrec") as names, checked, in order, no repeats."""
-    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
-    unknown = [n for n in names if n not in RETRAINABLE]
-    if unknown:
-        raise ConfigurationError(
-            f"STREAMREC_RETRAIN_MODELS names {', '.join(unknown)}: the loop retrains "
-            f"{', '.join(RETRAINABLE)}"
-        )
-    return names
+    """``STREAMREC_RETRAIN_MODELS`` ("mf,ncf,sasrec") as names, checked, in order, no repeats.
+
+    The loop retrains the embedding models over the archive (``schemas.models.RETRAINABLE``);
+    a name it does not take is refused with what to use instead."""
+    names = (n.strip() for n in value.split(",") if n.strip())
+    try:
+        checked = [resolve(n, RETRAINABLE, "STREAMREC_RETRAIN_MODELS").value for n in names]
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    return tuple(dict.fromkeys(checked))
 
 
 @dataclass(frozen=True)
@@ -168,10 +167,11 @@ def budget_process(threads: int, nice: int) -> None:
 
 def drop_version_collections(vectors: VectorStore, name: str, version: int) -> None:
     """Delete the item and user collections of a retired version (retention)."""
-    serving = serving_name(name)
-    if serving is None:
+    kind = published_kind(name)
+    if kind is None:
         return
-    for collection in (item_version_name(serving, version), user_version_name(serving, version)):
+    key = kind.collection
+    for collection in (item_version_name(key, version), user_version_name(key, version)):
         if vectors.collection_exists(collection):
             vectors.delete_collection(collection)
 
@@ -211,6 +211,10 @@ def train_candidate(settings: Settings, name: str, config: RetrainConfig) -> Can
         )
         candidate = sql.models.load(name, version.version)
         live_net = sql.models.load(name, live.version) if live is not None else None
+        # The same rows, sized to the registry now: ids registered while it trained (the
+        # archive group keeps registering) made the candidate bigger than the first build,
+        # and scoring must not shrink it. The split's row indices stay valid.
+        inter = build(data.raw, sql.ids)
         scores = compare_on_holdout(
             candidate, live_net, live.version if live else None, inter, split
         )
@@ -224,14 +228,13 @@ def conclude_round(stores: Stores, candidate: Candidate, config: RetrainConfig) 
     and make it live, or record it rejected; then retire old versions (files, collections)."""
     promotion = decide(candidate.scores, config.tolerance)
     published = 0.0
-    serving = serving_name(candidate.name)
-    if promotion.promoted and serving is not None:
+    if promotion.promoted and published_kind(candidate.name) is not None:
         published = publish_version(
             stores.models,
             stores.vectors,
             stores.ids,
             stores.engine,
-            serving,
+            candidate.name,
             candidate.version,
             checkpoint_dir=stores.settings.var_dir / "publish",
         ).seconds

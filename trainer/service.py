@@ -26,12 +26,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import Engine
 
 from core.datasets import InteractionData, load_movielens, synthetic
-from core.db import create_db_engine
 from core.errors import InvalidInput, NotFound
 from core.ids import IdRegistry
+from core.settings import Settings
 from stores.catalog import Watermark
+from stores.factory import open_offline_stores
 from stores.model_registry import ModelRegistry, ModelVersion
-from stores.schema import create_schema
 from trainer.data import DataWindow, Interactions, build, read_archive
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from trainer.evaluate import evaluate, make_validator, protocol_split
@@ -46,7 +46,6 @@ DOC2VEC = "doc2vec"
 ARCHIVE = "archive"  # the live data: the SQL interactions archive
 SYNTHETIC = "synthetic"
 OFFLINE_DIR = "offline"  # under the var dir, beside the live registry's models/
-OFFLINE_DB = "streamrec.db"
 
 WarmFrom = ModelVersion | Recommender
 
@@ -88,14 +87,9 @@ class Workspace:
 @contextmanager
 def offline_workspace(var_dir: Path, source: str) -> Iterator[Workspace]:
     """The offline run of ``source`` under ``var_dir`` (created on first use), closed on exit."""
-    run = offline_run_dir(var_dir, source)
-    run.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(f"sqlite:///{(run / OFFLINE_DB).as_posix()}")
-    try:
-        create_schema(engine)
-        yield Workspace(engine, IdRegistry(engine), ModelRegistry(engine, run / "models"), True)
-    finally:
-        engine.dispose()
+    settings = Settings(var_dir=var_dir)
+    with open_offline_stores(settings, offline_run_dir(var_dir, source)) as run:
+        yield Workspace(run.engine, run.ids, run.models, offline=True)
 
 
 @contextmanager

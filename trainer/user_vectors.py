@@ -49,7 +49,7 @@ UserProgress = Callable[[int, int], None]
 
 @dataclass
 class LoadedModel:
-    serving: str  # mf, ncf, wide_deep, sasrec, content
+    serving: str  # its collections' key (schemas.models: the model's name, content for doc2vec)
     version: int
     net: Any  # a Recommender, or the Doc2Vec model for content
     items: np.ndarray  # (n_items, d) item vectors, for fold-in
@@ -78,8 +78,8 @@ class LoadedModel:
 
 
 def load_model(models: ModelRegistry, name: str, serving: str, version: int) -> LoadedModel:
-    """Version ``version`` of registry model ``name``, ready to compute user vectors for the
-    serving name ``serving``."""
+    """Version ``version`` of registry model ``name``, ready to compute user vectors into the
+    collections of key ``serving`` (``schemas.models.ModelKind.collection``)."""
     net = models.load(name, version)
     if isinstance(net, torch.nn.Module):
         net.eval()

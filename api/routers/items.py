@@ -12,6 +12,7 @@ from api.deps import RuntimeDep
 from api.responses import error_responses
 from api.routers.users import _from_hits
 from schemas.api import SimilarItems, VectorModel
+from schemas.models import MODELS, ModelName
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -30,13 +31,18 @@ async def similar(
     item_id: str,
     runtime: RuntimeDep,
     model: Annotated[
-        VectorModel, Query(description="Whose item vectors (popular has none)")
-    ] = VectorModel.CONTENT,
+        VectorModel,
+        Query(
+            description="Whose item vectors (popular has none; 'content': doc2vec's former "
+            "name, accepted)"
+        ),
+    ] = ModelName.DOC2VEC,
     k: Annotated[int, Query(ge=1, le=200, description="How many items")] = 10,
 ) -> SimilarItems:
     """The items nearest to ``item_id`` in ``model``'s published item vectors. A new item
-    with text is in ``content`` as soon as the vectors group has consumed its item event."""
-    answer = await asyncio.to_thread(runtime.serving.similar, model.value, item_id, k)
+    with text is in ``doc2vec`` as soon as the vectors group has consumed its item event."""
+    collection = MODELS[model].collection  # the model's name; content for doc2vec
+    answer = await asyncio.to_thread(runtime.serving.similar, collection, item_id, k)
     return SimilarItems(
         request_id=uuid.uuid4().hex,
         item_id=item_id,

@@ -11,12 +11,13 @@ every path from a validated name and number under its root, so a request never r
 outside ``<var_dir>/models``.
 
 Activating a version hot-swaps what the registry serves (``dqn``, ``doc2vec``: within
-``STREAMREC_MODEL_RELOAD_SECONDS``). A model served from vectors (mf, ncf, wide_deep, sasrec;
-doc2vec as ``content``) is published first, in a worker thread (``trainer.publish``): its item
-vectors (reused when already complete), every user's vector, then the alias swap; only then
-does the registry make it live. So the call answers once the version serves every user, which
-takes as long as the publish (seconds on ml-100k, see README); if publishing fails, nothing
-changed.
+``STREAMREC_MODEL_RELOAD_SECONDS``). A model served from vectors (every model that trains:
+``schemas.models.VECTOR_MODELS``) is published first, in a worker thread
+(``trainer.publish``): its item vectors (reused when already complete), every user's vector,
+then the alias swap; only then does the registry make it live. So the call answers once the
+version serves every user, which takes as long as the publish (seconds on ml-100k, see
+README); if publishing fails, nothing changed. A former name in the path (``content``) names
+its model (``doc2vec``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import AfterValidator
 
 from api.deps import AdminKey, ModelRegistryDep, RuntimeDep
 from api.responses import error_responses
@@ -39,8 +41,9 @@ from schemas.api import (
     ModelVersionInfo,
     PromotionInfo,
 )
+from schemas.models import canonical
 from stores.model_registry import ModelRegistry, ModelVersion, Promotion
-from trainer.publish import publish_version, serving_name
+from trainer.publish import publish_version, published_kind
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -49,8 +52,9 @@ ModelName = Annotated[
     Path(
         pattern=MODEL_NAME_PATTERN,
         max_length=MAX_MODEL_NAME,
-        description="Lower-case letters, digits and _",
+        description="Lower-case letters, digits and _ ('content' is taken for doc2vec)",
     ),
+    AfterValidator(canonical),  # a former name (content) names its model (doc2vec)
 ]
 Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="A registered version number")]
 
@@ -144,14 +148,13 @@ def _publish_and_activate(
     runtime: Runtime, registry: ModelRegistry, name: str, version: int
 ) -> ModelVersion:
     registry.get(name, version)  # an unknown version is a 404 before any work
-    serving = serving_name(name)
-    if serving is not None:
+    if published_kind(name) is not None:
         publish_version(
             registry,
             runtime.vectors,
             runtime.services.ids,
             runtime.services.engine,
-            serving,
+            name,
             version,
             checkpoint_dir=runtime.settings.var_dir / "publish",
         )

@@ -25,7 +25,7 @@ from schemas.api import (
 from trainer.policy import RLServer
 from trainer.rl import STATE_RECENT_ITEMS
 
-router = APIRouter(prefix="/v1", tags=["dqn"])
+router = APIRouter(prefix="/v1")  # tags per route: the DQN and Doc2Vec apart
 
 _NO_MODEL = "No active version of the model"
 # 503: the active version is looked up in the registry (SQL); rank also reads Redis.
@@ -39,7 +39,7 @@ def _rl(runtime: Runtime) -> RLServer:
     return runtime.rl
 
 
-@router.post("/predict/q-values", responses=_ERRORS)
+@router.post("/predict/q-values", tags=["dqn"], responses=_ERRORS)
 async def q_values(body: QValuesRequest, runtime: RuntimeDep) -> QValues:
     """Q-values of raw item vectors for a raw user state vector (the bulk predict)."""
     version, q = await asyncio.to_thread(
@@ -50,6 +50,7 @@ async def q_values(body: QValuesRequest, runtime: RuntimeDep) -> QValues:
 
 @router.post(
     "/rank",
+    tags=["dqn"],
     responses=error_responses(
         *BODY_ERRORS,
         described={404: _NO_MODEL, 422: "Bad lists, candidates without a vector, or not JSON"},
@@ -69,14 +70,14 @@ async def rank(body: RankRequest, runtime: RuntimeDep, features: FeaturesDep) ->
     )
 
 
-@router.post("/embeddings/doc2vec", responses=_ERRORS)
+@router.post("/embeddings/doc2vec", tags=["doc2vec"], responses=_ERRORS)
 async def embed(body: EmbedRequest, runtime: RuntimeDep) -> Embedding:
     """The Doc2Vec vector of one text (the same text always gives the same vector)."""
     version, vectors = await asyncio.to_thread(_rl(runtime).embed, [body.text])
     return Embedding(version=version, vector=vectors[0].tolist())
 
 
-@router.post("/embeddings/doc2vec/bulk", responses=_ERRORS)
+@router.post("/embeddings/doc2vec/bulk", tags=["doc2vec"], responses=_ERRORS)
 async def embed_bulk(body: EmbedBulkRequest, runtime: RuntimeDep) -> Embeddings:
     """Doc2Vec vectors of up to 1,000 texts; row i equals the single call on ``texts[i]``."""
     version, vectors = await asyncio.to_thread(_rl(runtime).embed, body.texts)

@@ -1,12 +1,13 @@
 """Training jobs over HTTP (admin key): start one, list them, follow one.
 
-Jobs run one at a time off the event loop through the code path of ``streamrec train`` (see
-``api.training_jobs``); records are kept in this process's memory, the registered model version
-is the durable outcome.
+The API records a job in SQL and reads its status there (``api.training_jobs``); a worker runs
+it (``apps.training_jobs``: in ``streamrec up``, or ``streamrec training-worker``). Jobs and
+their outcomes survive restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -20,23 +21,17 @@ from schemas.api import TrainingJob, TrainingJobList, TrainingJobRequest
 
 
 @asynccontextmanager
-async def run_training_jobs(app: FastAPI) -> AsyncIterator[None]:
-    """The job worker lives as long as the app (nested in its lifespan, after the runtime)."""
-    runtime = app.state.runtime
-    jobs = TrainingJobs(runtime.services, runtime.models)
-    jobs.start()
-    app.state.training_jobs = jobs
-    try:
-        yield
-    finally:
-        await jobs.stop()
+async def training_jobs(app: FastAPI) -> AsyncIterator[None]:
+    """The job records, on the runtime's SQL engine (nested in the app's lifespan)."""
+    app.state.training_jobs = TrainingJobs(app.state.runtime.stores.training_jobs)
+    yield
 
 
 router = APIRouter(
     prefix="/v1/training/jobs",
     tags=["training"],
     dependencies=[AdminKey],
-    lifespan=run_training_jobs,
+    lifespan=training_jobs,
     responses=error_responses(described={401: "Missing or wrong admin X-API-Key"}),
 )
 
@@ -56,15 +51,14 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job id
 )
 async def start_job(body: TrainingJobRequest, jobs: TrainingJobsDep) -> TrainingJob:
     """Queue a training job; 202 with its record. Follow it with GET .../jobs/{id}."""
-    return jobs.submit(body).view()
+    return await asyncio.to_thread(jobs.submit, body)
 
 
 @router.get("")
 async def list_jobs(jobs: TrainingJobsDep) -> TrainingJobList:
-    """This process's jobs, newest first."""
-    return TrainingJobList(
-        jobs=[job.view() for job in jobs.newest_first()], max_queued=jobs.max_queued
-    )
+    """The newest jobs (100), newest first."""
+    listed = await asyncio.to_thread(jobs.newest_first)
+    return TrainingJobList(jobs=listed, max_queued=jobs.max_queued)
 
 
 @router.get(
@@ -73,4 +67,4 @@ async def list_jobs(jobs: TrainingJobsDep) -> TrainingJobList:
 async def get_job(job_id: JobId, jobs: TrainingJobsDep) -> TrainingJob:
     """Status (queued, running, succeeded, failed), stage, the registered version or the
     error."""
-    return jobs.get(job_id).view()
+    return await asyncio.to_thread(jobs.get, job_id)

@@ -30,6 +30,7 @@ from schemas.api import (
     UserHistory,
 )
 from schemas.events import ImpressionEvent, PolicyLog
+from schemas.models import MODELS, ModelName
 from stores.features import FeatureStore
 from stores.vectors import Hit
 from trainer.rl import STATE_RECENT_ITEMS
@@ -141,9 +142,10 @@ async def _base(
     reason, when it cannot serve the user."""
     age = _state_age_ms(stats)
     reason = None
-    if model != RecommendationModel.POPULAR:
+    if model != ModelName.POPULAR:
         seen = await features.seen_items(user_id) if exclude_seen else set()
-        answer = await runtime.serving.arecommend(model.value, user_id, n, seen, wanted, version)
+        collection = MODELS[model].collection  # the model's name; content for doc2vec
+        answer = await runtime.serving.arecommend(collection, user_id, n, seen, wanted, version)
         if not isinstance(answer, NoVector):
             if answer.updated_ms is not None:
                 age = max(0, int(time.time() * 1000) - answer.updated_ms)
@@ -154,7 +156,7 @@ async def _base(
     items = await _popular(
         features, runtime.item_meta, user_id if exclude_seen else None, n, wanted
     )
-    return _Served(RecommendationModel.POPULAR, None, items, age, reason)
+    return _Served(ModelName.POPULAR, None, items, age, reason)
 
 
 async def _rerank_dqn(
@@ -206,9 +208,10 @@ async def recommend(
     features: FeaturesDep,
     runtime: RuntimeDep,
     k: Annotated[int, Query(ge=1, le=200, description="How many items")] = 10,
-    model: Annotated[RecommendationModel, Query(description="Which model serves")] = (
-        RecommendationModel.POPULAR
-    ),
+    model: Annotated[
+        RecommendationModel,
+        Query(description="Which model serves ('content': doc2vec's former name, accepted)"),
+    ] = ModelName.POPULAR,
     exclude_seen: Annotated[bool, Query(description="Leave out items the user has had")] = True,
     genres: Annotated[
         list[GenreFilter] | None,
@@ -232,7 +235,7 @@ async def recommend(
     pinned). Users without a vector for that model (and models with nothing published) get
     the popular items, marked ``fallback: true`` with a ``fallback_reason``. With
     ``rerank=dqn`` the base model's top ``rerank_depth(k)`` are re-ordered by Q-value."""
-    if version is not None and model == RecommendationModel.POPULAR:
+    if version is not None and model == ModelName.POPULAR:
         # A 404 like any version without published vectors: the request is well-formed.
         raise NotFound(
             "popular has no versions: version= pins a published version of a vector model"

@@ -12,9 +12,13 @@ import pytest
 import torch
 
 from api.app import create_app
+from core.datasets import synthetic
+from core.db import create_db_engine
+from core.ids import IdRegistry
 from core.settings import Settings
 from stores.model_registry import ModelRegistry, Promotion
 from tests.conftest import ADMIN_KEY, INGEST_KEY
+from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 pytestmark = pytest.mark.kafka
@@ -152,6 +156,21 @@ async def test_get_one_model_and_unknown_model(edge) -> None:  # type: ignore[no
     assert response.status_code == 200, response.text
     assert [v["version"] for v in response.json()["versions"]] == [1, 2]
     assert_error(await client.get("/v1/models/sasrec"), 404, "sasrec")
+
+
+async def test_a_former_name_names_its_model(edge, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    registry, client = edge
+    engine = create_db_engine(settings.database_url)
+    items = synthetic(n_users=3, n_items=6, n_events=10, seed=1).items
+    registry.register(
+        "doc2vec",
+        Doc2VecModel(Doc2VecConfig(vector_size=4, epochs=1)).fit(items, IdRegistry(engine)),
+    )
+    engine.dispose()
+    response = await client.get("/v1/models/content")  # doc2vec's former serving name
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == "doc2vec"
+    assert [v["version"] for v in response.json()["versions"]] == [1]
 
 
 async def test_activate_needs_the_admin_key(edge) -> None:  # type: ignore[no-untyped-def]

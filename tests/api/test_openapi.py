@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +30,9 @@ from api.routers import training
 from api.runtime import Runtime
 from api.training_jobs import TrainingJobs
 from core.settings import Settings
-from schemas.api import MAX_BATCH, TrainingJobRequest
+from schemas.api import MAX_BATCH
 from schemas.events import EVENT_TIME_BOUNDS
+from schemas.models import RECOMMENDERS, TRAINABLE, VECTOR_MODELS
 from tests.api.test_rl import _deploy
 from tests.conftest import ADMIN_KEY
 
@@ -37,12 +40,6 @@ pytestmark = pytest.mark.kafka
 
 SEED = 20261121
 MAX_EXAMPLES = 25  # fuzzed cases per operation, beside the coverage phase's deterministic ones
-
-
-def _no_training(request: TrainingJobRequest, *_: Any) -> Any:
-    # Fuzzed job requests are valid: really training each would take minutes and fill the
-    # queue (a 503 by design). The job path itself is tested in tests/api/test_training_jobs.py.
-    raise ValueError(f"training is stubbed in this test ({request.model})")
 
 
 async def _deploy_models(runtime: Runtime) -> None:
@@ -117,7 +114,10 @@ def api_schema(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setattr(
         training,
         "TrainingJobs",
-        functools.partial(TrainingJobs, run=_no_training, max_queued=10**6),
+        # Fuzzed job requests are valid: no worker runs in this app, so each is recorded and
+        # waits; a limit this high refuses none (a full queue is a 503 by design). Running jobs
+        # is tested in tests/api/test_training_jobs.py and tests/apps/test_training_jobs.py.
+        functools.partial(TrainingJobs, max_queued=10**6),
     )
     app = create_app(settings, on_started=_deploy_models)
     # Loading the schema starts the app's lifespan on schemathesis' own event-loop thread,
@@ -197,11 +197,28 @@ async def test_similar_offers_only_models_with_item_vectors(
     edge: tuple[dict[str, Any], httpx.AsyncClient],
 ) -> None:
     document, client = edge
-    model = _parameter(document, "/v1/items/{item_id}/similar", "model")
-    enum = document["components"]["schemas"][model["$ref"].rsplit("/", 1)[1]]["enum"]
-    assert "popular" not in enum and "content" in enum
+    enum = _parameter(document, "/v1/items/{item_id}/similar", "model")["enum"]
+    assert "popular" not in enum and {"bpr", "doc2vec"} <= set(enum)
     response = await client.get("/v1/items/i1/similar", params={"model": "popular"})
-    assert response.status_code == 422 and "content" in response.json()["message"]
+    assert response.status_code == 422 and "'doc2vec'" in response.json()["message"]
+
+
+async def test_model_enums_are_the_models_table(
+    edge: tuple[dict[str, Any], httpx.AsyncClient],
+) -> None:
+    """Every surface lists the names of schemas.models: what it takes on input (with the
+    former name content), what it answers with (names alone)."""
+    document, _client = edge
+    recommend = _parameter(document, "/v1/users/{user_id}/recommendations", "model")
+    assert recommend["enum"] == [n.value for n in RECOMMENDERS] + ["content"]
+    similar = _parameter(document, "/v1/items/{item_id}/similar", "model")
+    assert similar["enum"] == [n.value for n in VECTOR_MODELS] + ["content"]
+    schemas = document["components"]["schemas"]
+    job = schemas.get("TrainingJobRequest-Input", schemas.get("TrainingJobRequest"))
+    assert job["properties"]["model"]["enum"] == [n.value for n in TRAINABLE] + ["content"]
+    served = schemas.get("Recommendations-Output", schemas.get("Recommendations"))
+    assert served["properties"]["model"]["enum"] == [n.value for n in RECOMMENDERS]
+    assert "dqn" not in recommend["enum"]  # a re-ranker: rerank=dqn
 
 
 async def test_events_schema_matches_what_is_accepted(
@@ -284,3 +301,62 @@ async def test_routes_document_the_errors_they_answer(
                 assert "503" in codes, where
     # Bounds appear as JSON Schema keywords (a validator ignores pydantic's "ge"/"le").
     assert '"ge":' not in json.dumps(document) and '"le":' not in json.dumps(document)
+
+
+# -- the document's names: readable operation ids and described tags (issue 15, item 6) --------
+# Each operation's id is its route function's name: what a generated client calls the method.
+# Renaming one changes the API's contract for such clients, so this list pins them.
+OPERATION_IDS = {
+    ("post", "/v1/events"): "publish_events",
+    ("get", "/v1/users/{user_id}/recommendations"): "recommend",
+    ("get", "/v1/users/{user_id}/history"): "history",
+    ("get", "/v1/items/{item_id}/similar"): "similar",
+    ("post", "/v1/predict/q-values"): "q_values",
+    ("post", "/v1/rank"): "rank",
+    ("post", "/v1/embeddings/doc2vec"): "embed",
+    ("post", "/v1/embeddings/doc2vec/bulk"): "embed_bulk",
+    ("get", "/v1/ops/lag"): "lag",
+    ("get", "/healthz"): "healthz",
+    ("get", "/readyz"): "readyz",
+    ("get", "/v1/models"): "list_models",
+    ("get", "/v1/models/{name}"): "get_model",
+    ("post", "/v1/models/{name}/versions/{version}/activate"): "activate_version",
+    ("delete", "/v1/models/{name}/versions/{version}"): "delete_version",
+    ("get", "/v1/training/jobs"): "list_jobs",
+    ("post", "/v1/training/jobs"): "start_job",
+    ("get", "/v1/training/jobs/{job_id}"): "get_job",
+    ("get", "/v1/experiments"): "list_experiments",
+    ("get", "/v1/experiments/{name}"): "get_experiment",
+}
+
+
+def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+
+
+def test_operation_ids_are_the_route_names_and_unique(tmp_path: Path) -> None:
+    document = create_app(Settings(_env_file=None, var_dir=tmp_path)).openapi()
+    operations = _operations(document)
+    ids = {key: operation["operationId"] for key, operation in operations.items()}
+    assert {key: ids.get(key) for key in OPERATION_IDS} == OPERATION_IDS
+    assert len(set(ids.values())) == len(ids), ids  # unique: each names one operation
+    for key, operation_id in ids.items():  # routes added later follow the same rule
+        assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", operation_id), key
+        assert not operation_id.endswith(("_get", "_post", "_delete")), key  # not generated
+
+
+def test_every_tag_is_described_and_doc2vec_has_its_own(tmp_path: Path) -> None:
+    document = create_app(Settings(_env_file=None, var_dir=tmp_path)).openapi()
+    described = {tag["name"]: tag.get("description", "") for tag in document["tags"]}
+    operations = _operations(document)
+    used = {tag for operation in operations.values() for tag in operation["tags"]}
+    assert used <= set(described), used - set(described)
+    assert all(len(text) > 20 for text in described.values()), described
+    for path in ("/v1/embeddings/doc2vec", "/v1/embeddings/doc2vec/bulk"):
+        assert operations[("post", path)]["tags"] == ["doc2vec"]
+    for path in ("/v1/predict/q-values", "/v1/rank"):
+        assert operations[("post", path)]["tags"] == ["dqn"]

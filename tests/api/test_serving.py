@@ -21,6 +21,7 @@ from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
 from trainer.data import build
+from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from trainer.loop import TrainConfig, fit
 from trainer.models import build_model
 from trainer.publish import publish_version
@@ -234,8 +235,10 @@ async def test_unknown_model_and_items_without_vectors(
     response = await client.get("/v1/users/u1/recommendations", params={"model": "nope"})
     assert response.status_code == 422
     message = response.json()["message"]
-    for name in ("popular", "mf", "ncf", "wide_deep", "sasrec", "content"):
+    for name in ("popular", "mf", "bpr", "ncf", "wide_deep", "sasrec", "doc2vec", "content"):
         assert f"'{name}'" in message, message
+    response = await client.get("/v1/users/u1/recommendations", params={"model": "dqn"})
+    assert response.status_code == 422 and "use rerank=dqn" in response.json()["message"]
 
     response = await client.get("/v1/items/i1/similar", params={"model": "mf"})
     assert response.status_code == 404
@@ -250,6 +253,35 @@ async def test_unknown_model_and_items_without_vectors(
     assert response.status_code == 404 and "unknown" in response.json()["message"]
     response = await client.get("/v1/items/i1/similar", params={"model": "popular"})
     assert response.status_code == 422
+
+
+async def test_every_model_that_trains_serves_by_its_one_name(
+    app_client: Any, trained: dict[str, Any]
+) -> None:
+    """bpr and doc2vec, published under their names, serve model= and similar items; doc2vec's
+    former name, content, still serves (and is answered as doc2vec)."""
+    app, client = app_client
+    runtime = app.state.runtime
+    await _publish(runtime, trained, (), ratings=True)  # ids, catalog, every user's history
+    models = ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
+    inter = trained["inter"]
+    models.register("bpr", trained["mf"], {}, inter.n_users, inter.n_items, activate=True)
+    d2v = Doc2VecModel(Doc2VecConfig(vector_size=8, epochs=2)).fit(
+        trained["data"].items, runtime.services.ids
+    )
+    models.register("doc2vec", d2v, activate=True)
+    for name in ("bpr", "doc2vec"):
+        await asyncio.to_thread(_publish_one, runtime, models, name)
+    user, item = trained["data"].ratings[0].user_id, next(iter(trained["data"].items))
+    for asked, served in (("bpr", "bpr"), ("doc2vec", "doc2vec"), ("content", "doc2vec")):
+        body = await _recs(client, user, asked)
+        assert (body["model"], body["requested_model"]) == (served, served), body
+        assert (body["fallback"], body["version"], len(body["items"])) == (False, 1, 10)
+        similar = await client.get(f"/v1/items/{item}/similar", params={"model": asked})
+        assert similar.status_code == 200, similar.text
+        assert (similar.json()["model"], similar.json()["version"]) == (served, 1)
+    similar = await client.get(f"/v1/items/{item}/similar")  # the default: doc2vec
+    assert similar.status_code == 200 and similar.json()["model"] == "doc2vec"
 
 
 def test_module_data_has_clear_clusters(tmp_path: Path) -> None:

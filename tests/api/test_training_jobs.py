@@ -1,30 +1,38 @@
-"""Training jobs over HTTP: admin key, bounded requests, one job at a time off the event loop
-through ``streamrec train``'s code path, a bounded queue, and the new version in the registry."""
+"""Training jobs over HTTP: admin key, bounded requests, jobs recorded in SQL (surviving a
+restart of the API, the queue limit counted there), and run by a training worker in the API's
+process (as ``streamrec up`` runs it) through ``streamrec train``'s code path, one at a time,
+with the new version in the registry."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 
-from api.app import create_app
-from api.training_jobs import StageCallback, TrainingJobs
+from api.app import InProcessHook, create_app
+from api.training_jobs import MAX_QUEUED_JOBS, TrainingJobs, is_offline
+from apps.training_jobs import StageCallback, TrainingRunner, WorkerConfig, run_training_worker
 from core.ids import IdMapping
-from core.services import Services
 from core.settings import Settings
 from schemas.api import TrainingJobRequest
 from schemas.events import RatingEvent, SourcedEvent
 from stores.catalog import Archive
-from stores.model_registry import ModelRegistry, ModelVersion
+from stores.model_registry import ModelVersion
+from stores.training_jobs import TrainingJobStore
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
+from trainer import service
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from trainer.service import Workspace
 
 pytestmark = pytest.mark.kafka
 
@@ -33,14 +41,37 @@ JOBS = "/v1/training/jobs"
 TRAIN_TIMEOUT_S = 180.0
 
 
-@pytest.fixture
-async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    """The API alone; yields the app and a client."""
-    app = create_app(settings)
+Served = tuple[FastAPI, httpx.AsyncClient]
+
+
+@asynccontextmanager
+async def _serving(
+    settings: Settings, hooks: Sequence[InProcessHook] = ()
+) -> AsyncIterator[Served]:
+    app = create_app(settings, in_process=hooks)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
             yield app, client
+
+
+def _worker(run: TrainingRunner | None = None) -> InProcessHook:
+    config = WorkerConfig(poll_seconds=0.05)
+    return run_training_worker(config) if run is None else run_training_worker(config, run)
+
+
+@pytest.fixture
+async def edge(settings: Settings) -> AsyncIterator[Served]:
+    """The API alone, no worker: jobs are recorded and wait."""
+    async with _serving(settings) as served:
+        yield served
+
+
+@pytest.fixture
+async def edge_with_worker(settings: Settings) -> AsyncIterator[Served]:
+    """The API with a training worker in its process, as ``streamrec up`` runs it."""
+    async with _serving(settings, [_worker()]) as served:
+        yield served
 
 
 async def _wait_finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
@@ -54,7 +85,7 @@ async def _wait_finished(client: httpx.AsyncClient, job_id: str) -> dict[str, An
     raise AssertionError(f"job {job_id} did not finish within {TRAIN_TIMEOUT_S:.0f}s")
 
 
-async def test_jobs_need_the_admin_key(edge) -> None:  # type: ignore[no-untyped-def]
+async def test_jobs_need_the_admin_key(edge: Served) -> None:
     _, client = edge
     body = {"model": "mf", "data": "synthetic", "epochs": 1}
     for headers in ({}, {"X-API-Key": INGEST_KEY}, {"X-API-Key": "nope"}):
@@ -84,7 +115,9 @@ async def test_jobs_need_the_admin_key(edge) -> None:  # type: ignore[no-untyped
         ({"path": "/tmp/x"}, "path"),
     ],
 )
-async def test_requests_outside_the_bounds_are_422(edge, change: dict, field: str) -> None:  # type: ignore[no-untyped-def]
+async def test_requests_outside_the_bounds_are_422(
+    edge: Served, change: dict[str, Any], field: str
+) -> None:
     _, client = edge
     body = {"model": "mf", "data": "synthetic", "epochs": 1, **change}
     response = await client.post(JOBS, json=body, headers=ADMIN)
@@ -98,8 +131,10 @@ def _id_rows(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(IdMapping)).scalar_one()
 
 
-async def test_a_synthetic_job_trains_offline_and_leaves_live_state_alone(edge) -> None:  # type: ignore[no-untyped-def]
-    app, client = edge
+async def test_a_synthetic_job_trains_offline_and_leaves_live_state_alone(
+    edge_with_worker: Served,
+) -> None:
+    app, client = edge_with_worker
     runtime = app.state.runtime
     live_id_rows = _id_rows(runtime.services.engine)
     body = {"model": "mf", "data": "synthetic", "epochs": 1}
@@ -123,8 +158,10 @@ async def test_a_synthetic_job_trains_offline_and_leaves_live_state_alone(edge) 
     assert [j["id"] for j in jobs] == [job["id"]]
 
 
-async def test_an_archive_job_registers_a_live_version_with_its_data_window(edge) -> None:  # type: ignore[no-untyped-def]
-    app, client = edge
+async def test_an_archive_job_registers_a_live_version_with_its_data_window(
+    edge_with_worker: Served,
+) -> None:
+    app, client = edge_with_worker
     start = datetime(2024, 1, 1, tzinfo=UTC)
     events = [
         SourcedEvent(
@@ -158,8 +195,8 @@ async def test_an_archive_job_registers_a_live_version_with_its_data_window(edge
     ]
 
 
-async def test_a_failing_job_reports_its_error(edge) -> None:  # type: ignore[no-untyped-def]
-    _, client = edge
+async def test_a_failing_job_reports_its_error(edge_with_worker: Served) -> None:
+    _, client = edge_with_worker
     body = {"model": "mf", "data": "archive", "epochs": 1}  # the archive is empty
     response = await client.post(JOBS, json=body, headers=ADMIN)
     assert response.status_code == 202, response.text
@@ -169,11 +206,43 @@ async def test_a_failing_job_reports_its_error(edge) -> None:  # type: ignore[no
     assert (await client.get("/v1/models")).json()["models"] == []
 
 
-async def test_unknown_job_is_404(edge) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_job_is_404(edge: Served) -> None:
     _, client = edge
     response = await client.get(f"{JOBS}/0123456789abcdef", headers=ADMIN)
     assert response.status_code == 404, response.text
     assert "no training job" in response.json()["message"]
+
+
+def test_offline_is_what_the_trainer_says_it_is() -> None:
+    for data in ("synthetic", "archive"):
+        request = TrainingJobRequest.model_validate({"model": "mf", "data": data})
+        assert is_offline(request) == service.is_offline(data)
+
+
+async def test_past_the_queue_limit_a_job_is_503(edge: Served) -> None:
+    _, client = edge  # no worker: every job waits
+    body = {"model": "mf", "data": "synthetic"}
+    for seed in range(MAX_QUEUED_JOBS):
+        response = await client.post(JOBS, json={**body, "seed": seed}, headers=ADMIN)
+        assert response.status_code == 202 and response.json()["status"] == "queued"
+    refused = await client.post(JOBS, json={**body, "seed": 99}, headers=ADMIN)
+    assert refused.status_code == 503, refused.text
+    assert "queue is full" in refused.json()["message"]
+    listed = (await client.get(JOBS, headers=ADMIN)).json()
+    assert listed["max_queued"] == MAX_QUEUED_JOBS
+    assert [j["request"]["seed"] for j in listed["jobs"]] == list(range(MAX_QUEUED_JOBS))[::-1]
+
+
+async def test_jobs_survive_a_restart_of_the_api_and_run_after_it(settings: Settings) -> None:
+    body = {"model": "mf", "data": "synthetic", "epochs": 1}
+    async with _serving(settings) as (_, client):  # no worker yet
+        submitted = (await client.post(JOBS, json=body, headers=ADMIN)).json()
+    runner = _GatedRunner()
+    runner.release.set()
+    async with _serving(settings, [_worker(runner)]) as (_, client):
+        job = await _wait_finished(client, submitted["id"])
+    assert job["status"] == "succeeded", job
+    assert job["created_at"] == submitted["created_at"] and job["request"] == submitted["request"]
 
 
 class _GatedRunner:
@@ -186,11 +255,7 @@ class _GatedRunner:
         self.most_at_once = 0
 
     def __call__(
-        self,
-        request: TrainingJobRequest,
-        services: Services,
-        models: ModelRegistry,
-        stage: StageCallback,
+        self, request: TrainingJobRequest, live: Workspace, var_dir: Path, stage: StageCallback
     ) -> ModelVersion:
         with self._lock:
             self.running += 1
@@ -202,38 +267,36 @@ class _GatedRunner:
             net = DuelingDQN(
                 DuelingDQNConfig(state_dim=3, item_dim=2, hidden=(4,), adv_hidden=(2,))
             )
-            return models.register("dqn", net.eval())
+            return live.models.register("dqn", net.eval())
         finally:
             with self._lock:
                 self.running -= 1
 
 
-async def test_one_job_at_a_time_and_a_full_queue_is_503(edge) -> None:  # type: ignore[no-untyped-def]
-    app, client = edge
-    runtime, runner = app.state.runtime, _GatedRunner()
-    registry = ModelRegistry(runtime.services.engine, runtime.settings.var_dir / "models")
-    jobs = TrainingJobs(runtime.services, registry, run=runner, max_queued=1)
-    jobs.start()
-    app.state.training_jobs = jobs
-    try:
-        body = {"model": "mf", "data": "synthetic"}
-        first = (await client.post(JOBS, json={**body, "seed": 1}, headers=ADMIN)).json()
+async def test_one_job_at_a_time_and_a_full_queue_is_503(settings: Settings) -> None:
+    runner = _GatedRunner()
+    async with _serving(settings, [_worker(runner)]) as (app, client):
+        store = TrainingJobStore(app.state.runtime.services.engine)
+        app.state.training_jobs = TrainingJobs(store, max_queued=1)
+        try:
+            body = {"model": "mf", "data": "synthetic"}
+            first = (await client.post(JOBS, json={**body, "seed": 1}, headers=ADMIN)).json()
 
-        async def first_is_training() -> bool:
-            job = (await client.get(f"{JOBS}/{first['id']}", headers=ADMIN)).json()
-            return job["stage"] == "training"
+            async def first_is_training() -> bool:
+                job = (await client.get(f"{JOBS}/{first['id']}", headers=ADMIN)).json()
+                return job["stage"] == "training"
 
-        await wait_until(first_is_training, timeout=TRAIN_TIMEOUT_S, interval=0.02)
-        second = await client.post(JOBS, json={**body, "seed": 2}, headers=ADMIN)
-        assert second.status_code == 202 and second.json()["status"] == "queued"
-        third = await client.post(JOBS, json={**body, "seed": 3}, headers=ADMIN)
-        assert third.status_code == 503, third.text
-        assert "queue is full" in third.json()["message"]
-        runner.release.set()
-        finished = [await _wait_finished(client, j) for j in (first["id"], second.json()["id"])]
-    finally:
-        runner.release.set()
-        await jobs.stop()
+            await wait_until(first_is_training, timeout=TRAIN_TIMEOUT_S, interval=0.02)
+            second = await client.post(JOBS, json={**body, "seed": 2}, headers=ADMIN)
+            assert second.status_code == 202 and second.json()["status"] == "queued"
+            third = await client.post(JOBS, json={**body, "seed": 3}, headers=ADMIN)
+            assert third.status_code == 503, third.text
+            assert "queue is full" in third.json()["message"]
+            runner.release.set()
+            ids = (first["id"], second.json()["id"])
+            finished = [await _wait_finished(client, job_id) for job_id in ids]
+        finally:
+            runner.release.set()
     assert [j["status"] for j in finished] == ["succeeded", "succeeded"]
     assert [j["model_version"]["version"] for j in finished] == [1, 2]
     assert runner.most_at_once == 1

@@ -12,6 +12,7 @@ from consumers.dlq import Selection, read_dead_letters, replay_dead_letters
 from core.metrics import Metrics
 from schemas.events import RatingEvent
 from schemas.topics import ConsumerGroup, Topic
+from stores.dlq_replays import DlqReplayLog
 from stores.features import user_key
 from tests.conftest import consume_until_drained, wait_until
 
@@ -89,7 +90,7 @@ async def test_replay_after_a_fix_applies_the_event_once(
     seen: list[tuple[str, int, int]] = []
     summary = await replay_dead_letters(
         services.kafka_bootstrap,
-        engine,
+        DlqReplayLog(engine),
         Selection(topics=frozenset({Topic.RATINGS.value})),
         on_progress=lambda phase, done, total: seen.append((phase, done, total)),
     )
@@ -101,12 +102,14 @@ async def test_replay_after_a_fix_applies_the_event_once(
 
     again = await replay_dead_letters(
         services.kafka_bootstrap,
-        engine,
+        DlqReplayLog(engine),
         Selection(at=frozenset({(stored.dlq_partition, stored.dlq_offset)})),
     )
     assert again.published == 0
     assert again.already == [stored.source]  # skipped, and said so
-    dry = await replay_dead_letters(services.kafka_bootstrap, engine, Selection(), dry_run=True)
+    dry = await replay_dead_letters(
+        services.kafka_bootstrap, DlqReplayLog(engine), Selection(), dry_run=True
+    )
     assert dry.published == 0 and dry.already == [stored.source]
 
 
@@ -134,7 +137,7 @@ async def test_replay_publishes_a_record_rejected_by_several_groups_once(
         await broker.stop()
     letters[:] = await read_dead_letters(services.kafka_bootstrap)
 
-    summary = await replay_dead_letters(services.kafka_bootstrap, engine, Selection())
+    summary = await replay_dead_letters(services.kafka_bootstrap, DlqReplayLog(engine), Selection())
     assert summary.letters == len(letters) >= 2, summary
     assert (summary.records, summary.published) == (1, 1), summary
     # What went back is exactly what came: same key, same bytes.

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from consumers.retrain import ProcessRounds, RetrainLoop, TrainingProcessDied
 from core.datasets import InteractionData, synthetic
+from core.ids import IdKind
 from schemas.api import VersionStatus
 from schemas.events import ItemEvent, RatingEvent, SourcedEvent
 from schemas.topics import Topic
 from stores.factory import Stores
+from stores.model_registry import ModelVersion
 from stores.vectors import item_version_name, items_alias, user_version_name
 from tests.conftest import FakeClock, wait_until
 from trainer.promotion import HoldoutScores
@@ -26,6 +29,7 @@ from trainer.retrain import (
     new_since_live,
     train_candidate,
 )
+from trainer.service import train_model
 
 CONFIG = RetrainConfig(
     models=("mf",),
@@ -205,3 +209,23 @@ async def test_a_killed_training_loses_only_that_attempt(stores: Stores) -> None
     assert stores.models.list("mf") == []  # nothing half-registered
     report = await rounds("mf")  # the next attempt starts again, and succeeds
     assert report.candidate.version == 1 and report.promotion.promoted
+
+
+@pytest.mark.kafka
+async def test_ids_registered_while_a_candidate_trains_do_not_break_its_scoring(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The archive group keeps registering ids during a round: the candidate is sized to the
+    # registry when it is built, so scoring it against a smaller, earlier build must not fail
+    # ("cannot shrink a model"), as it did on the ml-100k replay.
+    data = _data(seed=4)
+    await asyncio.to_thread(_archive, stores, data)
+
+    def train_model_while_a_user_arrives(*args: Any, **kwargs: Any) -> ModelVersion:
+        stores.ids.assign(IdKind.USER, ["arrived-during-training"])
+        return train_model(*args, **kwargs)
+
+    monkeypatch.setattr("trainer.retrain.train_model", train_model_while_a_user_arrives)
+    candidate = await asyncio.to_thread(train_candidate, stores.settings, "mf", CONFIG)
+    assert candidate.scores.candidate is not None
+    assert stores.models.get("mf", candidate.version).n_users == stores.ids.size(IdKind.USER)

@@ -183,7 +183,7 @@ async def test_a_publisher_stops_and_starts_again(kafka: EmbeddedKafka) -> None:
         with pytest.raises(ServiceUnavailable, match="not started"):
             await publisher.check(timeout_seconds=1.0)
     records = await read_back([kafka.bootstrap], [Topic.RATINGS])
-    items = [EventAdapter.validate_json(r.value).item_id for r in records if r.value]
+    items = [RatingEvent.model_validate_json(r.value).item_id for r in records if r.value]
     assert items == ["first", "second"]
 
 

@@ -291,6 +291,7 @@ def test_drop_schema_starts_from_scratch(empty_engine: Engine) -> None:
     assert set(inspect(empty_engine).get_table_names()) == INITIAL_TABLES | {
         VERSION_TABLE,
         "dlq_replays",  # revision 0004
+        "training_jobs",  # revision 0006
     }
 
 

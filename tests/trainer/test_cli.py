@@ -76,7 +76,9 @@ def test_warm_start_from_the_active_version(run) -> None:  # type: ignore[no-unt
     ("args", "message"),
     [
         (("train", "--model", "bpr", "--data", "/no/such/folder"), "does not exist"),
-        (("train", "--model", "nope", "--data", "synthetic"), "nope"),
+        (("train", "--model", "nope", "--data", "synthetic"), "unknown model 'nope'"),
+        (("train", "--model", "dqn", "--data", "synthetic"), "use rerank=dqn"),
+        (("eval", "--model", "popular", "--data", "synthetic"), "popular is served from"),
         (("eval", "--model", "sasrec", "--data", "synthetic"), "no active version"),
         (("eval", "--model", "doc2vec", "--data", "synthetic"), "no ranking evaluation"),
     ],

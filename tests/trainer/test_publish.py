@@ -1,5 +1,6 @@
-"""Publishing: versioned item collections, payloads, rollback, serving names, the CLI (the
-user vectors written before the swap: tests/trainer/test_live.py)."""
+"""Publishing: versioned item collections, payloads, rollback, which models publish (every
+model that trains, by its one name), the CLI (the user vectors written before the swap:
+tests/trainer/test_live.py)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from typer.testing import CliRunner
 
 from core.datasets import InteractionData, synthetic
 from core.db import create_db_engine
+from core.errors import InvalidInput
 from core.ids import IdKind, IdRegistry
 from schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from schemas.models import TRAINABLE, ModelName
 from stores.catalog import Archive
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
 from stores.vectors import EdgeVectorStore
+from trainer.cli import register
 from trainer.data import build
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from trainer.live import publish_version
 from trainer.models import build_model
-from trainer.publish import item_matrix, register, serving_name
+from trainer.publish import item_matrix, published_kind, vector_model
 
 
 def small_data() -> InteractionData:
@@ -112,12 +116,27 @@ def test_publish_swaps_alias_and_keeps_the_previous_version(world: dict[str, Any
     assert _publish(world, "mf", version=2).previous == "items_mf__v1"  # an explicit version
 
 
-def test_content_publishes_doc2vec_rows_of_registered_items_only(world: dict[str, Any]) -> None:
+def test_bpr_publishes_like_mf(world: dict[str, Any]) -> None:
+    """bpr trains, so it serves: its item vectors, every user's vector, its own alias."""
+    inter = build(world["data"], world["ids"])
+    world["models"].register("bpr", build_model("bpr", inter, dim=4), activate=True)
+    done = _publish(world, "bpr")
+    assert (done.model, done.alias, done.collection) == ("bpr", "items_bpr", "items_bpr__v1")
+    assert (done.users, done.users_collection) == (20, "users_bpr__v1")
+    assert world["store"].count("items_bpr") == 30
+
+
+@pytest.mark.parametrize("name", ["doc2vec", "content"])
+def test_doc2vec_publishes_its_rows_of_registered_items_only(
+    world: dict[str, Any], name: str
+) -> None:
     ids, store = world["ids"], world["store"]
     d2v = Doc2VecModel(Doc2VecConfig(vector_size=8, epochs=2)).fit(world["data"].items, ids)
     world["models"].register("doc2vec", d2v, activate=True)
     ids.assign(IdKind.ITEM, ["newer-than-the-model"])  # no row in the model: left out
-    done = _publish(world, "content")
+    done = _publish(world, name)  # its name, or its former one
+    assert done.model == "doc2vec"
+    # Its collections keep their former key, so versions published before still serve.
     assert (done.alias, done.collection) == ("items_content", "items_content__v1")
     assert store.count("items_content") == len(world["data"].items)
     hits = store.query("items_content", d2v.item_vectors()[0], 3)
@@ -163,6 +182,26 @@ def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: 
     assert "items_mf → items_mf__v1: 30 items, 20 user vectors in users_mf__v1" in result.output
 
 
-def test_serving_names_of_registry_models() -> None:
-    assert serving_name("doc2vec") == "content" and serving_name("mf") == "mf"
-    assert serving_name("dqn") is None and serving_name("bpr") is None  # no vectors served
+@pytest.mark.parametrize("name", [n.value for n in TRAINABLE])
+def test_every_model_that_trains_publishes(name: str) -> None:
+    assert vector_model(name).name == name
+    kind = published_kind(name)
+    assert kind is not None and kind.name == name
+
+
+def test_models_without_vectors_say_what_to_use_instead() -> None:
+    assert vector_model("content").name is ModelName.DOC2VEC
+    assert published_kind("dqn") is None and published_kind("popular") is None
+    with pytest.raises(InvalidInput, match=r"dqn is a re-ranker.*use rerank=dqn"):
+        vector_model("dqn")
+    with pytest.raises(InvalidInput, match="popular is served from the live counts"):
+        vector_model("popular")
+
+
+def test_cli_names_what_to_use_instead(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("--model", "dqn")
+    assert result.exit_code == 2 and "use rerank=dqn" in " ".join(result.output.split())
+    result = cli("--model", "content")  # the former name: taken, and said
+    said = " ".join(result.output.split())
+    assert "content is the former name of doc2vec: publishing doc2vec" in said
+    assert result.exit_code == 2 and "model doc2vec has no active version" in said
