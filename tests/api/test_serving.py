@@ -210,6 +210,7 @@ async def test_alias_swap_during_requests_fails_none(
     models.register("mf", trained["mf"], {}, inter.n_users, inter.n_items, activate=True)
     statuses: Counter[int] = Counter()
     versions: Counter[Any] = Counter()
+    failures: list[str] = []
     swap = asyncio.create_task(asyncio.to_thread(_publish_one, runtime, models, "mf"))
     item = next(iter(trained["data"].items))
     while not swap.done() or sum(statuses.values()) < 40:
@@ -218,9 +219,10 @@ async def test_alias_swap_during_requests_fails_none(
             client.get(f"/v1/items/{item}/similar", params={"model": "mf"}),
         )
         statuses.update([rec.status_code, sim.status_code])
+        failures += [r.text for r in (rec, sim) if r.status_code != 200]
         versions[sim.json().get("version")] += 1
     await swap
-    assert statuses == Counter({200: sum(statuses.values())}), statuses
+    assert statuses == Counter({200: sum(statuses.values())}), (statuses, failures)
     final = await client.get(f"/v1/items/{item}/similar", params={"model": "mf"})
     assert final.json()["version"] == 2
     assert runtime.vectors.resolve_alias("items_mf") == "items_mf__v2"

@@ -149,7 +149,8 @@ async def test_the_next_holder_removes_the_killed_member_before_joining(
                 # which the killed member's freed slot may give again.)
                 assert record["member_id"] == mine
                 assert record["kafka"] == ",".join(kafka)
-                # Sent again, the leave finds no such member any more.
-                assert await hold.leave_dead_members(kafka) == []
+                if mine != dead_id:  # (else the id is ours now: a leave would remove us)
+                    # Sent again, the leave finds no such member any more.
+                    assert await hold.leave_dead_members(kafka) == []
             finally:
                 await broker.stop()
