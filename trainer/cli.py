@@ -26,10 +26,10 @@ from rich.table import Table
 from core.errors import InvalidInput, StreamrecError
 from core.settings import Settings
 from schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
-from stores.model_registry import ModelVersion
 
 if TYPE_CHECKING:
     from stores.factory import SqlStores
+    from stores.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 console = Console()
