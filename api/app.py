@@ -23,7 +23,7 @@ from api.limits import BodySizeLimit, SqlTimeLimit
 from api.readiness import readiness_for
 from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
-from core.embedded import EmbeddedAddresses
+from core.addresses import EmbeddedAddresses
 from core.lag import LagReader
 from core.metrics import Metrics
 from core.settings import Settings

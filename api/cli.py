@@ -12,7 +12,6 @@ import math
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 
 from core.errors import StreamrecError
@@ -85,6 +84,8 @@ def register(app: typer.Typer) -> None:
         except StartupFailed as exc:
             log.error("streamrec serve did not start: %s", exc)
             raise typer.Exit(1) from exc
+        import uvicorn  # only where it serves (CLI start-up)
+
         uvicorn.run(
             "api.cli:worker_app",
             factory=True,

@@ -14,7 +14,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.datasets import load_movielens, synthetic
 from core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -69,6 +68,7 @@ def register(app: typer.Typer) -> None:
         position bias of 1/log2(position + 2). See `apps/simulate.py` for the model.
         """
         from apps import simulate as simulation  # PyTorch loads only for this command
+        from core.datasets import load_movielens, synthetic
 
         try:
             config = simulation.SimulationConfig(

@@ -149,7 +149,7 @@ class Up:
         raise SystemExit(f"streamrec up did not become ready in {timeout:.0f} s ({self.log_path})")
 
     def bootstrap(self) -> tuple[str, str]:
-        from core.embedded import EmbeddedAddresses
+        from core.addresses import EmbeddedAddresses
 
         addresses = EmbeddedAddresses.read(self.var)
         if addresses is None or addresses.pid != self.process.pid:

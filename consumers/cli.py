@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -21,12 +20,11 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from consumers.membership import GroupHold, GroupInUse, hold_groups, start_as_holder
+from core.addresses import kafka_bootstrap_for
 from core.errors import ServiceUnavailable, StreamrecError
-from core.lag import LagReader, LagReport, LagStatus
 from core.logs import configure_logging
-from core.metrics import Metrics, serving_metrics
-from core.services import kafka_bootstrap_for
 from core.settings import Settings
+from schemas.api import LagReport, LagStatus
 from schemas.topics import ConsumerGroup
 
 if TYPE_CHECKING:
@@ -102,6 +100,8 @@ def _api_lag(url: str) -> Callable[[], Awaitable[LagReport]]:
     endpoint = url.rstrip("/") + "/v1/ops/lag"
 
     async def read() -> LagReport:
+        import httpx  # only the commands that call an API pay for it (CLI start-up)
+
         try:
             async with httpx.AsyncClient(timeout=10) as client:
                 response = await client.get(endpoint)
@@ -125,6 +125,8 @@ async def _show_lag(read: Callable[[], Awaitable[LagReport]], watch: bool, inter
 
 
 async def _lag_from_kafka(settings: Settings, watch: bool, interval: float) -> None:
+    from core.lag import LagReader  # aiokafka: only where lag is read (CLI start-up)
+
     reader = LagReader.for_settings(kafka_bootstrap_for(settings), settings)
     async with reader:
         await _show_lag(reader.refresh, watch, interval)
@@ -144,6 +146,8 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
 
         stores = await stack.enter_async_context(open_stores(settings, attach=True))
         from consumers.app import build_consumer_broker  # FastStream: only where it consumes
+        from core.lag import LagReader
+        from core.metrics import Metrics, serving_metrics
 
         metrics = Metrics()
         broker = build_consumer_broker(stores, metrics, groups)

