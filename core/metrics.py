@@ -38,6 +38,13 @@ class Metrics:
             ["group", "reason"],
             registry=self.registry,
         )
+        self.events_dropped = Counter(
+            "streamrec_events_dropped",
+            "Buffered events (impressions) never sent: the buffer was full, or Kafka did not "
+            "acknowledge them",
+            ["topic", "reason"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "streamrec_dead_letters",
             "Messages sent to the DLQ",

@@ -7,18 +7,29 @@
     with SyncEventPublisher(["localhost:9092"]) as publisher:
         publisher.publish(ClickEvent(user_id="42", item_id="7"))
 
+    publisher.publish_later(impression)        # buffered, never waits (the API's impressions)
+
 Each event goes to its topic (``event.topic``), keyed by user (items by item id) so a user's
 events stay in order. The producer is idempotent (no duplicates from its own retries) with
 ``acks=all``; sends that still fail are retried with exponential backoff. What is not
 acknowledged after the last retry, or by the optional timeout, raises ``PublishError`` saying
 how many Kafka acknowledged and carrying every event id, so the batch can be re-sent safely.
+
+``publish_later`` is for telemetry a request must not wait for (the impression of a served
+list): it appends to a bounded in-memory buffer and returns; one background task sends what
+has accumulated as one ``publish_many`` batch. Such events are at most once: those still
+buffered when the process dies are lost, and when the buffer is full (Kafka slow or down) the
+newest are dropped; both are logged and counted (``streamrec_events_dropped``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from types import TracebackType
@@ -53,10 +64,12 @@ class EventPublisher:
         metrics: Metrics | None = None,
         client_id: str = "streamrec-publisher",
         timeout_seconds: float | None = None,
+        buffer_size: int = 10_000,
     ) -> None:
         """``timeout_seconds`` bounds each ``publish_many`` call, retries included, and how long
         ``stop`` waits for events still in flight. None: nothing does, and with Kafka gone they
-        wait until it is back (the idempotent producer never gives up on a send it began)."""
+        wait until it is back (the idempotent producer never gives up on a send it began).
+        ``buffer_size``: how many ``publish_later`` events may wait to be sent."""
         self._bootstrap = list(bootstrap_servers)
         self._retries = retries
         self._timeout = timeout_seconds
@@ -74,6 +87,12 @@ class EventPublisher:
         self._producer = AIOKafkaProducer(**self._producer_options)
         self._started = False
         self._spent = False  # the producer has been started or stopped once
+        self._later: deque[Event] = deque()
+        self._later_limit = buffer_size
+        self._later_ready = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
+        self._drop_logged = -math.inf
 
     @property
     def started(self) -> bool:
@@ -99,26 +118,91 @@ class EventPublisher:
             await asyncio.shield(self._producer.stop())
             raise
         self._started = True
+        self._later_ready = asyncio.Event()  # bound to the loop this publisher runs on
+        self._closing = False
+        self._sender = asyncio.create_task(self._send_later(), name="streamrec-publish-later")
 
     async def stop(self) -> None:
         """Flush what is in flight and close; with Kafka gone, give up on it after
         ``timeout_seconds`` (logged) rather than wait for Kafka to come back."""
         if not self._started:
             return
-        self._started = False
         deadline = asyncio.timeout(self._timeout)
         try:
             async with deadline:
+                await self._stop_sender()
+                self._started = False
                 await self._producer.stop()
         except TimeoutError:
             if not deadline.expired():
                 raise
+            self._started = False
             log.warning(
                 "Kafka at %s did not acknowledge the events in flight within %gs of stopping; "
                 "they may be lost",
                 ",".join(self._bootstrap),
                 self._timeout,
             )
+        finally:
+            if self._sender is not None and not self._sender.done():
+                self._sender.cancel()
+            self._drop_buffered("stopped")
+
+    async def _stop_sender(self) -> None:
+        """Let the background sender send what is buffered, then end."""
+        if self._sender is None:
+            return
+        self._closing = True
+        self._later_ready.set()
+        await self._sender  # cancelled with it when stop's budget runs out
+        self._sender = None
+
+    def publish_later(self, event: Event) -> None:
+        """Buffer ``event`` and return at once; a background task sends it (see the module
+        docstring: at most once, drops logged and counted). Call on the publisher's loop."""
+        if not self._started or len(self._later) >= self._later_limit:
+            self._count_dropped([event], "not_started" if not self._started else "buffer_full")
+            return
+        self._later.append(event)
+        self._later_ready.set()
+
+    async def _send_later(self) -> None:
+        """Send what accumulated while the previous batch was in flight, as one batch."""
+        while True:
+            await self._later_ready.wait()
+            self._later_ready.clear()
+            if self._later:
+                await self._send_buffered()
+            if self._closing:
+                return
+
+    async def _send_buffered(self) -> None:
+        batch = list(self._later)
+        self._later.clear()
+        try:
+            await self.publish_many(batch)
+        except (PublishError, ServiceUnavailable) as exc:
+            self._count_dropped(batch, "not_acknowledged")
+            log.warning("%d buffered events were not sent: %s", len(batch), exc)
+        except asyncio.CancelledError:
+            self._count_dropped(batch, "stopped")  # stop's budget ran out mid-send
+            raise
+
+    def _drop_buffered(self, reason: str) -> None:
+        if self._later:
+            self._count_dropped(list(self._later), reason)
+            self._later.clear()
+
+    def _count_dropped(self, events: list[Event], reason: str) -> None:
+        if self._metrics is not None:
+            for event in events:
+                self._metrics.events_dropped.labels(event.topic.value, reason).inc()
+        now = time.monotonic()
+        # Logged by the caller with Kafka's answer; the others at most every 10 s (a full
+        # buffer drops on every request while Kafka is away: the counter has them all).
+        if reason != "not_acknowledged" and now - self._drop_logged >= 10.0:
+            self._drop_logged = now
+            log.warning("buffered events dropped (%s): see streamrec_events_dropped", reason)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -221,6 +221,64 @@ async def test_kafka_gone_after_start_is_a_publish_error_and_stop_gives_up(
     assert published(metrics, Topic.RATINGS) == 1.0
 
 
+def dropped(metrics: Metrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "streamrec_events_dropped_total", {"topic": Topic.IMPRESSIONS.value, "reason": reason}
+    )
+
+
+def impression(n: int) -> ImpressionEvent:
+    return ImpressionEvent(user_id=f"u{n % 3}", request_id=f"r{n}", item_ids=["m1"], model="mf")
+
+
+async def test_publish_later_returns_at_once_and_stop_sends_every_buffered_event(
+    kafka: EmbeddedKafka,
+) -> None:
+    """The API's impressions: buffered without waiting for Kafka, sent in batches by one
+    background task, every one of them sent by the time ``stop`` returns."""
+    metrics = Metrics()
+    sent = [impression(n) for n in range(200)]
+    async with EventPublisher([kafka.bootstrap], metrics=metrics) as publisher:
+        for event in sent:
+            assert publisher.publish_later(event) is None  # a plain call: nothing to await
+    records = await read_back([kafka.bootstrap], [Topic.IMPRESSIONS])
+    assert sorted(r.value for r in records if r.value) == sorted(
+        e.model_dump_json().encode() for e in sent
+    )
+    assert published(metrics, Topic.IMPRESSIONS) == 200.0
+    assert dropped(metrics, "buffer_full") is None
+
+
+async def test_publish_later_drops_and_counts_what_the_buffer_cannot_hold(
+    kafka: EmbeddedKafka,
+) -> None:
+    metrics = Metrics()
+    publisher = EventPublisher([kafka.bootstrap], metrics=metrics, buffer_size=5)
+    publisher.publish_later(impression(0))  # before start: nowhere to go
+    assert dropped(metrics, "not_started") == 1.0
+    async with publisher:
+        # Appended in one go, before the sender task runs: five fit, the rest are dropped.
+        for n in range(8):
+            publisher.publish_later(impression(n))
+    assert dropped(metrics, "buffer_full") == 3.0
+    assert published(metrics, Topic.IMPRESSIONS) == 5.0
+
+
+async def test_publish_later_with_kafka_gone_counts_the_events_not_acknowledged(
+    kafka: EmbeddedKafka,
+) -> None:
+    metrics = Metrics()
+    publisher = EventPublisher([kafka.bootstrap], timeout_seconds=1.0, metrics=metrics)
+    async with asyncio.timeout(HANG), publisher:
+        await publisher.check(timeout_seconds=HANG)
+        kafka.close()
+        for n in range(3):
+            publisher.publish_later(impression(n))
+    # stop waited for the sender within its budget: the three are counted, not silently lost.
+    assert (dropped(metrics, "not_acknowledged") or 0) + (dropped(metrics, "stopped") or 0) == 3
+    assert not publisher.started
+
+
 def test_the_sync_publisher_publishes_and_closes_its_thread(kafka: EmbeddedKafka) -> None:
     before = publisher_threads()
     events = [RatingEvent(user_id="u", item_id=f"i{n}", rating=3) for n in range(3)]
