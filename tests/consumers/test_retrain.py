@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
 import pytest
 
 from consumers.retrain import ProcessRounds, RetrainLoop, TrainingProcessDied
@@ -207,8 +210,39 @@ async def test_a_killed_training_loses_only_that_attempt(stores: Stores) -> None
     with pytest.raises(TrainingProcessDied, match="ended without an answer"):
         await attempt
     assert stores.models.list("mf") == []  # nothing half-registered
-    report = await rounds("mf")  # the next attempt starts again, and succeeds
+    try:
+        report = await rounds("mf")  # the next attempt starts again, and succeeds
+    finally:
+        rounds.close()
     assert report.candidate.version == 1 and report.promotion.promoted
+
+
+@pytest.mark.kafka
+async def test_one_training_child_serves_the_rounds_and_a_dead_one_is_replaced(
+    stores: Stores,
+) -> None:
+    """The child lives across rounds (no spawn and no PyTorch import per round); one that died
+    between rounds is replaced by the next round, which succeeds."""
+    await asyncio.to_thread(_archive, stores, _data(seed=6))
+    rounds = ProcessRounds(stores, CONFIG)
+    try:
+        first = await rounds("mf")
+        pid = rounds.child_pid
+        assert pid is not None
+        second = await rounds("mf")
+        assert rounds.child_pid == pid  # the same process trained both
+        os.kill(pid, signal.SIGKILL)
+
+        async def child_gone() -> bool:
+            return rounds.child_pid is None  # reaped by the check itself
+
+        await wait_until(child_gone)
+        third = await rounds("mf")
+        assert rounds.child_pid not in (None, pid)
+    finally:
+        rounds.close()
+    assert [r.candidate.version for r in (first, second, third)] == [1, 2, 3]
+    assert not psutil.pid_exists(pid)
 
 
 @pytest.mark.kafka
