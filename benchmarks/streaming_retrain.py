@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -356,21 +356,6 @@ class Watch:
             if now - last_load >= 5:
                 self.load.append((now, os.getloadavg()[0]))
                 last_load = now
-
-
-def shifted_events(data: Any, shift: float) -> list[Any]:
-    """The replay's events (catalog, then ratings by time; ids as ``streamrec replay`` makes
-    them) with every event time moved by ``shift`` seconds.
-
-    Why: the API stamps the impression of every answer with the wall clock, and the features
-    group moves its popularity decay's landmark to the newest event time of any kind, so one
-    impression in 2026 next to ratings of 1997-98 (~1,500 half-lives older) turns every
-    popularity score into 0.0 (measured: ``popular`` then ranks by item id). Moved to end just
-    before now, the ratings keep their order and spacing and popularity stays a ranking."""
-    from producers.replay import replay_events
-
-    delta = timedelta(seconds=shift)
-    return [e.model_copy(update={"ts": e.ts + delta}) for e in replay_events(data)]
 
 
 def sample_indices(replay: Sequence[Any], samples: int) -> list[int]:
@@ -742,6 +727,7 @@ def plot(path: Path, q: dict[str, Any], models: Sequence[str], rounds: list[dict
 # -- the run -----------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from core.datasets import load_movielens
+    from producers.replay import replay_events
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -752,26 +738,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     n_replay = int(n_rest * args.events_fraction)
     var = Path(tempfile.mkdtemp(prefix="streamrec-retrain-bench-"))
     setup = Path(args.setup_dir) if args.setup_dir else None
-    marker = {"models": models, "first": args.first, "n_first": n_first}
-    shift = time.time() - 3600 - data.ratings[-1].ts  # the last rating an hour before now
+    # Events keep their recorded times (1997-98): only ratings and clicks move the popularity
+    # landmark, so the wall-clock impressions of the answers leave `popular` a ranking. Setups
+    # kept by earlier runs had every time moved to end an hour before their run: not reusable.
+    marker = {"models": models, "first": args.first, "n_first": n_first, "times": "recorded"}
     load_start = os.getloadavg()
 
     # 1. the first versions (or a copy of them)
     if setup is not None and (setup / SETUP_MARKER).is_file():
         kept = json.loads((setup / SETUP_MARKER).read_text())
-        if {k: kept[k] for k in marker} != marker:
+        if {k: kept.get(k) for k in marker} != marker:
             raise SystemExit(f"{setup} holds another setup ({kept}); remove it or use another")
         shutil.rmtree(var)
         shutil.copytree(setup, var)
-        setup_timings, shift = kept["timings"], kept["shift"]
+        setup_timings = kept["timings"]
         print(f"first versions: reused {setup}")
     else:
         print(f"first versions: {n_first:,} ratings (first {args.first:.0%}), models {models}")
-        events = shifted_events(data, shift)
+        events = list(replay_events(data))
         setup_timings = await first_versions(
             var, events, len(data.items), n_first, models, out / "up_setup.log"
         )
-        kept = {**marker, "timings": setup_timings, "shift": shift}
+        kept = {**marker, "timings": setup_timings}
         (var / SETUP_MARKER).write_text(json.dumps(kept))
         if setup is not None:
             shutil.rmtree(setup, ignore_errors=True)
@@ -789,8 +777,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides[key] = value
     print(f"loop settings (beyond the defaults): {overrides}")
     env = {**base_env(var), **overrides}
-    all_events = shifted_events(data, shift)
-    print(f"event times moved by {shift / 86400 / 365.25:.2f} years (see shifted_events)")
+    all_events = list(replay_events(data))
     replay = all_events[len(data.items) + n_first :][:n_replay]
     sampled = sample_indices(replay, args.samples)
     known_users = sorted({r.user_id for r in data.ratings[:n_first]})

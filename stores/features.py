@@ -44,10 +44,13 @@ never ``sr:u:{196}``'s seen set), and a user's three keys share a Redis Cluster 
 ``sr:log:{g}``             string  the Kafka log (cluster id) group g's offsets count in
 =========================  ======  ===================================================
 
-Popularity uses forward decay (Cormode et al. 2009): an event at time t adds
+Popularity uses forward decay (Cormode et al. 2009): a rating or click at time t adds
 ``2 ** ((t - landmark) / half_life)``, so ranking by score equals ranking by exponentially
 decayed counts without ever rewriting old scores; when exponents grow large the whole set is
-rescaled once with ZUNIONSTORE and the landmark moves.
+rescaled once with ZUNIONSTORE and the landmark moves. Only ratings and clicks move it:
+impressions and catalog events add no popularity, and their times (an impression is stamped
+with the wall clock when a list is served, also while historical data is replayed) must not
+decay the replayed events' scores to 0.0.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ PREFIX = "sr"
 POPULARITY = f"{PREFIX}:popularity"
 LANDMARK = f"{PREFIX}:popularity:landmark"
 VARIANTS = f"{PREFIX}:variants"
+# The events that add popularity, and so the only ones whose times move its landmark.
+POPULARITY_EVENTS = (RatingEvent, ClickEvent)
 _REBASE_AFTER_HALF_LIVES = 64.0  # 2**64 is far from float overflow and keeps precision
 _MAX_WATCH_RETRIES = 5
 _GENRE = "g:"  # prefix of genre-affinity fields in the user hash
@@ -305,7 +310,10 @@ class FeatureStore:
 
     def _aggregate(self, fresh: list[SourcedEvent], landmark: float | None) -> _Aggregate:
         events = [s.event for s in fresh]
-        times = [e.ts.timestamp() for e in events if not isinstance(e, ItemEvent)]
+        # Only the events that add popularity move its landmark: an impression (the API stamps
+        # it with the wall clock) next to replayed ratings of 1997 would otherwise move it
+        # ~1,500 half-lives past them, and every later rating would add 2 ** -1500 = 0.0.
+        times = [e.ts.timestamp() for e in events if isinstance(e, POPULARITY_EVENTS)]
         moved, rebase = move_landmark(times, landmark, self._half_life)
         agg = _Aggregate(rebase=rebase, landmark=moved if moved != landmark else None)
         landmark = moved
@@ -315,10 +323,10 @@ class FeatureStore:
                 if event.year is not None:
                     meta["year"] = str(event.year)
                 agg.meta[event.item_id] = meta
-            elif isinstance(event, ImpressionEvent):
-                self._fold_impression(agg, event)
-            else:
+            elif isinstance(event, POPULARITY_EVENTS):
                 self._fold_interaction(agg, event, landmark)
+            else:
+                self._fold_impression(agg, event)
         return agg
 
     @staticmethod
@@ -453,8 +461,9 @@ class FeatureStore:
 def move_landmark(
     times: Sequence[float], landmark: float | None, half_life: float
 ) -> tuple[float | None, float | None]:
-    """The forward-decay landmark after a batch with these event times, and the factor every
-    stored score must be multiplied by when it moves (None: it did not move).
+    """The forward-decay landmark after a batch whose popularity-adding events (ratings,
+    clicks) have these times, and the factor every stored score must be multiplied by when it
+    moves (None: it did not move).
 
     Set on first use one half-life before the newest time (not at the oldest: a batch can span
     thousands of half-lives, and 2 ** that overflows); moved forward when the newest time is more

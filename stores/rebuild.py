@@ -9,9 +9,10 @@ item's genres, then the interactions in event-time order.
 What cannot come back from the archive, and why it does not matter for the counts:
 
 * ``updated_ms`` of a user (when the state last changed: the rebuild's time);
-* the popularity landmark: it is set from the first applied batch, so rebuilt scores differ
-  from the original ones by one common factor ``2 ** ((landmark - landmark') / half_life)``;
-  ``FeatureSnapshot`` compares them at one reference time;
+* the popularity landmark: it is set from the first applied batch with a rating or click
+  (only those move it), so rebuilt scores differ from the original ones by one common factor
+  ``2 ** ((landmark - landmark') / half_life)``; ``FeatureSnapshot`` compares them at one
+  reference time;
 * genre affinities credited from an older version of an item's genres (the archive keeps the
   latest). Ratings applied before their item was catalogued at all are no difference: the live
   state credits them when the item arrives (``sr:pend:{item}``, stores/features.py);

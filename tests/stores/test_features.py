@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import StateConflict
+from core.services import Services
 from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
 from stores.features import (
+    LANDMARK,
     FeatureStore,
     decay_weight,
     item_key,
@@ -26,8 +30,18 @@ DAY = 86_400.0
 FUTURE_BOUND = datetime(2200, 1, 1, tzinfo=UTC).timestamp()  # beyond any clock plus skew
 
 
+# Replayed ml-100k ratings are of 1997-98; the API stamps a served list's impression with the
+# wall clock (a fixed past instant here, so the test does not read the clock).
+REPLAYED = datetime(1997, 9, 20, tzinfo=UTC).timestamp()
+SERVED_NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
 def at(seconds: float) -> datetime:
     return datetime.fromtimestamp(1_700_000_000 + seconds, UTC)
+
+
+def replayed(days: float) -> datetime:
+    return datetime.fromtimestamp(REPLAYED + days * DAY, UTC)
 
 
 def sourced(
@@ -217,6 +231,80 @@ async def test_a_rescale_that_underflows_still_applies(services) -> None:  # typ
     ranked = dict(await store.popular(3))
     assert ranked["old"] == 0.0  # 5,000 half-lives ago: decayed to nothing, and rescaled so
     assert 0 < ranked["new"] < ranked["newer"] < 2.0**66  # later events still count
+
+
+def _replayed_ratings() -> tuple[list[RatingEvent], list[RatingEvent]]:
+    """1997 ratings before and after a served list. Decayed at the newest (day 10, half-life
+    one day) b > c > a, which is neither the order of the ids nor of the counts."""
+
+    def rating(user: str, item: str, day: float) -> RatingEvent:
+        return RatingEvent(user_id=user, item_id=item, rating=4, ts=replayed(day))
+
+    before = [rating(f"u{n}", "a", 0) for n in range(3)] + [rating("u3", "b", 0)]
+    after = [rating("u4", "b", 10), rating("u5", "c", 9), rating("u6", "c", 9)]
+    return before, after
+
+
+@pytest.mark.parametrize("where", ["before any rating", "between batches", "inside a batch"])
+async def test_an_impression_stamped_now_leaves_replayed_popularity_as_it_was(
+    store: FeatureStore, services: Services, where: str
+) -> None:
+    """Issue 13: an impression stamped with the wall clock moved the landmark ~10,000
+    half-lives (here: one day each) past replayed 1997 ratings, and every score became 0.0."""
+    before, after = _replayed_ratings()
+    shown = ImpressionEvent(
+        user_id="viewer", request_id="r1", item_ids=["a", "b"], model="popular", ts=SERVED_NOW
+    )
+
+    async def popular_after(impression: list[ImpressionEvent]) -> list[tuple[str, float]]:
+        await services.redis.flushdb()
+        batches: list[list[Any]]
+        if where == "before any rating":
+            batches = [impression, before, after]
+        elif where == "between batches":
+            batches = [before, impression, after]
+        else:
+            batches = [before, [*after[:1], *impression, *after[1:]]]
+        applied = 0
+        for batch in batches:
+            await store.apply_batch(G, sourced(batch, start=applied))
+            applied += len(batch)
+            if where == "before any rating" and batch is impression and impression:
+                assert await services.redis.get(LANDMARK) is None  # no popularity yet
+        return await store.popular(10)
+
+    with_impression = await popular_after([shown])
+    assert (await store.user_stats("viewer"))["impressions"] == "1"  # counted all the same
+    assert await store.popular(10) == with_impression
+    without = await popular_after([])
+    assert with_impression == without  # the same landmark, so the same scores exactly
+    newest = max(e.ts.timestamp() for e in before + after)
+    decayed: Counter[str] = Counter()
+    for event in before + after:
+        decayed[event.item_id] += 2.0 ** ((event.ts.timestamp() - newest) / DAY)
+    assert [item for item, _ in with_impression] == ["b", "c", "a"]
+    scores = dict(with_impression)
+    assert all(score > 0.0 for score in scores.values())
+    for item in "ac":
+        assert scores[item] / scores["b"] == pytest.approx(decayed[item] / decayed["b"], rel=1e-12)
+
+
+async def test_a_click_moves_the_landmark_as_a_rating_does(
+    store: FeatureStore, services: Services
+) -> None:
+    """Clicks add popularity, so a click far past the landmark moves it (and rescales)."""
+    ratings = [RatingEvent(user_id=f"u{n}", item_id="x", rating=4, ts=at(0)) for n in range(2)]
+    ratings.append(RatingEvent(user_id="u2", item_id="y", rating=4, ts=at(0)))
+    await store.apply_batch(G, sourced(ratings))
+    first = float(await services.redis.get(LANDMARK))
+    click = ClickEvent(user_id="u3", item_id="z", ts=at(100 * DAY))
+    await store.apply_batch(G, sourced([click], topic="streamrec.clicks"))
+    assert float(await services.redis.get(LANDMARK)) > first + 64 * DAY
+    ranked = await store.popular(3)
+    assert [item for item, _ in ranked] == ["z", "x", "y"]
+    scores = dict(ranked)
+    assert scores["x"] == 2 * scores["y"] > 0.0  # a power-of-two rescale is exact
+    assert scores["z"] < 2.0**64
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

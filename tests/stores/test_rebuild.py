@@ -21,7 +21,10 @@ from tests.conftest import consume_until_drained
 pytestmark = pytest.mark.kafka
 FEATURES = ConsumerGroup.FEATURES.value
 GROUPS = [ConsumerGroup.FEATURES, ConsumerGroup.ARCHIVE]
-T0 = 1_700_000_000.0
+# Replayed-data times (ml-100k is of 1997-98), and one list served "now": the API stamps its
+# impression with the wall clock (a fixed past instant here), ~1,500 half-lives later.
+T0 = datetime(1997, 9, 20, tzinfo=UTC).timestamp()
+SERVED_NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 USERS = [f"u{n}" for n in range(8)]
 ITEMS = [f"m{n}" for n in range(12)]
 
@@ -47,6 +50,11 @@ def _interactions() -> list:  # type: ignore[type-arg]
             events.append(
                 ImpressionEvent(user_id=user, request_id=f"r{n}", item_ids=shown, model="mf", ts=ts)
             )
+        if n == 120:  # mid-replay; the rebuild applies it last (event-time order)
+            served = ImpressionEvent(
+                user_id=user, request_id="served", item_ids=ITEMS[:3], model="pop", ts=SERVED_NOW
+            )
+            events.append(served)
     return events
 
 
@@ -91,9 +99,11 @@ async def test_rebuild_after_flushdb_equals_what_the_consumers_built(
     assert await state_behind_archive(store, archive, FEATURES, "a-new-log") is not None
     report = await rebuild_features(store, archive, FEATURES, services.kafka_log_id, chunk=50)
 
-    assert (report.items, report.interactions) == (12, 240)
+    assert (report.items, report.interactions) == (12, 241)
     rebuilt = await _snapshot(stores)
     assert rebuilt.differences(original) == []
+    # The served impression moved no landmark: replayed popularity is a ranking, not 0.0s.
+    assert min(original.popularity.values()) > 0.0
     assert {tp: await store.applied_offset(FEATURES, *tp) for tp in positions} == offsets
     assert await store.log_of(FEATURES) == services.kafka_log_id
     assert await state_behind_archive(store, archive, FEATURES, "a-new-log") is None
