@@ -59,9 +59,12 @@ def create_app(
     *,
     in_process: Sequence[InProcessHook] = (),
     on_started: StartupHook | None = None,
+    attach: bool = False,
 ) -> FastAPI:
     """Build the API. ``in_process`` hooks start more in this process (``apps.up``: the
-    consumer groups) once the runtime exists; ``on_started`` runs once everything is up."""
+    consumer groups) once the runtime exists; ``on_started`` runs once everything is up.
+    ``attach``: use the embedded services of a running ``streamrec up`` (its API workers)
+    rather than starting them here."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -69,7 +72,7 @@ def create_app(
         settings.require_api_keys()
         budget = ShutdownBudget(settings.shutdown_timeout_seconds)
         async with AsyncExitStack() as stack:
-            stores = await stack.enter_async_context(open_stores(settings))
+            stores = await stack.enter_async_context(open_stores(settings, attach=attach))
             services = stores.services
             metrics = Metrics()
             publisher = EventPublisher(
@@ -174,7 +177,7 @@ class RequestTimer:
 
 
 async def _drain(runtime: Runtime) -> None:
-    """Let in-flight background publishes (impressions) finish before the publisher stops."""
+    """Let background tasks (a replay `up` started) finish before the publisher stops."""
     if runtime.background:
         await asyncio.wait(runtime.background)
 

@@ -19,21 +19,22 @@ from core.logs import configure_logging
 from core.settings import Settings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
 # Errors on stderr, each on one line whatever the terminal's width (or none, in a container).
 errors = Console(stderr=True, soft_wrap=True)
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> ASGIApp:
     """The app of one worker process (``--workers`` > 1): its settings and logging from the
-    environment, like the parent's."""
+    environment, like the parent's; its responses name the worker (``X-Streamrec-Worker``)."""
     from api.app import create_app  # the app's imports cost seconds: only where it runs
+    from api.server import WorkerPidHeader
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return WorkerPidHeader(create_app(settings))
 
 
 def register(app: typer.Typer) -> None:

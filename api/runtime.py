@@ -10,7 +10,7 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from api.serving import ItemMetaCache, VectorServer
+from api.serving import CandidateServer, ItemMetaCache, VectorServer
 from core.metrics import Metrics
 from core.services import Services
 from core.settings import Settings
@@ -33,9 +33,10 @@ class Runtime:
     stores: Stores
     metrics: Metrics
     publisher: EventPublisher
-    serving: VectorServer  # vector reads
+    serving: VectorServer  # vector reads (when nothing is precomputed)
     rl: RLServer  # dqn/doc2vec inference over the registry's active versions
     item_meta: ItemMetaCache  # titles/genres for responses
+    candidates: CandidateServer  # precomputed candidates and neighbours (Redis only)
     consumers: KafkaBroker | None = None  # set when apps.up runs the groups in this process
     background: set[asyncio.Task] = field(default_factory=set)
 
@@ -53,6 +54,7 @@ class Runtime:
             serving=VectorServer(stores.vectors, stores.ids),
             rl=RLServer(active, stores.ids, exploration),
             item_meta=ItemMetaCache(stores.features),
+            candidates=CandidateServer(stores.candidates),
         )
 
     @property

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import FrameType
@@ -31,6 +33,7 @@ from stores.factory import open_stores
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,15 +42,67 @@ class StartupFailed(Exception):
     """The app did not start; the message is one line saying why and what to do."""
 
 
-def run(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
-    """Start ``app`` (its lifespan), then serve it on ``host:port`` until SIGINT/SIGTERM.
+WORKER_HEADER = "x-streamrec-worker"
+
+
+class WorkerPidHeader:
+    """Adds ``X-Streamrec-Worker: <pid>`` to every HTTP response: which worker process of
+    several on one port answered (``up --api-workers``, ``serve --workers``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._pid = str(os.getpid()).encode()  # a worker is a process of its own: read once
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_pid(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (WORKER_HEADER.encode(), self._pid),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT``: several processes each bind one
+    and the kernel spreads incoming connections over them (Linux hashes each connection to one
+    socket, and a closed one's share goes to the others)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def run(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Start ``app`` (its lifespan), then serve it on ``host:port`` (or on ``sockets``, bound
+    already) until SIGINT/SIGTERM. Every response names the process that answered
+    (``WorkerPidHeader``).
 
     Raises ``StartupFailed`` when a service did not answer or a setting cannot work while it
     starts (with nothing served and whatever it had opened closed again); any other error
     propagates as it is, with its traceback.
     """
     config = uvicorn.Config(
-        app,
+        WorkerPidHeader(app),
         host=host,
         port=port,
         lifespan="off",  # entered here, around the server
@@ -56,10 +111,15 @@ def run(app: FastAPI, settings: Settings, *, host: str, port: int) -> None:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(_start_and_serve(app, settings, config))
+        runner.run(_start_and_serve(app, settings, config, sockets))
 
 
-async def _start_and_serve(app: FastAPI, settings: Settings, config: uvicorn.Config) -> None:
+async def _start_and_serve(
+    app: FastAPI,
+    settings: Settings,
+    config: uvicorn.Config,
+    sockets: list[socket.socket] | None = None,
+) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     starting = True
@@ -78,7 +138,7 @@ async def _start_and_serve(app: FastAPI, settings: Settings, config: uvicorn.Con
             async with _reported(settings):
                 await stack.enter_async_context(app.router.lifespan_context(app))
             starting = False
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=sockets)
     except asyncio.CancelledError:
         if not starting or task is None or task.cancelling() == 0:
             raise

@@ -1,5 +1,14 @@
-"""What the edge reads per request: vectors (a user's vector → nearest items, an item's vector →
-similar items) and item metadata (titles and genres, cached).
+"""What the edge reads per request: precomputed lists in Redis (``CandidateServer``: a user's
+candidates, an item's neighbours), the vector query when there are none (``VectorServer``: a
+user's vector → nearest items, an item's vector → similar items) and item metadata (titles and
+genres, cached).
+
+``CandidateServer`` is the light path: the live pointer, then the user's candidates of that
+version with the user's seen set (two Redis round trips; one with a pinned ``?version=N``), no
+vector engine and no id registry (the lists hold external ids). It answers None when there is
+nothing precomputed (no live pointer, no entry for the user or item in that version, or
+similar items asked deeper than the K kept), and the route then takes the vector query below,
+which stays correct in one process and is what a remote vector store serves across many.
 
 The ``VectorServer`` methods are blocking (the id registry may hit SQL on a cache miss, the
 server backend is HTTP). Routes call the ``a*`` coroutines: with the Qdrant server they run the
@@ -28,6 +37,7 @@ from dataclasses import dataclass
 from core.errors import NotFound
 from core.ids import IdKind, IdRegistry
 from schemas.api import FallbackReason
+from stores.candidates import CandidateStore, Ranked
 from stores.features import FeatureStore
 from stores.vectors import (
     Hit,
@@ -171,6 +181,47 @@ class VectorServer:
             )
         hits = self._vectors.query(collection, found[0].vector, k, exclude_ids=[index])
         return VectorAnswer(version, hits)
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """A user's candidates in ``version`` and the user's seen set as it is now (the
+    candidates may predate the newest clicks: the route filters them with it)."""
+
+    version: int
+    ranked: Ranked
+    seen: set[str]
+
+
+class CandidateServer:
+    """The request path's Redis-only reads (``stores.candidates``); None: nothing precomputed,
+    take the vector query."""
+
+    def __init__(self, store: CandidateStore) -> None:
+        self._store = store
+
+    async def recommend(
+        self, model: str, user_id: str, version: int | None = None
+    ) -> Precomputed | None:
+        """The user's candidates in the live version (or the pinned one) with the seen set."""
+        served = version if version is not None else await self._store.live_version(model)
+        if served is None:
+            return None
+        ranked, seen = await self._store.user_candidates(model, served, user_id)
+        return Precomputed(served, ranked, seen) if ranked is not None else None
+
+    async def similar(self, model: str, item_id: str, k: int) -> tuple[int, Ranked] | None:
+        """(live version, the item's neighbours), or None when none are stored or ``k`` is
+        deeper than the K kept (a full list may have more behind it)."""
+        live = await self._store.live_version(model)
+        if live is None:
+            return None
+        ranked = await self._store.item_neighbours(model, live, item_id)
+        if ranked is None or (
+            len(ranked.items) < k and len(ranked.items) >= self._store.neighbours
+        ):
+            return None
+        return live, ranked
 
 
 ItemMeta = dict[str, str]  # title, genres ("|"-joined), year, as stored in Redis

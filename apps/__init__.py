@@ -1,8 +1,9 @@
 """Programs that compose roles (DESIGN.md §3): they may import every library package, and no
 library package imports them.
 
-* ``up``: the embedded all-in-one, the consumer groups beside the API in one process
-  (``streamrec up``; ``embedded_app`` builds it for tests and benchmarks);
+* ``up``: the embedded all-in-one (``streamrec up``): its roles as processes under a supervisor
+  (``supervisor``, children in ``up_children``), or with ``--one-process`` the consumer groups
+  beside the API in one process (``embedded_app`` builds that for tests and benchmarks);
 * ``simulate``: simulated users served through Kafka, the consumer groups and the registry
   (``streamrec simulate``; the command in ``simulate_cli`` loads PyTorch only when it runs).
 

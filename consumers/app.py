@@ -177,6 +177,6 @@ def vectors_updater(stores: Stores) -> VectorsUpdater:
     vectors = _group_module(ConsumerGroup.VECTORS)
     cache = vectors.ModelCache(stores.models, stores.vectors)
     updater: VectorsUpdater = vectors.VectorsUpdater(
-        stores.features, stores.ids, cache, stores.vectors
+        stores.features, stores.ids, cache, stores.vectors, candidates=stores.candidates
     )
     return updater

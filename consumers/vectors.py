@@ -22,19 +22,40 @@ touched, for every model whose item vectors are published; and content vectors f
   recommended and be a neighbour; an item already there keeps its vector and gets the new
   title, genres and year. Items the id registry does not know yet are registered (the point id
   is the registry index). Collaborative models gain new items at their next retrain.
+* With a ``CandidateStore`` (``stores.candidates``, the request path): after a batch's user
+  vectors are written, those users' top-C candidates of the live version are rewritten from
+  the same vectors against the version's items held here (``trainer.candidates``: batched
+  matrix products, no engine query per user), their seen items (the feature store's, plus the
+  batch's) left out; a new content item gets its top-K neighbours written.
+* The Redis live pointer ``sr:live:<model>`` follows the alias, and only over complete lists:
+  when the group loads a live version (at start, and whenever it sees the alias move) whose
+  version the pointer does not name yet (a swap made without Redis at hand: ``streamrec
+  vectors publish`` with embedded Redis, ``vectors rollback``), it first backfills that
+  version's lists from what is stored (``_backfill``): every user's top-C candidates from the
+  user vectors of ``users_<model>__v<N>`` (read in chunks of ``BACKFILL_CHUNK`` registry
+  indices, the point ids), written with HSETNX so an entry written meanwhile from a fresher
+  vector stays, and every item's top-K neighbours; then it sets the pointer. A publish that
+  writes the lists itself sets the pointer right after its swap, so nothing is redone. The
+  pointer is the completion mark: a backfill that fails is retried (the pointer does not
+  move), a restart mid-way starts it again. Vector reads go where the store says
+  (``VectorStore.call_on_event_loop``: inline for Edge, in a thread otherwise); the ranking
+  and Redis writes run in a worker thread.
+* The aliases are checked every ``refresh_seconds`` by a watcher task (``watch_aliases``),
+  events or not, and by each batch; the two are serialised, so a batch waits for a backfill.
 * With nothing published the handler only checks the aliases: a fresh system runs it safely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faststream.kafka import KafkaBroker
+import numpy as np
 
 from consumers.decode import DecodedBatch
 from consumers.dlq import DeadLetterSink
@@ -44,12 +65,15 @@ from core.errors import NotFound, StreamrecError
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from core.settings import Settings
+from core.unavailable import SERVICE_ERRORS
 from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
 from schemas.models import MODELS, VECTOR_MODELS, ModelName
 from schemas.topics import ConsumerGroup
+from stores.candidates import CandidateStore, Ranked
 from stores.features import FeatureStore
 from stores.model_registry import ModelRegistry
-from stores.vectors import VectorStore, item_version_name, items_alias, parse_version
+from stores.vectors import Record, VectorStore, item_version_name, items_alias, parse_version
+from trainer.candidates import CandidateIndex
 from trainer.doc2vec import item_text, tokenize
 from trainer.user_vectors import (
     DEFAULT_HISTORY,
@@ -60,10 +84,17 @@ from trainer.user_vectors import (
     query_vectors,
 )
 
+if TYPE_CHECKING:
+    from consumers.app import ConsumerBroker
+
 log = logging.getLogger(__name__)
 BACKFILL_USERS = 2000  # recently active users recomputed when a new version goes live
+BACKFILL_CHUNK = 1000  # user vectors read, ranked and written per step of a backfill
+# What a round of the alias watcher may fail with and the watcher survives (it tries again).
+WATCH_ERRORS: tuple[type[Exception], ...] = (StreamrecError, OSError, *SERVICE_ERRORS)
 # Collection key (items_<key>) -> registry name, of every model with vectors.
 FOLLOWED = {MODELS[n].collection: n.value for n in VECTOR_MODELS}
+DISTANCE = {MODELS[n].collection: MODELS[n].distance for n in VECTOR_MODELS}
 CONTENT = MODELS[ModelName.DOC2VEC].collection  # Doc2Vec's collections: new items' vectors
 
 
@@ -80,7 +111,7 @@ class ModelCache:
     ) -> None:
         self._models = models
         self._vectors = vectors
-        self._refresh = refresh_seconds
+        self.refresh_seconds = refresh_seconds
         self._clock = clock
         self._next_check = 0.0
         self._unreported: set[str] = set()  # reloaded by ``follow``, not yet told by current()
@@ -92,7 +123,7 @@ class ModelCache:
         changed, self._unreported = self._unreported, set()
         if self._clock() >= self._next_check:
             changed |= self.refresh()
-            self._next_check = self._clock() + self._refresh
+            self._next_check = self._clock() + self.refresh_seconds
         return list(self.loaded.values()), changed
 
     def refresh(self) -> set[str]:
@@ -142,17 +173,68 @@ class VectorsUpdater:
         cache: ModelCache,
         vectors: VectorStore,
         history: int = DEFAULT_HISTORY,
+        candidates: CandidateStore | None = None,
     ) -> None:
         self._features = features
         self._ids = ids
         self._cache = cache
         self._vectors = vectors
         self._history = history
+        self._candidates = candidates
         self._active_users: OrderedDict[str, None] = OrderedDict()
+        # Collection key -> the live version's items for candidates (built on first need).
+        self._indexes: dict[str, CandidateIndex] = {}
+        self._index_versions: dict[str, int] = {}
+        # The batch handler and the alias watcher share the cache and the indexes: one at a time.
+        self._lock = asyncio.Lock()
+        self._unpointed: set[str] = set()  # loaded versions the live pointer may not name yet
+        self._refresh_recent = False  # a version went live: recompute the recent users
+        self._watcher: asyncio.Task[None] | None = None
 
     async def handle(self, events: Sequence[SourcedEvent]) -> int:
         """Content vectors for the batch's new items, then the touched users' vectors; returns
         the vectors written."""
+        async with self._lock:
+            return await self._handle(events)
+
+    async def follow_aliases(self) -> int:
+        """Follow the aliases now if due (``refresh_seconds``): load a version that went live,
+        backfill its lists, point the request path at it (see the module doc) and refresh the
+        recently active users' vectors in it; returns the vectors written."""
+        async with self._lock:
+            return await self._write_users(await self._live_models(), {})
+
+    async def watch_aliases(self) -> None:
+        """``follow_aliases`` at once and then every ``refresh_seconds``, until cancelled."""
+        while True:
+            try:
+                await self.follow_aliases()
+            except WATCH_ERRORS as exc:  # a service down: the next round tries again
+                log.warning("following the published aliases failed: %s", exc)
+            await asyncio.sleep(self._cache.refresh_seconds)
+
+    async def start_watching(self) -> None:
+        self._watcher = asyncio.create_task(self.watch_aliases(), name="vectors-alias-watcher")
+        self._watcher.add_done_callback(_report_watcher_end)
+
+    async def stop_watching(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _live_models(self) -> list[LoadedModel]:
+        """The loaded live versions, after pointing the request path at any that went live."""
+        models, changed = await asyncio.to_thread(self._cache.current)
+        if changed:
+            self._refresh_recent = True
+            self._unpointed |= changed
+        if self._candidates is not None and self._unpointed:
+            await self._point_live(models)
+        return models
+
+    async def _handle(self, events: Sequence[SourcedEvent]) -> int:
         batch: dict[str, list[tuple[float, str]]] = defaultdict(list)
         items: dict[str, ItemEvent] = {}
         for sourced in events:
@@ -163,21 +245,28 @@ class VectorsUpdater:
                 items[event.item_id] = event  # log order per item: the last one wins
         self._remember(batch)
         written = await asyncio.to_thread(self._write_items, list(items.values())) if items else 0
-        models, changed = await asyncio.to_thread(self._cache.current)
+        return written + await self._write_users(await self._live_models(), batch)
+
+    async def _write_users(
+        self, models: list[LoadedModel], batch: dict[str, list[tuple[float, str]]]
+    ) -> int:
+        """The vectors (and candidates) of the batch's users in every live version, and once a
+        version went live those of the recently active users too, from their Redis state."""
         if not models:
-            return written
+            return 0
         users = list(batch)
-        if changed:  # a new version went live: refresh recent users with their Redis state
+        if self._refresh_recent:
+            self._refresh_recent = False
             users += [u for u in self._active_users if u not in batch]
         if not users:
-            return written
+            return 0
         depth = max(m.history_length(self._history) for m in models)  # SASRec: its max_len
         recent = await self._features.recent_items_many(users, depth)
         histories = [
             merge_history(r, [item for _, item in sorted(batch.get(u, []))])
             for u, r in zip(users, recent, strict=True)
         ]
-        return written + await asyncio.to_thread(self._write, models, users, histories)
+        return await asyncio.to_thread(self._write, models, users, histories)
 
     def _remember(self, batch: dict[str, list[tuple[float, str]]]) -> None:
         for user in batch:
@@ -185,6 +274,131 @@ class VectorsUpdater:
             self._active_users[user] = None
         while len(self._active_users) > BACKFILL_USERS:
             self._active_users.popitem(last=False)
+
+    async def _point_live(self, models: list[LoadedModel]) -> None:
+        """The Redis live pointer follows the alias, over complete lists: a version the
+        pointer does not name yet is backfilled first (see the module doc)."""
+        candidates = self._candidates
+        assert candidates is not None
+        for model in models:
+            if model.serving not in self._unpointed:
+                continue
+            pointer = await asyncio.to_thread(candidates.live_version_sync, model.serving)
+            if pointer != model.version:
+                try:
+                    await self._backfill(model)
+                except NotFound as exc:  # the version was deleted meanwhile: the next refresh
+                    log.warning("cannot backfill %s v%d: %s", model.serving, model.version, exc)
+                    continue
+                await asyncio.to_thread(candidates.set_live, model.serving, model.version)
+            self._unpointed.discard(model.serving)
+        self._unpointed &= {model.serving for model in models}  # unpublished: nothing to point
+
+    async def _backfill(self, model: LoadedModel) -> None:
+        """Every user's candidates and every item's neighbours of ``model``'s version, from its
+        stored user vectors and the items held here (what a publish with Redis writes)."""
+        started = time.perf_counter()
+        index = await asyncio.to_thread(self._index, model)
+        users = await asyncio.to_thread(self._ids.external_ids, IdKind.USER)
+        written = 0
+        for lo in range(0, len(users), BACKFILL_CHUNK):
+            wanted = list(range(lo, min(lo + BACKFILL_CHUNK, len(users))))
+            records = await self._retrieve(model.collection, wanted)
+            if records:
+                await asyncio.to_thread(self._backfill_users, model, index, users, records)
+                written += len(records)
+        items = await asyncio.to_thread(self._backfill_neighbours, model, index)
+        log.info(
+            "backfilled %s v%d for the request path: candidates of %d users, neighbours of %d "
+            "items in %.1fs",
+            model.serving,
+            model.version,
+            written,
+            items,
+            time.perf_counter() - started,
+        )
+
+    async def _retrieve(self, collection: str, ids: list[int]) -> list[Record]:
+        """``retrieve`` where the store says calls belong (inline for Edge: no I/O to wait on,
+        the GIL held throughout; a thread for a store that waits on the network)."""
+        if self._vectors.call_on_event_loop:
+            return self._vectors.retrieve(collection, ids)
+        return await asyncio.to_thread(self._vectors.retrieve, collection, ids)
+
+    def _backfill_users(
+        self, model: LoadedModel, index: CandidateIndex, users: list[str], records: list[Record]
+    ) -> None:
+        assert self._candidates is not None
+        names = [users[r.id] for r in records]
+        vectors = np.asarray([r.vector for r in records], np.float32)
+        ranked = index.top(vectors, self._candidates.per_user, self._candidates.seen_many(names))
+        self._candidates.write_candidates(
+            model.serving,
+            model.version,
+            {
+                name: Ranked(found.items, found.scores, _updated_ms(record))
+                for name, found, record in zip(names, ranked, records, strict=True)
+            },
+            keep_existing=True,  # an entry written meanwhile came from a fresher vector
+        )
+
+    def _backfill_neighbours(self, model: LoadedModel, index: CandidateIndex) -> int:
+        assert self._candidates is not None
+        found = index.neighbours(None, self._candidates.neighbours)
+        self._candidates.write_neighbours(model.serving, model.version, found)
+        return len(found)
+
+    def _index(self, model: LoadedModel) -> CandidateIndex:
+        """The items of ``model``'s live collection: its non-zero rows of registered items
+        (what the publish wrote), and for content also the points written since (new items)
+        or inferred at publish, read back from the collection once per version."""
+        held = self._indexes.get(model.serving)
+        if held is not None and self._index_versions[model.serving] == model.version:
+            return held
+        external = self._ids.external_ids(IdKind.ITEM)
+        rows = np.arange(min(len(model.items), len(external)))
+        rows = rows[np.any(model.items[rows] != 0.0, axis=1)]
+        index = CandidateIndex(
+            rows, model.items[rows], [external[i] for i in rows], DISTANCE[model.serving]
+        )
+        if model.serving == CONTENT:
+            others = sorted(set(range(len(external))) - set(rows.tolist()))
+            found = self._vectors.retrieve(item_version_name(CONTENT, model.version), others)
+            if found:
+                index.add(
+                    [r.id for r in found],
+                    np.asarray([r.vector for r in found], np.float32),
+                    [external[r.id] for r in found],
+                )
+        self._indexes[model.serving] = index
+        self._index_versions[model.serving] = model.version
+        return index
+
+    def _write_candidates(
+        self,
+        model: LoadedModel,
+        users: list[str],
+        user_vectors: np.ndarray,
+        histories: list[list[str]],
+        updated_ms: int,
+    ) -> None:
+        """The users' top-C items of the live version, their seen items left out: the
+        feature store's seen set, plus this batch's items (the features group may not have
+        applied them yet)."""
+        assert self._candidates is not None
+        seen = [
+            found | set(history)
+            for found, history in zip(self._candidates.seen_many(users), histories, strict=True)
+        ]
+        ranked = self._index(model).top(user_vectors, self._candidates.per_user, seen)
+        self._candidates.write_candidates(
+            model.serving,
+            model.version,
+            {
+                user: Ranked(found.items, found.scores, updated_ms)
+                for user, found in zip(users, ranked, strict=True)
+            },
+        )
 
     def _write_items(self, events: list[ItemEvent]) -> int:
         """Upsert the items into the live content collection (see the module doc)."""
@@ -203,7 +417,31 @@ class VectorsUpdater:
         except NotFound:  # the version was deleted meanwhile; the next refresh drops it
             log.warning("items collection %s is gone; skipping", collection)
             return 0
+        fresh = [p for p, point in enumerate(points[0]) if point not in held]
+        if fresh and self._candidates is not None:
+            self._write_new_neighbours(model, points, fresh)
         return len(points[0])
+
+    def _write_new_neighbours(
+        self,
+        model: LoadedModel,
+        points: tuple[list[int], list[list[float]], list[dict[str, Any]]],
+        fresh: list[int],
+    ) -> None:
+        """New content items join the live version's items (for users' candidates from now
+        on) and get their top-K neighbours written. Other items' neighbour lists gain them at
+        the next publish."""
+        assert self._candidates is not None
+        ids, vectors, payloads = points
+        rows = [ids[p] for p in fresh]
+        index = self._index(model)
+        index.add(
+            rows,
+            np.asarray([vectors[p] for p in fresh], np.float32),
+            [str(payloads[p]["item_id"]) for p in fresh],
+        )
+        found = index.neighbours(rows, self._candidates.neighbours)
+        self._candidates.write_neighbours(model.serving, model.version, found)
 
     @staticmethod
     def _item_points(
@@ -255,8 +493,23 @@ class VectorsUpdater:
             except NotFound:  # the version was deleted meanwhile; the next refresh drops it
                 log.warning("users collection %s is gone; skipping", model.collection)
                 continue
+            if self._candidates is not None:
+                self._write_candidates(
+                    model, [users[p] for p in keep], vecs, [histories[p] for p in keep], now_ms
+                )
             written += len(keep)
         return written
+
+
+def _report_watcher_end(task: asyncio.Task[None]) -> None:
+    """A watcher that ended on an unexpected error (a bug) says so; cancelling is its stop."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the alias watcher stopped", exc_info=task.exception())
+
+
+def _updated_ms(record: Record) -> int | None:
+    value = record.payload.get("updated_ms")
+    return int(value) if isinstance(value, int | float) else None
 
 
 def _catalog_item(event: ItemEvent) -> Item:
@@ -273,14 +526,16 @@ def _item_payload(event: ItemEvent) -> dict[str, Any]:
 
 
 def register(
-    broker: KafkaBroker,
+    broker: ConsumerBroker,
     updater: VectorsUpdater,
     dead_letters: DeadLetterSink,
     metrics: Metrics,
     settings: Settings,
 ) -> None:
     """Subscribe the vectors group to ratings and clicks (what changes a user's vector) and
-    item events (new items' content vectors)."""
+    item events (new items' content vectors); the alias watcher runs while the broker does."""
+    broker.before_start.append(updater.start_watching)
+    broker.after_stop.append(updater.stop_watching)
 
     async def apply(batch: DecodedBatch) -> int:
         return await updater.handle(batch.events)

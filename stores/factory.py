@@ -2,8 +2,10 @@
 
 ``open_stores(settings)`` opens, once per process and from ``Settings`` alone, every connection
 (``core.services.open_services``: Kafka, Redis, SQL, the id registry) and every store built on
-them (features, archive, model registry, vector store chosen by its URL's scheme), and closes
-them in reverse order. ``open_sql_stores(settings)`` is the same for the commands that need SQL
+them (features, archive, model registry, vector store chosen by its URL's scheme: Qdrant Edge,
+a Qdrant server, or, with ``STREAMREC_VECTOR_HOST_URL`` set, ``RemoteVectorStore`` on the
+vector host of the process owning the Edge shards), and closes them in reverse order.
+``open_sql_stores(settings)`` is the same for the commands that need SQL
 and files only (``train``, ``eval``, ``vectors publish``). Nothing else constructs a store:
 callers receive them from here (the API through its runtime, the consumer groups through
 ``build_consumer_broker``, programs in ``apps/`` through the factory itself).
@@ -23,6 +25,8 @@ from core.db import create_db_engine
 from core.ids import IdRegistry
 from core.services import Services, open_services
 from core.settings import Settings
+from stores.candidates import CandidateStore
+from stores.candidates import sync_client as candidates_sync_client
 from stores.catalog import Archive
 from stores.dlq_replays import DlqReplayLog
 from stores.features import FeatureStore
@@ -55,6 +59,7 @@ class Stores:
     vectors: VectorStore
     training_jobs: TrainingJobStore
     dlq_replays: DlqReplayLog
+    candidates: CandidateStore  # precomputed recommendations and neighbours, per version
 
     @property
     def settings(self) -> Settings:
@@ -77,7 +82,8 @@ async def open_stores(
 
     ``attach``: reach the embedded services of a running ``streamrec up`` instead of starting
     them (``core.services.open_services``). The SQL schema is created (idempotent). The vector
-    store is cheap to open: Qdrant Edge opens a shard on first use, a server on first call.
+    store is cheap to open: Qdrant Edge opens a shard on first use, a server or a vector host
+    (``vector_host_url``) on first call.
     """
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(
@@ -86,6 +92,8 @@ async def open_stores(
         await asyncio.to_thread(create_schema, services.engine)
         vectors = await asyncio.to_thread(open_vector_store, settings)
         stack.callback(vectors.close)
+        sync_redis = candidates_sync_client(services.redis_url, settings)  # blocking writers
+        stack.callback(sync_redis.close)
         yield Stores(
             services=services,
             features=FeatureStore.for_settings(services.redis, settings),
@@ -94,6 +102,7 @@ async def open_stores(
             vectors=vectors,
             training_jobs=TrainingJobStore(services.engine),
             dlq_replays=DlqReplayLog(services.engine),
+            candidates=CandidateStore.for_settings(services.redis, sync_redis, settings),
         )
 
 

@@ -28,6 +28,7 @@ from core.settings import Settings
 from schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
 
 if TYPE_CHECKING:
+    from stores.candidates import CandidateStore
     from stores.factory import SqlStores
     from stores.model_registry import ModelVersion
 
@@ -270,13 +271,40 @@ PUBLISH_MODEL_OPT = typer.Option(
 )
 
 
+@contextmanager
+def _candidate_writer(settings: Settings) -> Iterator[tuple[CandidateStore | None, str]]:
+    """The Redis candidate store a publish writes the request path's lists into, or None
+    and why not: embedded Redis lives inside ``streamrec up`` (not reachable from here), or
+    the server did not answer. The vectors group then writes them before pointing requests
+    at the version."""
+    import redis
+
+    from stores.candidates import CandidateStore, sync_client
+
+    if settings.embedded_redis:
+        yield None, "STREAMREC_REDIS_URL is 'embedded'"
+        return
+    client = sync_client(settings.redis_url, settings)
+    try:
+        unreachable = ""
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            unreachable = f"Redis did not answer: {error}"
+        yield (None if unreachable else CandidateStore.writer(client, settings)), unreachable
+    finally:
+        client.close()
+
+
 def publish_cmd(
     model: Annotated[str, PUBLISH_MODEL_OPT],
     version: Annotated[int | None, typer.Option(min=1, help="Version (default: active).")] = None,
     var_dir: Annotated[Path | None, VAR_OPT] = None,
 ) -> None:
     """Publish a model version: its item vectors, every user's vector, then swap the
-    `items_<model>` alias to it."""
+    `items_<model>` alias to it. With Redis reachable (STREAMREC_REDIS_URL a server), every
+    user's candidates and every item's neighbours too, and the live pointer after the swap;
+    otherwise the vectors group writes those before it points requests at the version."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stores.factory import open_sql_stores, open_vectors
@@ -296,6 +324,7 @@ def publish_cmd(
         with (
             open_sql_stores(settings) as sql,
             open_vectors(settings) as store,
+            _candidate_writer(settings) as (candidates, why_not),
             Progress(*columns, console=console) as bar,
         ):
             tasks = {
@@ -313,6 +342,7 @@ def publish_cmd(
                 on_progress=lambda stage, n, total: bar.update(
                     tasks[stage], completed=n, total=total
                 ),
+                candidates=candidates,
             )
     except (StreamrecError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
@@ -324,6 +354,18 @@ def publish_cmd(
         f"{done.seconds:.1f}s ({done.user_seconds:.1f}s for users)"
         + (f" (previous: {done.previous}, kept for rollback)" if done.previous else "")
     )
+    if candidates is not None:
+        console.print(
+            f"candidates of every user and neighbours of every item written to Redis; "
+            f"requests read them now (sr:live:{done.alias.removeprefix('items_')} = "
+            f"{done.version})"
+        )
+    else:
+        console.print(
+            f"candidates left to the vectors group ({why_not}): it writes every user's "
+            "candidates and every item's neighbours when it sees the alias move (or starts), "
+            "then points requests at this version; until then they take the vector query"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,15 @@ Going live means every user is served by the new version, so a publish writes, i
 2. the user vectors of EVERY user with state into ``users_<model>__v<N>``
    (``trainer.user_vectors.all_user_vectors``: trained rows, SASRec's live sequence from the
    archive, a fold-in otherwise), in bulk batches;
-3. only then the alias ``items_<model>`` swaps to the new collection, atomically; the previous
-   version stays for rollback. If step 1 or 2 fails, the alias does not move.
+3. with a ``CandidateStore`` (every caller with Redis at hand: the CLI passes none when Redis
+   is embedded or does not answer, and the vectors group then backfills the lists from the
+   stored vectors before it sets the live pointer), the request path's precomputed lists in
+   Redis (``stores.candidates``): every user's top-C unseen items, computed from the
+   vectors of step 2 against the items of step 1 by ``trainer.candidates.CandidateIndex``
+   (the collection's distance, as the engine ranks), and every item's top-K neighbours;
+4. only then the alias ``items_<model>`` swaps to the new collection, atomically, and right
+   after it the Redis live pointer ``sr:live:<model>`` (the request path reads it); the
+   previous version stays for rollback. If step 1, 2 or 3 fails, the alias does not move.
 
 Point id = id-registry index; an item's payload carries ``item_id`` (the external id, so the
 edge needs no reverse lookup), title, genres, year and popularity (interactions in the SQL
@@ -34,9 +41,11 @@ from core.datasets import Item
 from core.errors import InvalidInput, NotFound
 from core.ids import IdKind, IdRegistry
 from schemas.models import ModelKind
+from stores.candidates import CandidateStore, Ranked
 from stores.catalog import ItemRow
 from stores.model_registry import ModelRegistry, ModelVersion
 from stores.vectors import VectorBatch, VectorStore, bulk_upsert, item_version_name, items_alias
+from trainer.candidates import CandidateIndex
 from trainer.doc2vec import Doc2VecModel, item_text, tokenize
 from trainer.publish import (
     PayloadSource,
@@ -131,8 +140,9 @@ def _write_items(
     checkpoint_dir: Path | None,
     on_progress: PublishProgress | None,
     chunk: int,
-) -> tuple[int, int]:
-    """Item vectors into ``collection`` (created if needed); returns (points, inferred)."""
+) -> tuple[int, int, CandidateIndex]:
+    """Item vectors into ``collection`` (created if needed); returns (points, inferred, the
+    published items as a ``CandidateIndex`` for the precomputed lists)."""
     matrix = model.items
     external = ids.external_ids(IdKind.ITEM)
     rows = _rows(matrix, len(external))
@@ -166,7 +176,14 @@ def _write_items(
             vectors.upsert(collection, idx.tolist(), extra_vecs[lo : lo + chunk], pays)
         if on_progress:
             on_progress("items", total, total)
-    return result.points + len(extra_idx), len(extra_idx)
+    published = np.concatenate([rows, extra_idx]).astype(np.int64)
+    index = CandidateIndex(
+        published,
+        np.concatenate([matrix[rows], extra_vecs]) if len(extra_idx) else matrix[rows],
+        [external[i] for i in published],
+        kind.distance,
+    )
+    return result.points + len(extra_idx), len(extra_idx), index
 
 
 def _write_users(
@@ -179,8 +196,11 @@ def _write_users(
     chunk: int,
     history: int,
     now_ms: int,
+    candidates: CandidateStore | None = None,
+    index: CandidateIndex | None = None,
 ) -> int:
-    """Every user's vector into ``users_<model>__v<N>``; returns the vectors written.
+    """Every user's vector into ``users_<model>__v<N>``; returns the vectors written. With
+    ``candidates`` and ``index``, each batch's users get their candidates written too.
 
     Not checkpointed: a rerun recomputes from the archive as it is then (vectors go stale,
     item vectors do not). Not indexed: the edge reads user vectors by id, never searches them.
@@ -199,8 +219,46 @@ def _write_users(
     )
     if on_progress:
         on_progress("users", 0, plan.total)
-    result = bulk_upsert(vectors, model.collection, plan.batches, batch_size=chunk, optimize=False)
+    batches = plan.batches
+    if candidates is not None and index is not None:
+        # Read after the plan: it registers archive users the registry did not know yet.
+        users = ids.external_ids(IdKind.USER)
+        batches = _with_candidates(batches, users, index, candidates, model, now_ms)
+    result = bulk_upsert(vectors, model.collection, batches, batch_size=chunk, optimize=False)
     return result.points
+
+
+def _with_candidates(
+    batches: Iterator[VectorBatch],
+    users: list[str],
+    index: CandidateIndex,
+    candidates: CandidateStore,
+    model: LoadedModel,
+    updated_ms: int,
+) -> Iterator[VectorBatch]:
+    """The user batches as they are, each one's candidates written on the way: the users'
+    top-C items of this version, their seen items (the feature store's) left out."""
+    for user_rows, user_vectors, payloads in batches:
+        names = [users[int(u)] for u in user_rows]
+        if names:
+            seen = candidates.seen_many(names)
+            ranked = index.top(np.asarray(user_vectors), candidates.per_user, seen)
+            candidates.write_candidates(
+                model.serving,
+                model.version,
+                {
+                    user: Ranked(found.items, found.scores, updated_ms)
+                    for user, found in zip(names, ranked, strict=True)
+                },
+            )
+        yield user_rows, user_vectors, payloads
+
+
+def _write_neighbours(candidates: CandidateStore, index: CandidateIndex, model: LoadedModel) -> int:
+    """Every published item's top-K neighbours (similar items); returns the items."""
+    found = index.neighbours(None, candidates.neighbours)
+    candidates.write_neighbours(model.serving, model.version, found)
+    return len(found)
 
 
 def publish_version(
@@ -215,15 +273,17 @@ def publish_version(
     on_progress: PublishProgress | None = None,
     chunk: int = 2000,
     history: int = DEFAULT_HISTORY,
+    candidates: CandidateStore | None = None,
 ) -> Published:
-    """``trainer.publish.publish_version`` (documented there): items, users, then the swap."""
+    """``trainer.publish.publish_version`` (documented there): items, users (and, with
+    ``candidates``, the precomputed lists), then the swap and the Redis live pointer."""
     started = time.perf_counter()
     kind = vector_model(model)  # its name, or a former name (content)
     with _model_lock(kind.name):
         found = _version(models, kind.name, version)
         loaded = load_model(models, found.name, kind.collection, found.version)
         collection = item_version_name(kind.collection, found.version)
-        points, inferred = _write_items(
+        points, inferred, index = _write_items(
             vectors,
             ids,
             engine,
@@ -244,10 +304,16 @@ def publish_version(
             chunk=chunk,
             history=history,
             now_ms=int(time.time() * 1000),
+            candidates=candidates,
+            index=index,
         )
+        if candidates is not None:
+            _write_neighbours(candidates, index, loaded)
         user_seconds = time.perf_counter() - users_started
         alias = items_alias(kind.collection)
         previous = vectors.swap_alias(alias, collection)
+        if candidates is not None:
+            candidates.set_live(kind.collection, found.version)
     log.info(
         "published %s v%d: %d items in %s, %d user vectors in %s (%.1fs), was %s",
         kind.name,

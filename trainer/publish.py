@@ -8,6 +8,9 @@ alias ``items_<model>``: going live means every user is served by the new versio
 its one name; doc2vec's collections keep their former key, ``content`` (``items_content`` →
 ``items_content__v<N>``), and ``content`` is accepted as its name.
 
+Retiring a version (retention's ``retire_old`` and ``DELETE /v1/models/{name}/versions/{n}``)
+drops what publishing wrote, through one function: ``drop_version_collections``.
+
 This module stays light (no PyTorch, no gensim): ``publish_version`` loads ``trainer.live`` on
 its first call.
 """
@@ -25,9 +28,11 @@ from sqlalchemy import Engine, func, select
 from core.errors import InvalidInput
 from schemas.models import MODELS, VECTOR_MODELS, ModelKind, resolve
 from stores.catalog import InteractionRow, ItemRow
+from stores.vectors import item_version_name, items_alias, parse_version, user_version_name
 
 if TYPE_CHECKING:
     from core.ids import IdRegistry
+    from stores.candidates import CandidateStore
     from stores.model_registry import ModelRegistry
     from stores.vectors import VectorStore
 
@@ -51,6 +56,51 @@ def published_kind(name: str) -> ModelKind | None:
     ``publish_version``); None for models served without vectors (dqn)."""
     kind = next((k for k in MODELS.values() if k.name.value == name), None)
     return kind if kind is not None and kind.vectors else None
+
+
+class LiveVersion(InvalidInput):
+    """The version serves requests (the alias or the live pointer names it): not retired."""
+
+
+def serving_versions(
+    vectors: VectorStore, name: str, candidates: CandidateStore | None = None
+) -> set[int]:
+    """The versions of registry model ``name`` that serve requests: the one the alias
+    ``items_<model>`` points at and the one the request path's live pointer names (they
+    differ for a few seconds after a swap made without Redis). Empty for models without
+    vectors."""
+    kind = published_kind(name)
+    if kind is None:
+        return set()
+    target = vectors.resolve_alias(items_alias(kind.collection))
+    parsed = parse_version(target) if target else None
+    found = {parsed[1]} if parsed else set()
+    pointer = candidates.live_version_sync(kind.collection) if candidates is not None else None
+    return found | ({pointer} if pointer is not None else set())
+
+
+def drop_version_collections(
+    vectors: VectorStore, name: str, version: int, candidates: CandidateStore | None = None
+) -> None:
+    """Retire what publishing ``version`` of ``name`` wrote: its item and user collections and
+    (with ``candidates``) its candidate and neighbour hashes in Redis. What retention
+    (``ModelRegistry.retire_old``) and ``DELETE /v1/models/...`` call before the registry row
+    goes. Refused with ``LiveVersion`` for a version that serves (``serving_versions``);
+    nothing to do for models without vectors. Idempotent: what is already gone is skipped."""
+    kind = published_kind(name)
+    if kind is None:
+        return
+    if version in serving_versions(vectors, name, candidates):
+        raise LiveVersion(
+            f"{name} v{version} serves requests (the alias items_{kind.collection} or the live "
+            "pointer names it): publish or activate another version first"
+        )
+    key = kind.collection
+    if candidates is not None:
+        candidates.drop_version(key, version)
+    for collection in (item_version_name(key, version), user_version_name(key, version)):
+        if vectors.collection_exists(collection):
+            vectors.delete_collection(collection)
 
 
 def item_matrix(model: Any) -> np.ndarray:
@@ -116,6 +166,7 @@ def publish_version(
     on_progress: PublishProgress | None = None,
     chunk: int = 2000,
     history: int = DEFAULT_HISTORY,
+    candidates: CandidateStore | None = None,
 ) -> Published:
     """Make a version live: its item vectors, then every user's vector, then the alias swap.
 
@@ -127,7 +178,12 @@ def publish_version(
     so publishing a version again (a rollback) refreshes them. ``on_progress`` gets (stage,
     done, total) with stage ``items`` (points) then ``users`` (users processed). The alias
     moves only once both collections are complete; the registry's active version is left
-    as it is (the caller activates or promotes). Blocking: call it from a thread in async code.
+    as it is (the caller activates or promotes). With ``candidates`` (Redis), every user's
+    candidates and every item's neighbours are written before the swap and the live pointer
+    right after it (the request path, ``stores.candidates``); without (the CLI when Redis
+    is embedded or unreachable), the vectors group writes them all from the stored vectors
+    when it sees the alias move, and only then sets the live pointer.
+    Blocking: call it from a thread in async code.
     """
     from trainer import live  # PyTorch and gensim: on the first publish, not at CLI start-up
 
@@ -142,4 +198,5 @@ def publish_version(
         on_progress=on_progress,
         chunk=chunk,
         history=history,
+        candidates=candidates,
     )

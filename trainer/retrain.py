@@ -30,10 +30,14 @@ from core.settings import Settings
 from schemas.models import RETRAINABLE, resolve
 from stores.factory import Stores, open_sql_stores
 from stores.model_registry import Promotion
-from stores.vectors import VectorStore, item_version_name, user_version_name
 from trainer.data import build, recorded_watermark
 from trainer.promotion import HoldoutScores, compare_on_holdout, decide, newest_split
-from trainer.publish import publish_version, published_kind
+from trainer.publish import (
+    drop_version_collections,
+    publish_version,
+    published_kind,
+    serving_versions,
+)
 from trainer.service import ARCHIVE, TrainingData, load_data, train_model
 
 
@@ -165,17 +169,6 @@ def budget_process(threads: int, nice: int) -> None:
         os.nice(nice)
 
 
-def drop_version_collections(vectors: VectorStore, name: str, version: int) -> None:
-    """Delete the item and user collections of a retired version (retention)."""
-    kind = published_kind(name)
-    if kind is None:
-        return
-    key = kind.collection
-    for collection in (item_version_name(key, version), user_version_name(key, version)):
-        if vectors.collection_exists(collection):
-            vectors.delete_collection(collection)
-
-
 def new_since_live(stores: Stores, name: str) -> int:
     """Ratings archived beyond the watermark of ``name``'s live version (all of them when
     nothing is live): what a restarted loop has not trained on yet."""
@@ -237,13 +230,17 @@ def conclude_round(stores: Stores, candidate: Candidate, config: RetrainConfig) 
             candidate.name,
             candidate.version,
             checkpoint_dir=stores.settings.var_dir / "publish",
+            candidates=stores.candidates,
         ).seconds
     stores.models.record_promotion(candidate.name, candidate.version, promotion)
     retired = stores.models.retire_old(
         candidate.name,
         config.keep_versions,
         drop_collections=lambda name, version: drop_version_collections(
-            stores.vectors, name, version
+            stores.vectors, name, version, stores.candidates
         ),
+        # A settled version may still serve (published by hand, or the live pointer not yet
+        # moved): left for a later round rather than failing this one.
+        protect=serving_versions(stores.vectors, candidate.name, stores.candidates),
     )
     return RoundReport(candidate, promotion, published, retired)

@@ -1,4 +1,5 @@
-"""Per-item reads: similar items from a model's item vectors."""
+"""Per-item reads: similar items from a model's item vectors: the precomputed neighbours of
+the live version (Redis only) when stored and deep enough, else the vector query."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import RuntimeDep
 from api.responses import error_responses
-from api.routers.users import _from_hits
+from api.routers.users import _from_hits, _from_ranked
 from schemas.api import SimilarItems, VectorModel
 from schemas.models import MODELS, ModelName
 
@@ -42,11 +43,18 @@ async def similar(
     """The items nearest to ``item_id`` in ``model``'s published item vectors. A new item
     with text is in ``doc2vec`` as soon as the vectors group has consumed its item event."""
     collection = MODELS[model].collection  # the model's name; content for doc2vec
-    answer = await asyncio.to_thread(runtime.serving.similar, collection, item_id, k)
+    found = await runtime.candidates.similar(collection, item_id, k)
+    if found is not None:
+        version, ranked = found
+        nearest = list(zip(ranked.items, ranked.scores, strict=True))[:k]
+        items = _from_ranked(nearest, await runtime.item_meta.get([i for i, _ in nearest]))
+    else:
+        answer = await asyncio.to_thread(runtime.serving.similar, collection, item_id, k)
+        version, items = answer.version, _from_hits(answer.hits)
     return SimilarItems(
         request_id=uuid.uuid4().hex,
         item_id=item_id,
         model=model,
-        version=answer.version,
-        items=_from_hits(answer.hits),
+        version=version,
+        items=items,
     )

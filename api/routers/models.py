@@ -18,6 +18,11 @@ then the alias swap; only then does the registry make it live. So the call answe
 version serves every user, which takes as long as the publish (seconds on ml-100k, see
 README); if publishing fails, nothing changed. A former name in the path (``content``) names
 its model (``doc2vec``).
+
+Deleting a version retires it as retention does (``trainer.publish.drop_version_collections``):
+its item and user collections and its candidate and neighbour hashes in Redis go first, then
+its registry row and files. The active version is refused (409), and so is a version that
+still serves requests (the alias or the live pointer names it).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from schemas.api import (
 )
 from schemas.models import canonical
 from stores.model_registry import ModelRegistry, ModelVersion, Promotion
-from trainer.publish import publish_version, published_kind
+from trainer.publish import LiveVersion, drop_version_collections, publish_version, published_kind
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -157,6 +162,7 @@ def _publish_and_activate(
             name,
             version,
             checkpoint_dir=runtime.settings.var_dir / "publish",
+            candidates=runtime.stores.candidates,
         )
     return registry.activate(name, version)
 
@@ -165,23 +171,31 @@ def _publish_and_activate(
     "/{name}/versions/{version}",
     dependencies=[AdminKey],
     responses=error_responses(
-        503, described={**_ADMIN, **_LOOKUP, 409: "The version is the active one"}
+        503,
+        described={**_ADMIN, **_LOOKUP, 409: "The version is the active one, or still serves"},
     ),
 )
 async def delete_version(
-    name: ModelName, version: Version, registry: ModelRegistryDep
+    name: ModelName, version: Version, registry: ModelRegistryDep, runtime: RuntimeDep
 ) -> DeletedVersion:
-    """Remove a version's registry row and its files. The active version cannot be deleted:
-    activate another one first."""
-    await asyncio.to_thread(_delete_inactive, registry, name, version)
+    """Remove a version: its vector collections and precomputed lists (as retention does),
+    then its registry row and files. The active version cannot be deleted: activate another
+    one first."""
+    await asyncio.to_thread(_delete_inactive, runtime, registry, name, version)
     return DeletedVersion(name=name, version=version)
 
 
-def _delete_inactive(registry: ModelRegistry, name: str, version: int) -> None:
+def _delete_inactive(runtime: Runtime, registry: ModelRegistry, name: str, version: int) -> None:
+    activate = f"POST /v1/models/{name}/versions/<n>/activate"
     if registry.get(name, version).active:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"{name} v{version} is the active version and cannot be deleted: activate another "
-            f"version first (POST /v1/models/{name}/versions/<n>/activate)",
+            f"version first ({activate})",
         )
+    try:
+        # Collections and hashes first, as retention: if this fails the row stays, to retry.
+        drop_version_collections(runtime.vectors, name, version, runtime.stores.candidates)
+    except LiveVersion as live:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{live} ({activate})") from None
     registry.delete(name, version)

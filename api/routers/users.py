@@ -1,4 +1,16 @@
-"""Per-user reads: recommendations and history."""
+"""Per-user reads: recommendations and history.
+
+A vector model's recommendations come from the user's precomputed candidates when there are
+some (``api.serving.CandidateServer``: Redis only): the top-C unseen items of the version
+computed with the user's vector, filtered with the seen set as it is now (an item made seen by
+an applied click is never served, however old the candidates) and with the genres asked for,
+then the first k. When filtering leaves fewer than k, the list is filled with the popular
+items (same genre filter, seen items excluded) AFTER the model's items, carrying their
+popularity scores; a response says ``model`` = the vector model all the same. Without
+candidates (the user's not computed yet, a pinned version without them, or
+``exclude_seen=false``: the candidates left out what was seen when they were computed), the
+vector query serves, as it did before candidates existed.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +29,7 @@ from pydantic import StringConstraints
 from api.deps import FeaturesDep, RuntimeDep
 from api.responses import error_responses
 from api.runtime import Runtime
-from api.serving import ItemMetaCache, NoVector
+from api.serving import ItemMetaCache, NoVector, Precomputed
 from core.errors import ConfigurationError, NotFound
 from schemas.api import (
     FallbackReason,
@@ -99,6 +111,47 @@ def _from_hits(hits: list[Hit]) -> list[RecommendedItem]:
     ]
 
 
+def _from_ranked(
+    ranked: list[tuple[str, float]], meta: Mapping[str, Mapping[str, str]]
+) -> list[RecommendedItem]:
+    return [
+        RecommendedItem(
+            item_id=item,
+            score=score,
+            title=meta[item]["title"],
+            genres=_genres(meta[item]["genres"]),
+        )
+        for item, score in ranked
+    ]
+
+
+async def _from_candidates(
+    runtime: Runtime,
+    features: FeatureStore,
+    user_id: str,
+    found: Precomputed,
+    n: int,
+    wanted: list[str] | None,
+) -> list[RecommendedItem]:
+    """The first ``n`` candidates neither seen now nor outside ``wanted``, then popular items
+    (same filters) when fewer are left (see the module doc)."""
+    unseen = [
+        (item, score)
+        for item, score in zip(found.ranked.items, found.ranked.scores, strict=True)
+        if item not in found.seen
+    ]
+    if not wanted:  # without a genre filter only the first n are shown: read their titles only
+        unseen = unseen[:n]
+    items = _from_ranked(unseen, await runtime.item_meta.get([item for item, _ in unseen]))
+    if wanted:
+        items = [i for i in items if set(i.genres) & set(wanted)][:n]
+    if len(items) < n:
+        chosen = {i.item_id for i in items}
+        popular = await _popular(features, runtime.item_meta, user_id, n + len(chosen), wanted)
+        items += [i for i in popular if i.item_id not in chosen][: n - len(items)]
+    return items
+
+
 @dataclass(frozen=True)
 class _Served:
     model: RecommendationModel
@@ -143,8 +196,18 @@ async def _base(
     age = _state_age_ms(stats)
     reason = None
     if model != ModelName.POPULAR:
-        seen = await features.seen_items(user_id) if exclude_seen else set()
         collection = MODELS[model].collection  # the model's name; content for doc2vec
+        found = (
+            await runtime.candidates.recommend(collection, user_id, version)
+            if exclude_seen
+            else None
+        )
+        if found is not None:
+            items = await _from_candidates(runtime, features, user_id, found, n, wanted)
+            if found.ranked.updated_ms is not None:  # the user vector's age, as below
+                age = max(0, int(time.time() * 1000) - found.ranked.updated_ms)
+            return _Served(model, found.version, items, age)
+        seen = await features.seen_items(user_id) if exclude_seen else set()
         answer = await runtime.serving.arecommend(collection, user_id, n, seen, wanted, version)
         if not isinstance(answer, NoVector):
             if answer.updated_ms is not None:
@@ -273,7 +336,7 @@ async def recommend(
             variant=variant,
             policy=reranked.log,
         )
-        runtime.spawn(runtime.publisher.publish(impression), name=f"impression-{request_id}")
+        runtime.publisher.publish_later(impression)  # buffered: the request never waits for Kafka
     return Recommendations(
         request_id=request_id,
         user_id=user_id,

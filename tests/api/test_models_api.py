@@ -3,6 +3,7 @@ versions from a request never reach a file outside the registry."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ from core.ids import IdRegistry
 from core.settings import Settings
 from stores.model_registry import ModelRegistry, Promotion
 from tests.conftest import ADMIN_KEY, INGEST_KEY
+from trainer.data import build
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from trainer.models import build_model
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from trainer.publish import publish_version
 
 pytestmark = pytest.mark.kafka
 
@@ -207,6 +211,51 @@ async def test_delete_removes_an_inactive_version_and_its_files(edge) -> None:  
     assert not registry.version_dir("dqn", 2).exists()
     assert [v.version for v in registry.list("dqn")] == [1]
     assert_error(await client.delete("/v1/models/dqn/versions/2", headers=ADMIN), 404)
+
+
+async def test_delete_retires_a_vector_version_as_retention_does(settings: Settings) -> None:
+    """A published mf version's collections and Redis lists go with its row; the active
+    version and one that still serves (alias and live pointer) are refused with 409."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        registry, vectors, lists = runtime.stores.models, runtime.vectors, runtime.stores.candidates
+        inter = build(synthetic(n_users=6, n_items=10, n_events=60, seed=3), runtime.services.ids)
+        for seed in (0, 1, 2):
+            registry.register("mf", build_model("mf", inter, dim=4, seed=seed))
+        registry.activate("mf", 3)
+        for version in (1, 3, 2):  # v2 last, by hand: it serves, though v3 is active
+            await asyncio.to_thread(
+                publish_version,
+                registry,
+                vectors,
+                runtime.services.ids,
+                runtime.services.engine,
+                "mf",
+                version,
+                candidates=lists,
+            )
+        assert all(lists.has_version("mf", v) for v in (1, 2, 3))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
+            response = await client.delete("/v1/models/mf/versions/1", headers=ADMIN)
+            assert response.status_code == 200, response.text
+
+            assert not vectors.collection_exists("items_mf__v1")
+            assert not vectors.collection_exists("users_mf__v1")
+            assert not lists.has_version("mf", 1)
+            assert not registry.version_dir("mf", 1).exists()
+            assert [v.version for v in registry.list("mf")] == [2, 3]
+
+            active = await client.delete("/v1/models/mf/versions/3", headers=ADMIN)
+            assert_error(active, 409, "active version", "activate another")
+            serving = await client.delete("/v1/models/mf/versions/2", headers=ADMIN)
+            assert_error(serving, 409, "mf v2 serves requests")
+        for version in (2, 3):  # both refused: nothing of theirs went
+            assert vectors.collection_exists(f"items_mf__v{version}")
+            assert vectors.collection_exists(f"users_mf__v{version}")
+            assert lists.has_version("mf", version)
+        assert [v.version for v in registry.list("mf")] == [2, 3]
 
 
 HOSTILE_PATHS = [

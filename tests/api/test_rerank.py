@@ -3,7 +3,6 @@ the active DQN's Q-values, and the base order (flagged) when no policy is active
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -73,17 +72,8 @@ def served(edge: tuple[Any, httpx.AsyncClient]) -> tuple[Any, httpx.AsyncClient,
 def _capture(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> list[Event]:
     published: list[Event] = []
 
-    async def publish(event: Event) -> None:
-        published.append(event)
-
-    monkeypatch.setattr(runtime.publisher, "publish", publish)
+    monkeypatch.setattr(runtime.publisher, "publish_later", published.append)
     return published
-
-
-async def _settle(runtime: Any) -> None:
-    """Impressions are published by a background task after the response: wait for it."""
-    if runtime.background:
-        await asyncio.wait(runtime.background)
 
 
 def _expected_q(runtime: Any, dqn: Any, d2v: Any) -> list[tuple[str, float]]:
@@ -109,7 +99,6 @@ async def test_rerank_orders_candidates_by_q_value(
     dqn, d2v = _deploy(runtime)
     published = _capture(runtime, monkeypatch)
     body = await _get(client, k=len(BASE), rerank="dqn")
-    await _settle(runtime)
 
     assert fake.asked == [rerank_depth(len(BASE))] == [50]
     assert body["reranked_by"] == {"model": "dqn", "version": 1, "exploration": "greedy"}
@@ -150,7 +139,6 @@ async def test_without_an_active_dqn_the_base_order_is_served(
     runtime, client, _ = served
     published = _capture(runtime, monkeypatch)
     body = await _get(client, k=4, rerank="dqn")
-    await _settle(runtime)
     assert [i["item_id"] for i in body["items"]] == BASE[:4]
     assert all(i["q_value"] is None for i in body["items"])
     assert body["rerank_fallback"] is True and body["reranked_by"] is None
@@ -166,7 +154,6 @@ async def test_doc2vec_without_dqn_serves_the_base_order_and_logs_it_for_learnin
     _registry(runtime).register("doc2vec", _doc2vec(runtime), activate=True)
     published = _capture(runtime, monkeypatch)
     body = await _get(client, k=4, rerank="dqn")
-    await _settle(runtime)
     assert [i["item_id"] for i in body["items"]] == BASE[:4]
     assert body["rerank_fallback"] is True and body["reranked_by"] is None
     assert "no dqn version is active" in body["rerank_note"]
@@ -188,7 +175,6 @@ async def test_exploration_is_recorded_with_its_propensities(
     _deploy(runtime)
     published = _capture(runtime, monkeypatch)
     body = await _get(client, k=3, rerank="dqn")
-    await _settle(runtime)
     assert body["reranked_by"]["exploration"] == method
     log = published[0].policy  # type: ignore[union-attr]
     assert log is not None and log.exploration == method

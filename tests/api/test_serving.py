@@ -4,21 +4,26 @@ Kafka and the vectors consumer, recommendations and similar items from the edge.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from api.serving import VectorAnswer
 from core.datasets import InteractionData, synthetic
 from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
-from schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from stores.candidates import Ranked
 from stores.catalog import Archive
 from stores.factory import Stores
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
+from stores.vectors import Hit
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
 from trainer.data import build
 from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
@@ -63,7 +68,9 @@ async def _publish(
     runtime: Any, trained: dict[str, Any], names: tuple[str, ...], *, ratings: bool = False
 ) -> None:
     """Register the ids and write the catalog (and, with ``ratings``, every rating: the users'
-    history) into the archive, then register and publish each model."""
+    history) into the archive, the catalog into the features too (titles and genres of served
+    items come from there, as the features group writes them from item events), then register
+    and publish each model."""
     services = runtime.services
     data: InteractionData = trained["data"]
     await asyncio.to_thread(build, data, services.ids)
@@ -76,6 +83,7 @@ async def _publish(
         )
         for n, i in enumerate(data.items.values())
     ]
+    await runtime.features.apply_batch("catalog", events)
     if ratings:
         events += [
             SourcedEvent(
@@ -106,6 +114,7 @@ def _publish_one(
         name,
         version,
         checkpoint_dir=runtime.settings.var_dir / "publish",
+        candidates=runtime.stores.candidates,
     )
 
 
@@ -410,3 +419,147 @@ async def test_activating_an_unpublished_version_publishes_it_for_every_user(
     back = await client.post("/v1/models/mf/versions/1/activate", headers={"X-API-Key": ADMIN_KEY})
     assert back.status_code == 200, back.text
     assert runtime.vectors.resolve_alias("items_mf") == "items_mf__v1"  # a rollback swaps too
+
+
+# -- the light request path: precomputed candidates and neighbours in Redis ----------------------
+
+CANDIDATE_GENRES = {"c1": "Drama", "c2": "Comedy", "c3": "Drama", "c4": "Comedy", "c5": "Comedy"}
+POPULAR_GENRES = {"p1": "Drama", "p2": "Comedy", "p3": "Drama"}
+
+
+class CountingVectors:
+    """The vector query, counted: a request served from candidates must not reach it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def arecommend(
+        self,
+        model: str,
+        user_id: str,
+        k: int,
+        seen: Any = (),
+        genres: Any = None,
+        version: int | None = None,
+    ) -> VectorAnswer:
+        self.calls.append(("recommend", user_id))
+        return VectorAnswer(version or 7, [Hit(0, 0.5, {"item_id": "from-vectors"})])
+
+    def similar(self, model: str, item_id: str, k: int) -> VectorAnswer:
+        self.calls.append(("similar", item_id))
+        return VectorAnswer(7, [Hit(0, 0.5, {"item_id": "from-vectors"})])
+
+
+@pytest.fixture
+async def light(settings: Any) -> AsyncIterator[tuple[Any, Any, CountingVectors]]:
+    """The API alone, its vector query counted; a catalog and popular items in the features,
+    candidates of mf v3 (live) for user u, neighbours of c1."""
+    import httpx
+
+    from api.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        fake = CountingVectors()
+        runtime.serving = fake
+        genres = {**CANDIDATE_GENRES, **POPULAR_GENRES}
+        events = [
+            SourcedEvent(ItemEvent(item_id=i, title=i.upper(), genres=[g]), "streamrec.items", 0, n)
+            for n, (i, g) in enumerate(genres.items())
+        ]
+        # Popular items: rated by others (p1 most), never by u.
+        events += [
+            SourcedEvent(
+                RatingEvent(user_id=f"o{n}", item_id=i, rating=4), "streamrec.ratings", 0, n
+            )
+            for n, i in enumerate(["p1", "p1", "p1", "p2", "p2", "p3"])
+        ]
+        await runtime.features.apply_batch("test", events)
+        store = runtime.stores.candidates
+        scores = [5.0, 4.0, 3.0, 2.0, 1.0]
+        updated = int(time.time() * 1000) - 60_000  # computed a minute ago
+        store.write_candidates("mf", 3, {"u": Ranked(list(CANDIDATE_GENRES), scores, updated)})
+        store.write_neighbours("mf", 3, {"c1": Ranked(["c3", "c2"], [0.9, 0.8])})
+        store.set_live("mf", 3)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
+            yield runtime, client, fake
+
+
+async def test_recommendations_from_candidates_never_query_vectors_nor_serve_seen_items(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    runtime, client, fake = light
+    body = await _recs(client, "u", "mf", k=3)
+    assert [i["item_id"] for i in body["items"]] == ["c1", "c2", "c3"]
+    assert (body["model"], body["version"], body["fallback"]) == ("mf", 3, False)
+    first = body["items"][0]
+    assert (first["score"], first["title"], first["genres"]) == (5.0, "C1", ["Drama"])
+    assert 60_000 <= body["state_age_ms"] < 120_000  # the age of the user vector behind them
+    assert fake.calls == []
+
+    # A click applied after the candidates were computed: c2 is never served again.
+    click = ClickEvent(user_id="u", item_id="c2")
+    await runtime.features.apply_batch("test", [SourcedEvent(click, "streamrec.clicks", 0, 0)])
+    body = await _recs(client, "u", "mf", k=3)
+    assert [i["item_id"] for i in body["items"]] == ["c1", "c3", "c4"]
+    assert fake.calls == []
+
+
+async def test_a_genre_filter_leaving_fewer_than_k_is_filled_from_popular(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    runtime, client, fake = light
+    click = ClickEvent(user_id="u", item_id="p3")  # seen: excluded from the fill too
+    await runtime.features.apply_batch("test", [SourcedEvent(click, "streamrec.clicks", 0, 0)])
+    body = await _recs(client, "u", "mf", k=4, genres="Drama")
+    got = [(i["item_id"], i["genres"]) for i in body["items"]]
+    # The model's Drama items first (c1, c3), then popular Drama items not seen (p1).
+    assert got == [("c1", ["Drama"]), ("c3", ["Drama"]), ("p1", ["Drama"])]
+    assert (body["model"], body["fallback"], body["version"]) == ("mf", False, 3)
+    assert fake.calls == []
+
+
+async def test_without_candidates_the_vector_query_serves(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    _, client, fake = light
+    body = await _recs(client, "other", "mf")  # no entry for this user
+    assert [i["item_id"] for i in body["items"]] == ["from-vectors"]
+    body = await _recs(client, "u", "mf", version=2)  # a pinned version without candidates
+    assert body["version"] == 2
+    body = await _recs(client, "u", "mf", exclude_seen=False)  # candidates left seen items out
+    assert body["version"] == 7
+    body = await _recs(client, "u", "sasrec")  # nothing live for sasrec in Redis
+    assert fake.calls == [("recommend", "other")] + [("recommend", "u")] * 3
+    pinned = await _recs(client, "u", "mf", version=3, k=2)  # pinned with candidates: Redis
+    assert [i["item_id"] for i in pinned["items"]] == ["c1", "c2"] and len(fake.calls) == 4
+    assert body["version"] == 7
+
+
+async def test_rerank_takes_its_base_from_the_candidates(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    _, client, fake = light
+    body = await _recs(client, "u", "mf", k=3, rerank="dqn")  # no dqn: the base order stands
+    assert body["rerank_fallback"] is True
+    assert [i["item_id"] for i in body["items"]] == ["c1", "c2", "c3"]
+    assert fake.calls == []
+
+
+async def test_similar_items_from_precomputed_neighbours(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    runtime, client, fake = light
+    response = await client.get("/v1/items/c1/similar", params={"model": "mf", "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(i["item_id"], i["score"]) for i in body["items"]] == [("c3", 0.9), ("c2", 0.8)]
+    assert body["version"] == 3 and fake.calls == []
+    # Deeper than the K kept (a full list may have more behind it): the vector query.
+    runtime.stores.candidates.neighbours = 2
+    response = await client.get("/v1/items/c1/similar", params={"model": "mf", "k": 5})
+    assert response.json()["version"] == 7 and fake.calls == [("similar", "c1")]
+    response = await client.get("/v1/items/c2/similar", params={"model": "mf"})  # none stored
+    assert response.json()["version"] == 7 and fake.calls[-1] == ("similar", "c2")

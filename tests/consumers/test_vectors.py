@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from consumers.app import build_consumer_broker
 from consumers.vectors import ModelCache, VectorsUpdater
@@ -16,8 +18,9 @@ from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
 from core.metrics import Metrics
 from producers.publisher import EventPublisher
-from schemas.events import ItemEvent, SourcedEvent
+from schemas.events import ClickEvent, ItemEvent, SourcedEvent
 from schemas.topics import ConsumerGroup
+from stores.candidates import CandidateStore, Ranked, candidates_key, neighbours_key
 from stores.factory import Stores
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
@@ -143,3 +146,202 @@ async def test_an_item_without_any_words_gets_no_vector(stores: Stores) -> None:
     assert await updater.handle([SourcedEvent(event, "streamrec.items", 0, 0)]) == 0
     index = stores.ids.lookup(IdKind.ITEM, ["mute"])["mute"]  # registered all the same
     assert stores.vectors.retrieve("items_content", [index]) == []
+
+
+def _publish_mf(stores: Stores, *, with_candidates: bool = True) -> None:
+    inter = build(CATALOG, stores.ids)
+    stores.models.register("mf", build_model("mf", inter, dim=4, seed=0), activate=True)
+    candidates = stores.candidates if with_candidates else None
+    publish_version(
+        stores.models, stores.vectors, stores.ids, stores.engine, "mf", candidates=candidates
+    )
+
+
+async def test_a_users_event_rewrites_their_candidates_from_the_new_vector(
+    stores: Stores,
+) -> None:
+    await asyncio.to_thread(_publish_mf, stores)
+    candidates = stores.candidates
+    user = "newcomer"  # no trained row: a fold-in of the items clicked
+    assert (await candidates.user_candidates("mf", 1, user))[0] is None
+    cache = ModelCache(stores.models, stores.vectors)
+    updater = VectorsUpdater(
+        stores.features, stores.ids, cache, stores.vectors, candidates=candidates
+    )
+    items = sorted(CATALOG.items)[:2]
+    clicks = [
+        SourcedEvent(ClickEvent(user_id=user, item_id=i), "streamrec.clicks", 0, n)
+        for n, i in enumerate(items)
+    ]
+
+    assert await updater.handle(clicks) == 1
+
+    entry, _ = await candidates.user_candidates("mf", 1, user)
+    assert entry is not None and entry.updated_ms is not None
+    assert not set(items) & set(entry.items)  # the batch's items, seen though not applied yet
+    index = stores.ids.lookup(IdKind.USER, [user])[user]
+    vector = stores.vectors.retrieve("users_mf__v1", [index])[0]
+    assert entry.updated_ms == vector.payload["updated_ms"]
+    exclude = list(stores.ids.lookup(IdKind.ITEM, items).values())
+    hits = stores.vectors.query("items_mf", vector.vector, len(entry.items), exclude_ids=exclude)
+    assert entry.items == [h.payload["item_id"] for h in hits]
+
+
+class PointerWatch(CandidateStore):
+    """The real store, noting how many candidate and neighbour entries the version had when
+    the live pointer moved to it."""
+
+    def __init__(self, store: CandidateStore) -> None:
+        super().__init__(store._async, store._sync, store.per_user, store.neighbours)
+        self.at_pointer: list[tuple[int, int, int]] = []
+
+    def set_live(self, model: str, version: int) -> None:
+        entries = self._sync.hlen(candidates_key(model, version))
+        items = self._sync.hlen(neighbours_key(model, version))
+        self.at_pointer.append((version, entries, items))
+        super().set_live(model, version)
+
+
+async def test_a_version_published_without_redis_is_backfilled_before_the_pointer_moves(
+    stores: Stores,
+) -> None:
+    await asyncio.to_thread(_publish_mf, stores, with_candidates=False)  # the bare CLI's way
+    candidates = PointerWatch(stores.candidates)
+    assert await candidates.live_version("mf") is None
+    assert not candidates.has_version("mf", 1)
+    fresher = Ranked(["i0"], [9.0], 2**40)  # written meanwhile from a newer vector: kept
+    candidates.write_candidates("mf", 1, {"u0": fresher})
+    cache = ModelCache(stores.models, stores.vectors)
+    updater = VectorsUpdater(
+        stores.features, stores.ids, cache, stores.vectors, candidates=candidates
+    )
+
+    await updater.follow_aliases()  # what the watcher does at start, with no event at all
+
+    users = stores.ids.external_ids(IdKind.USER)
+    with_vectors = stores.vectors.retrieve("users_mf__v1", list(range(len(users))))
+    published_items = stores.vectors.count("items_mf__v1")
+    assert candidates.at_pointer == [(1, len(with_vectors), published_items)]
+    assert await candidates.live_version("mf") == 1
+    assert (await candidates.user_candidates("mf", 1, "u0"))[0] == fresher
+    # Another user's entry is the engine's ranking of the stored vector, seen items left out.
+    record = next(r for r in with_vectors if users[r.id] != "u0")
+    entry, seen = await candidates.user_candidates("mf", 1, users[record.id])
+    assert entry is not None and entry.updated_ms == record.payload["updated_ms"]
+    exclude = list(stores.ids.lookup(IdKind.ITEM, seen).values())
+    hits = stores.vectors.query("items_mf", record.vector, len(entry.items), exclude_ids=exclude)
+    assert entry.items == [h.payload["item_id"] for h in hits]
+    assert len(entry.items) == min(candidates.per_user, published_items - len(exclude))
+
+    await updater.follow_aliases()  # the pointer names the version now: nothing redone
+    await updater.handle([])
+    assert len(candidates.at_pointer) == 1
+
+
+async def test_a_failed_backfill_leaves_the_pointer_and_is_tried_again(stores: Stores) -> None:
+    await asyncio.to_thread(_publish_mf, stores, with_candidates=False)
+    candidates = stores.candidates
+    cache = ModelCache(stores.models, stores.vectors)
+    updater = VectorsUpdater(
+        stores.features, stores.ids, cache, stores.vectors, candidates=candidates
+    )
+    broken = OSError("Redis went away mid-backfill")
+
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise broken
+
+    original = candidates.write_neighbours
+    candidates.write_neighbours = fail  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OSError, match="mid-backfill"):
+            await updater.follow_aliases()
+        assert await candidates.live_version("mf") is None
+    finally:
+        candidates.write_neighbours = original  # type: ignore[method-assign]
+
+    await updater.follow_aliases()  # not due for an alias check: the pending pointer is retried
+    assert await candidates.live_version("mf") == 1
+    assert await candidates.item_neighbours("mf", 1, sorted(CATALOG.items)[0]) is not None
+
+
+async def test_after_the_backfill_requests_are_served_from_candidates(settings: Any) -> None:
+    """The CLI's publish (no Redis), then the vectors group's backfill: the API serves a user
+    with history from Redis, never through the vector query."""
+    import httpx
+
+    from api.app import create_app
+    from tests.api.test_serving import CountingVectors
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        stores = runtime.stores
+        await asyncio.to_thread(_publish_mf, stores, with_candidates=False)
+        fake = CountingVectors()
+        runtime.serving = fake
+        user = next(u for u in stores.ids.external_ids(IdKind.USER))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://streamrec") as client:
+
+            async def recommend() -> dict[str, Any]:
+                params: dict[str, str | int] = {"model": "mf", "k": 3}
+                response = await client.get(f"/v1/users/{user}/recommendations", params=params)
+                assert response.status_code == 200, response.text
+                return dict(response.json())
+
+            before = await recommend()  # no live pointer yet: the vector query serves
+            assert fake.calls == [("recommend", user)]
+            assert [i["item_id"] for i in before["items"]] == ["from-vectors"]
+
+            cache = ModelCache(stores.models, stores.vectors)
+            updater = VectorsUpdater(
+                stores.features, stores.ids, cache, stores.vectors, candidates=stores.candidates
+            )
+            await updater.follow_aliases()
+
+            after = await recommend()
+            assert fake.calls == [("recommend", user)]  # not reached again
+            entry, _ = await stores.candidates.user_candidates("mf", 1, user)
+            assert entry is not None
+            assert [i["item_id"] for i in after["items"]] == entry.items[:3]
+            assert (after["version"], after["fallback"]) == (1, False)
+
+
+async def test_a_new_content_items_neighbours_are_written_with_its_vector(
+    stores: Stores,
+) -> None:
+    await asyncio.to_thread(lambda: _publish_content_with(stores, candidates=stores.candidates))
+    candidates = stores.candidates
+    cache = ModelCache(stores.models, stores.vectors)
+    updater = VectorsUpdater(
+        stores.features, stores.ids, cache, stores.vectors, candidates=candidates
+    )
+    fresh = ItemEvent(
+        item_id="fresh",
+        title="Starlight Harbour",
+        genres=["Drama"],
+        text="A lighthouse keeper and a runaway ship on a winter coast",
+    )
+    assert await candidates.item_neighbours("content", 1, "fresh") is None
+
+    assert await updater.handle([SourcedEvent(fresh, "streamrec.items", 0, 0)]) == 1
+
+    near = await candidates.item_neighbours("content", 1, "fresh")
+    index = stores.ids.lookup(IdKind.ITEM, ["fresh"])["fresh"]
+    record = stores.vectors.retrieve("items_content", [index])[0]
+    hits = stores.vectors.query(
+        "items_content", record.vector, candidates.neighbours, exclude_ids=[index]
+    )
+    assert near is not None and near.items == [h.payload["item_id"] for h in hits]
+    # It is a candidate for users from now on: a user whose fold-in is its own vector.
+    assert updater._index(cache.loaded["content"]).top(np.array([record.vector]), 1)[0].items == [
+        "fresh"
+    ]
+
+
+def _publish_content_with(stores: Stores, candidates: Any) -> None:
+    d2v = Doc2VecModel(Doc2VecConfig(vector_size=8, epochs=5)).fit(CATALOG.items, stores.ids)
+    stores.models.register("doc2vec", d2v, activate=True)
+    publish_version(
+        stores.models, stores.vectors, stores.ids, stores.engine, "content", candidates=candidates
+    )

@@ -19,6 +19,7 @@ from core.settings import Settings
 from stores.vectors import (
     EdgeVectorStore,
     QdrantServerVectorStore,
+    RemoteVectorStore,
     VectorBatch,
     VectorStore,
     bulk_upsert,
@@ -36,8 +37,14 @@ GENRES = ["action", "comedy", "drama", "horror"]
 
 
 # Named apart from the fixture so test_vectors_bulk.py can import it without shadowing.
-@pytest.fixture(name="store", params=["edge", "local"])
+@pytest.fixture(name="store", params=["edge", "local", "remote"])
 def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "remote":  # Edge served by a vector host, reached over HTTP
+        from tests.stores.test_vectors_remote import remote_edge_store
+
+        with remote_edge_store(tmp_path / "qdrant") as remote:
+            yield remote
+        return
     url = "embedded" if request.param == "edge" else ":memory:"
     vector_store = open_vector_store(url, tmp_path / "qdrant")
     yield vector_store
@@ -274,9 +281,9 @@ def test_publishing_a_version_never_fails_live_queries(store: VectorStore) -> No
 
 def test_only_the_in_process_edge_is_called_on_the_event_loop(store: VectorStore) -> None:
     """Edge answers in-process holding the GIL (a thread buys nothing); local mode, standing in
-    for the server, must run in a thread like the server's network calls."""
+    for the server, and the remote store must run in a thread like the server's network calls."""
     expected = isinstance(store, EdgeVectorStore)
-    assert isinstance(store, EdgeVectorStore | QdrantServerVectorStore)
+    assert isinstance(store, EdgeVectorStore | QdrantServerVectorStore | RemoteVectorStore)
     assert store.call_on_event_loop is expected
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from core.datasets import InteractionData, synthetic
 from core.errors import NotFound
 from core.ids import IdKind, IdRegistry
-from schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
 from stores.catalog import Archive
 from stores.model_registry import ModelRegistry
 from stores.vectors import EdgeVectorStore
@@ -189,3 +189,53 @@ def test_unknown_versions_are_refused_before_any_write(world: dict[str, Any]) ->
     with pytest.raises(NotFound, match="has no version 3"):
         _publish(world, "mf", version=3)
     assert world["store"].list_collections() == []
+
+
+async def test_every_user_has_candidates_and_every_item_neighbours_before_the_swap(
+    world: dict[str, Any], stores: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a candidate store, the publish writes every user's top-C unseen items (as the
+    engine ranks them) and every item's neighbours before the alias moves, and the Redis live
+    pointer right after."""
+    import asyncio
+
+    from stores.candidates import Ranked, candidates_key, neighbours_key
+
+    ids, store, candidates = world["ids"], world["store"], stores.candidates
+    redis = stores.services.redis
+    _register_mf(world)
+    users = sorted({r.user_id for r in world["data"].ratings})
+    # A user's seen items (the feature store's) never come back as candidates.
+    first = world["data"].ratings[0]
+    click = SourcedEvent(ClickEvent(user_id=first.user_id, item_id="i3"), "streamrec.clicks", 0, 0)
+    await stores.features.apply_batch("test", [click])
+    at_swap: dict[str, Any] = {}
+    swap = store.swap_alias
+
+    def watched(alias: str, collection: str) -> str | None:
+        sync = candidates._sync
+        at_swap["users"] = sorted(sync.hkeys(candidates_key("mf", 1)))
+        at_swap["items"] = sync.hlen(neighbours_key("mf", 1))
+        at_swap["live"] = candidates.live_version_sync("mf")
+        return swap(alias, collection)
+
+    monkeypatch.setattr(store, "swap_alias", watched)
+    await asyncio.to_thread(_publish, world, "mf", candidates=candidates)
+
+    assert at_swap == {"users": users, "items": 30, "live": None}
+    assert await candidates.live_version("mf") == 1
+    index = ids.lookup(IdKind.USER, [first.user_id])[first.user_id]
+    vector = store.retrieve("users_mf__v1", [index])[0]
+    raw = await redis.hget(candidates_key("mf", 1), first.user_id)
+    entry = Ranked.decode(raw)
+    assert entry.updated_ms == vector.payload["updated_ms"]
+    assert len(entry.items) == min(candidates.per_user, 30 - 1)  # 30 items, i3 seen
+    assert "i3" not in entry.items
+    i3 = ids.lookup(IdKind.ITEM, ["i3"])["i3"]
+    hits = store.query("items_mf", vector.vector, 10, exclude_ids=[i3])
+    assert entry.items[:10] == [h.payload["item_id"] for h in hits]  # as the engine ranks
+    near = Ranked.decode(await redis.hget(neighbours_key("mf", 1), "i1"))
+    i1 = ids.lookup(IdKind.ITEM, ["i1"])["i1"]
+    item = store.retrieve("items_mf", [i1])[0]
+    expected = store.query("items_mf", item.vector, candidates.neighbours, exclude_ids=[i1])
+    assert near.items == [h.payload["item_id"] for h in expected]

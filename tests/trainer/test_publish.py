@@ -4,12 +4,14 @@ tests/trainer/test_live.py)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import typer
 from sqlalchemy import Engine
 from typer.testing import CliRunner
@@ -20,6 +22,7 @@ from core.errors import InvalidInput
 from core.ids import IdKind, IdRegistry
 from schemas.events import ItemEvent, RatingEvent, SourcedEvent
 from schemas.models import TRAINABLE, ModelName
+from stores.candidates import Ranked, candidates_key, live_key, neighbours_key
 from stores.catalog import Archive
 from stores.model_registry import ModelRegistry
 from stores.schema import create_schema
@@ -147,6 +150,7 @@ def test_doc2vec_publishes_its_rows_of_registered_items_only(
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     monkeypatch.delenv("STREAMREC_DATABASE_URL", raising=False)
     monkeypatch.delenv("STREAMREC_QDRANT_URL", raising=False)
+    monkeypatch.delenv("STREAMREC_REDIS_URL", raising=False)  # embedded unless a test sets it
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     app = typer.Typer()
     register(app)
@@ -180,6 +184,59 @@ def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: 
     result = cli("--model", "mf")
     assert result.exit_code == 0, result.output
     assert "items_mf → items_mf__v1: 30 items, 20 user vectors in users_mf__v1" in result.output
+    said = " ".join(result.output.split())
+    assert "candidates left to the vectors group (STREAMREC_REDIS_URL is 'embedded')" in said
+
+
+def _registered_mf(var: Path) -> None:
+    var.mkdir(exist_ok=True)
+    engine = create_db_engine(f"sqlite:///{var}/streamrec.db")
+    create_schema(engine)
+    ids = fill(engine, small_data())
+    ModelRegistry(engine, var / "models").register(
+        "mf", build_model("mf", build(small_data(), ids), dim=4), activate=True
+    )
+    engine.dispose()
+
+
+def test_cli_with_a_redis_server_writes_the_candidates_itself(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if redis_url == "embedded":
+        pytest.skip("needs a Redis server: set STREAMREC_TEST_REDIS_URL")
+    _registered_mf(tmp_path / "var")
+    monkeypatch.setenv("STREAMREC_REDIS_URL", redis_url)
+
+    result = cli("--model", "mf")
+
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "candidates of every user and neighbours of every item written to Redis" in said
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.get(live_key("mf")) == "1"
+        entries = client.hgetall(candidates_key("mf", 1))
+        assert len(entries) == 20  # every user with state
+        assert len(client.hgetall(neighbours_key("mf", 1))) == 30  # every published item
+        assert all(Ranked.decode(raw).items for raw in entries.values())
+    finally:
+        client.close()
+
+
+def test_cli_with_redis_down_leaves_the_candidates_to_the_vectors_group(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _registered_mf(tmp_path / "var")
+    with socket.socket() as reserved:  # a port nobody listens on
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+    monkeypatch.setenv("STREAMREC_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+
+    result = cli("--model", "mf")
+
+    assert result.exit_code == 0, result.output  # the publish itself needs no Redis
+    said = " ".join(result.output.split())
+    assert "candidates left to the vectors group (Redis did not answer" in said
 
 
 @pytest.mark.parametrize("name", [n.value for n in TRAINABLE])

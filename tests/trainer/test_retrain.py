@@ -1,11 +1,14 @@
-"""When the loop retrains (``RetrainTrigger``) and how it is configured."""
+"""When the loop retrains (``RetrainTrigger``), how it is configured, and what retention drops."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.errors import ConfigurationError
+from stores.candidates import Ranked, candidates_key, neighbours_key
+from stores.factory import Stores
 from tests.conftest import FakeClock
+from trainer.publish import LiveVersion, drop_version_collections, serving_versions
 from trainer.retrain import RetrainConfig, RetrainTrigger, parse_models
 
 
@@ -70,3 +73,25 @@ def test_models_setting_is_checked() -> None:
     assert parse_models("") == ()
     with pytest.raises(ConfigurationError, match="doc2vec"):
         parse_models("mf,doc2vec")
+
+
+async def test_retention_drops_a_retired_versions_hashes_never_the_live_ones(
+    stores: Stores,
+) -> None:
+    """``drop_version_collections`` (what ``retire_old`` calls per retired version) removes
+    its candidate and neighbour hashes with its collections; the live version's stay."""
+    candidates = stores.candidates
+    for version in (1, 2):
+        candidates.write_candidates("mf", version, {"u1": Ranked(["a"], [1.0], 1)})
+        candidates.write_neighbours("mf", version, {"a": Ranked(["b"], [1.0])})
+    candidates.set_live("mf", 2)
+
+    assert serving_versions(stores.vectors, "mf", candidates) == {2}  # nothing published
+    drop_version_collections(stores.vectors, "mf", 1, candidates)
+    with pytest.raises(LiveVersion, match="mf v2 serves requests"):
+        drop_version_collections(stores.vectors, "mf", 2, candidates)  # the live one
+
+    redis = stores.services.redis
+    assert await redis.exists(candidates_key("mf", 1), neighbours_key("mf", 1)) == 0
+    assert await redis.exists(candidates_key("mf", 2), neighbours_key("mf", 2)) == 2
+    assert (await candidates.user_candidates("mf", 2, "u1"))[0] is not None

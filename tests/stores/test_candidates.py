@@ -1,0 +1,62 @@
+"""The request path's precomputed lists in Redis: encoding, per-version hashes, the live pointer,
+and retention that never removes the live version's hashes."""
+
+from __future__ import annotations
+
+from schemas.events import ClickEvent, SourcedEvent
+from stores.candidates import Ranked, candidates_key, live_key, neighbours_key
+from stores.factory import Stores
+
+
+def test_an_entry_survives_its_encoding() -> None:
+    ranked = Ranked(["m1", "m|2", "é"], [3.25, 0.1234567891, -1e-7], 1_700_000_000_000)
+    decoded = Ranked.decode(ranked.encode())
+    assert decoded.items == ranked.items and decoded.updated_ms == ranked.updated_ms
+    assert decoded.scores == [3.25, 0.123457, -0.0]  # 6 decimals are kept
+    assert Ranked.decode(Ranked(["a"], [1.0]).encode()).updated_ms is None
+
+
+async def test_written_entries_are_read_per_version_with_the_seen_set(stores: Stores) -> None:
+    store = stores.candidates
+    store.write_candidates("mf", 1, {"u1": Ranked(["a", "b"], [2.0, 1.0], 5)})
+    store.write_candidates("mf", 2, {"u1": Ranked(["c"], [9.0], 6)})
+    store.write_neighbours("mf", 2, {"a": Ranked(["c", "b"], [0.5, 0.25])})
+    click = ClickEvent(user_id="u1", item_id="b")
+    await stores.features.apply_batch("test", [SourcedEvent(click, "streamrec.clicks", 0, 0)])
+
+    ranked, seen = await store.user_candidates("mf", 1, "u1")
+    assert ranked == Ranked(["a", "b"], [2.0, 1.0], 5) and seen == {"b"}
+    assert (await store.user_candidates("mf", 2, "u1"))[0] == Ranked(["c"], [9.0], 6)
+    assert (await store.user_candidates("mf", 3, "u1"))[0] is None
+    assert (await store.user_candidates("mf", 1, "nobody")) == (None, set())
+    assert await store.item_neighbours("mf", 2, "a") == Ranked(["c", "b"], [0.5, 0.25])
+    assert await store.item_neighbours("mf", 1, "a") is None
+
+    assert await store.live_version("mf") is None
+    store.set_live("mf", 2)
+    assert await store.live_version("mf") == 2 and store.live_version_sync("mf") == 2
+    assert store.seen_many(["u1", "nobody"]) == [{"b"}, set()]
+
+
+async def test_dropping_a_version_unlinks_its_hashes_and_never_the_live_ones(
+    stores: Stores,
+) -> None:
+    store = stores.candidates
+    for version in (1, 2):
+        store.write_candidates("mf", version, {"u1": Ranked(["a"], [1.0], 1)})
+        store.write_neighbours("mf", version, {"a": Ranked(["b"], [1.0])})
+    store.set_live("mf", 2)
+    redis = stores.services.redis
+
+    assert store.drop_version("mf", 1) is True
+    assert await redis.exists(candidates_key("mf", 1), neighbours_key("mf", 1)) == 0
+    assert store.drop_version("mf", 2) is False  # the live one: refused, kept
+    assert await redis.exists(candidates_key("mf", 2), neighbours_key("mf", 2)) == 2
+    assert await redis.get(live_key("mf")) == "2"
+    assert store.has_version("mf", 2) and not store.has_version("mf", 1)
+
+
+def test_keys_live_under_the_prefix_one_hash_per_version() -> None:
+    assert candidates_key("content", 3) == "sr:cand:content:v3"
+    assert neighbours_key("mf", 1) == "sr:nbr:mf:v1"
+    assert live_key("sasrec") == "sr:live:sasrec"

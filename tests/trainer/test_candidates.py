@@ -1,0 +1,49 @@
+"""``CandidateIndex`` ranks as the vector engine does: the same lists as ``VectorStore.query``
+(dot product, and cosine for doc2vec's collections), exclusions left out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stores.vectors import EdgeVectorStore
+from trainer.candidates import CandidateIndex
+
+N_ITEMS, DIM = 60, 8
+
+
+@pytest.mark.parametrize("distance", ["dot", "cosine"])
+def test_top_and_neighbours_agree_with_the_engine(tmp_path: Path, distance: str) -> None:
+    rng = np.random.default_rng(5)
+    items = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    items *= rng.uniform(0.2, 3.0, size=(N_ITEMS, 1)).astype(np.float32)  # cosine != dot
+    rows = np.arange(3, 3 + N_ITEMS)  # registry indices need not start at 0
+    names = [f"i{r}" for r in rows]
+    users = rng.normal(size=(5, DIM)).astype(np.float32)
+    index = CandidateIndex(rows, items, names, distance)
+    with EdgeVectorStore(tmp_path / "qdrant") as store:
+        store.create_item_version("m", DIM, distance, 1)  # type: ignore[arg-type]
+        store.upsert("items_m__v1", rows.tolist(), items, [{"item_id": n} for n in names])
+        seen = [{"i5", "i9"}, set(), {names[0]}, set(), set()]
+        ranked = index.top(users, 10, seen)
+        for user, excluded, got in zip(users, seen, ranked, strict=True):
+            exclude = [int(n[1:]) for n in excluded]
+            hits = store.query("items_m__v1", user, 10, exclude_ids=exclude)
+            assert got.items == [h.payload["item_id"] for h in hits]
+            np.testing.assert_allclose(got.scores, [h.score for h in hits], rtol=1e-4, atol=1e-5)
+            assert not set(got.items) & excluded
+        near = index.neighbours([rows[4]], 7)[names[4]]
+        hits = store.query("items_m__v1", items[4], 7, exclude_ids=[int(rows[4])])
+        assert near.items == [h.payload["item_id"] for h in hits]
+        assert names[4] not in index.neighbours(None, N_ITEMS)[names[4]].items
+
+
+def test_added_items_rank_and_a_short_catalog_gives_what_there_is() -> None:
+    index = CandidateIndex([0, 1], np.array([[1.0, 0.0], [0.0, 1.0]]), ["a", "b"])
+    index.add([2, 0], np.array([[2.0, 2.0], [3.0, 0.0]]), ["c", "a"])  # a new item, a new vector
+    assert len(index) == 3
+    top = index.top(np.array([[1.0, 0.0]]), 10, [{"b"}])[0]
+    assert top.items == ["a", "c"] and top.scores == [3.0, 2.0]  # b excluded, a's new vector
+    assert index.neighbours([2], 5)["c"].items == ["a", "b"]
