@@ -103,6 +103,7 @@ class ChildSpec:
     depends_on: tuple[str, ...] = ()  # restarted (stopped, then started) when one of these is
     address: str = ""  # where it serves, for the banner
     role: str = ""  # what it is, for the banner
+    pass_fds: tuple[int, ...] = ()  # file descriptors it inherits (a listening socket)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,11 @@ class Supervisor:
         env = {**child.spec.env, READY_FILE_ENV: str(child.ready_file)}
         argv = [sys.executable, "-I", "-c", _DIE_WITH_PARENT, str(os.getpid()), *child.spec.argv]
         child.process = await asyncio.create_subprocess_exec(
-            *argv, env=env, process_group=0, stdin=asyncio.subprocess.DEVNULL
+            *argv,
+            env=env,
+            process_group=0,
+            stdin=asyncio.subprocess.DEVNULL,
+            pass_fds=child.spec.pass_fds,
         )
         child.waiter = asyncio.create_task(child.process.wait(), name=f"wait-{child.spec.name}")
         child.started_at = self.clock()
@@ -300,7 +305,8 @@ class Supervisor:
             f", and {', '.join(c.spec.name for c in dependents)} after it" if dependents else "",
         )
         dead.waiter = None
-        await self._stop_children(dependents)
+        for stage in reversed(self._group_by_stage(dependents)):  # last stage first, as `stop`
+            await self._stop_children(stage)
         for child in dependents:
             child.waiter = None  # stopped on purpose: not a death to restart
         await asyncio.sleep(delay)

@@ -124,13 +124,6 @@ def default_api_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the child that gets it binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _child_argv(role: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "apps.up_children", role, *options]
 
@@ -144,9 +137,12 @@ def plan_children(
     api_workers: int,
     consumer_metrics_port: int,
     environ: dict[str, str],
+    vector_socket: socket.socket | None = None,
 ) -> list[ChildSpec]:
     """The children of ``streamrec up``: services (when Kafka or Redis is embedded), consumers,
-    then ``api_workers`` API workers; ``environ`` is the environment they all start from."""
+    then ``api_workers`` API workers; ``environ`` is the environment they all start from.
+    ``vector_socket``: where the consumers serve the Edge shards to the API workers (a
+    listening socket the caller keeps open for the run; needed when Qdrant is embedded)."""
     base = dict(environ)
     # Generated once here, so every API worker accepts the same keys.
     for name in ("ingest_api_key", "admin_api_key"):
@@ -163,11 +159,17 @@ def plan_children(
         if consumer_metrics_port
         else ""
     )
+    pass_fds: tuple[int, ...] = ()
     if settings.embedded_qdrant and not settings.vector_host_url:
         # The consumers own the Edge shards and serve them to the API workers on loopback,
-        # with a token of this run's own.
-        vector_port, token = free_port(), secrets.token_urlsafe(24)
-        consumer_options += ["--serve-vectors", f"127.0.0.1:{vector_port}"]
+        # with a token of this run's own, on a socket bound here: the port can never be taken
+        # by another process between the choice and the bind, and stays the same (connections
+        # waiting in its backlog) while the consumers process restarts.
+        if vector_socket is None:
+            raise ValueError("embedded Qdrant: the consumers need a vector_socket to serve on")
+        vector_port, token = vector_socket.getsockname()[1], secrets.token_urlsafe(24)
+        pass_fds = (vector_socket.fileno(),)
+        consumer_options += ["--serve-vectors-fd", str(vector_socket.fileno())]
         consumers_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
         api_env["STREAMREC_VECTOR_HOST_URL"] = f"http://127.0.0.1:{vector_port}"
         api_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
@@ -200,6 +202,7 @@ def plan_children(
             stage=1,
             depends_on=services,
             address=consumers_address,
+            pass_fds=pass_fds,
             role=f"consumers ({names}) + training jobs",
         )
     )
@@ -377,6 +380,13 @@ def register(app: typer.Typer) -> None:
             log.error("streamrec up did not start: %s", exc)
             raise typer.Exit(2) from exc
         metrics = settings.metrics_port if metrics_port is None else metrics_port
+        from stores.vectors.host import listen_socket  # uvicorn: only where `up` runs
+
+        vector_socket = (
+            listen_socket("127.0.0.1", 0)
+            if settings.embedded_qdrant and not settings.vector_host_url
+            else None
+        )
         children = plan_children(
             settings,
             groups=consumer_groups,
@@ -385,6 +395,7 @@ def register(app: typer.Typer) -> None:
             api_workers=api_workers or default_api_workers(),
             consumer_metrics_port=metrics + 1 if metrics else 0,
             environ=dict(os.environ),
+            vector_socket=vector_socket,
         )
         try:
             asyncio.run(
@@ -401,6 +412,9 @@ def register(app: typer.Typer) -> None:
         except ChildFailed as exc:
             log.error("streamrec up did not start: %s", exc)
             raise typer.Exit(1) from exc
+        finally:
+            if vector_socket is not None:
+                vector_socket.close()
 
 
 def _run_one_process(

@@ -8,8 +8,8 @@ supervisor (``apps/up.py``, ``apps/supervisor.py``); each says it is ready with 
   (a new, empty log with a new id), then every child attached to it.
 * ``consumers``: every consumer group asked for and the training-jobs worker, attached to the
   services. The only process that opens the Qdrant Edge shards: it serves its vector store to
-  the API workers (``--serve-vectors``, ``stores/vectors/host.py``; the token from
-  ``STREAMREC_VECTOR_HOST_TOKEN``).
+  the API workers (``stores/vectors/host.py``) on a listening socket the supervisor bound and
+  hands down (``--serve-vectors-fd``), with the token from ``STREAMREC_VECTOR_HOST_TOKEN``.
 * ``api``: one API worker, attached to the services, on a socket bound with ``SO_REUSEPORT``
   (several workers share the port); its vector store is the consumers' (the supervisor sets
   ``STREAMREC_VECTOR_HOST_URL``), so it opens no shard, and it runs no consumer group.
@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -82,7 +83,7 @@ async def run_services(settings: Settings) -> None:
 async def run_consumers(
     settings: Settings,
     groups: Sequence[ConsumerGroup],
-    serve_vectors: tuple[str, int] | None,
+    vectors_fd: int | None,
     metrics_port: int,
 ) -> None:
     """The consumer groups, the training-jobs worker and the vector host until SIGTERM."""
@@ -94,6 +95,7 @@ async def run_consumers(
     from core.lag import LagReader
     from core.metrics import Metrics, serving_metrics
     from stores.factory import open_stores
+    from stores.ops_stats import publishing_ops_stats
     from trainer.service import Workspace
 
     stop = _stop_on_signals()
@@ -103,22 +105,25 @@ async def run_consumers(
         if groups and settings.embedded_kafka:
             hold = stack.enter_context(hold_groups(settings.var_dir, groups, HOLDER_COMMAND))
         stores = await stack.enter_async_context(open_stores(settings, attach=True))
-        if serve_vectors is not None:
+        if vectors_fd is not None:
             from stores.vectors.host import serve_vector_store
 
             token = settings.vector_host_token
-            host, port = serve_vectors
-            await stack.enter_async_context(
+            # The supervisor's listening socket, inherited: bound before any child started,
+            # the same port across this process's restarts.
+            listening = socket.socket(fileno=vectors_fd)
+            served = await stack.enter_async_context(
                 serve_vector_store(
                     stores.vectors,
-                    host,
-                    port,
-                    token.get_secret_value() if token is not None else "",
+                    token=token.get_secret_value() if token is not None else "",
                     shutdown_grace_seconds=settings.shutdown_grace_seconds,
+                    sock=listening,
                 )
             )
-            log.info("vector store served to the API workers at http://%s:%d", host, port)
+            log.info("vector store served to the API workers at %s", served.url)
         metrics = Metrics()
+        # Its counters in Redis, summed by any API worker's /v1/ops/stats (stores/ops_stats.py).
+        await stack.enter_async_context(publishing_ops_stats(stores.services.redis, metrics))
         lag = LagReader.for_settings(stores.services.kafka_bootstrap, settings, list(groups))
         shutdown.on_exit("the lag reader", lag.close)
         lag.start_background()
@@ -159,18 +164,19 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     run(app, settings, host=host, port=port, sockets=[sock])
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apps.up_children")
     roles = parser.add_subparsers(dest="role", required=True)
     roles.add_parser("services")
     consumers = roles.add_parser("consumers")
     consumers.add_argument("--groups", default="all")
-    consumers.add_argument("--serve-vectors", type=_address, default=None, metavar="HOST:PORT")
+    consumers.add_argument(
+        "--serve-vectors-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="serve the vector store on this inherited listening socket",
+    )
     consumers.add_argument("--metrics-port", type=int, default=0)
     api = roles.add_parser("api")
     api.add_argument("--host", default="127.0.0.1")
@@ -187,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_services(settings))
         elif args.role == "consumers":
             groups = parse_group_list(args.groups, DEFAULT_GROUPS)
-            asyncio.run(run_consumers(settings, groups, args.serve_vectors, args.metrics_port))
+            asyncio.run(run_consumers(settings, groups, args.serve_vectors_fd, args.metrics_port))
         else:
             run_api(settings, args.host, args.port)
     except Exception as exc:

@@ -148,8 +148,11 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
         from consumers.app import build_consumer_broker  # FastStream: only where it consumes
         from core.lag import LagReader
         from core.metrics import Metrics, serving_metrics
+        from stores.ops_stats import publishing_ops_stats
 
         metrics = Metrics()
+        # Its counters in Redis, summed by any API worker's /v1/ops/stats (stores/ops_stats.py).
+        await stack.enter_async_context(publishing_ops_stats(stores.services.redis, metrics))
         broker = build_consumer_broker(stores, metrics, groups)
         # This process's groups' lag, beside their counters, at its own /metrics.
         lag = LagReader.for_settings(stores.services.kafka_bootstrap, settings, groups)

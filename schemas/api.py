@@ -415,7 +415,9 @@ class ExperimentList(BaseModel):
 # -- the /ops page (api/routers/ops_page.py) --------------------------------------------------
 class GroupThroughput(BaseModel):
     group: str
-    events: int = Field(description="Events applied by this process since it started")
+    events: int = Field(
+        description="Events applied since start, summed over the live processes running the group"
+    )
     freshness_samples: int = Field(description="Events with a measured event-to-state time")
     freshness_p50_seconds: float | None = None
     freshness_p99_seconds: float | None = None
@@ -431,12 +433,21 @@ class GroupThroughput(BaseModel):
 
 class OpsStats(BaseModel):
     measured_at: float
-    published: dict[str, int] = Field(description="Events this process wrote per topic")
+    published: dict[str, int] = Field(
+        description="Events written per topic since start, summed over the live processes"
+    )
     groups: list[GroupThroughput] = Field(
-        description="Consumer groups running in this process (empty when they run elsewhere)"
+        description="Consumer groups running in any live process (each summed over processes)"
     )
     window_seconds: float = Field(
-        0.0, description="What the recent_* figures span: the last minute, less after start"
+        0.0,
+        description="What the recent_* figures span: the last minute, less after start (the "
+        "longest of the processes' windows)",
+    )
+    processes: int = Field(
+        1,
+        description="Processes whose counters are summed (API workers, consumer processes); "
+        "1 when Redis, where they write them, does not answer",
     )
 
 

@@ -7,38 +7,53 @@ derived from consecutive readings), ``/v1/ops/stats`` (freshness over the recent
 ``/v1/ops/dead-letters`` (counts; the newest letters with the admin key), ``/v1/models`` and
 ``/v1/experiments``.
 
-``/v1/ops/stats`` reports the consumer groups running in this process (``streamrec up``); its
-``recent_*`` figures are the difference between the live counters and a snapshot of them at
-most ``RECENT_SECONDS`` (plus one sampling step) old, taken by a sampler every
-``SAMPLE_SECONDS``: freshness of the last minute, not since start.
+``/v1/ops/stats`` reports the whole system, whichever API worker answers: every process with
+a ``Metrics`` (API workers, ``streamrec consume``, ``streamrec up``'s consumers process) writes
+its counters to Redis every ``SAMPLE_SECONDS`` (``stores/ops_stats.py``; this router's
+lifespan does it for the API process), and the answer sums those of every live process, this
+one's read live. Its ``recent_*`` figures are, per process, the difference between its
+counters and a snapshot of them at most ``RECENT_SECONDS`` (plus one sampling step) old, taken
+by a sampler every ``SAMPLE_SECONDS``: freshness of the last minute, not since start. Each
+process has its own window (``SystemWindow``), so a restarted process, whose counters start
+from zero, is a new series and never makes a difference negative.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from prometheus_client import Counter, Histogram
 
-from api.deps import AdminKey, RuntimeDep
+from api.deps import AdminKey
 from api.responses import error_responses
 from core.dead_letters import DeadLetterTail
-from core.metrics import Metrics
+from core.unavailable import REDIS_ERRORS
 from schemas.api import DeadLetterCounts, GroupThroughput, OpsStats, RecentDeadLetters
+from stores.ops_stats import (
+    SAMPLE_SECONDS,
+    Buckets,
+    OpsStatsWriter,
+    ProcessCounters,
+    publishing_ops_stats,
+    read_process_counters,
+)
+
+log = logging.getLogger(__name__)
 
 POLL_MS = 2000
 RECENT_SECONDS = 60.0
-SAMPLE_SECONDS = 5.0
 DEAD_LETTERS_KEPT = 50
 STATIC = Path(__file__).resolve().parents[1] / "static"
 # Only this server's own script and endpoints: the browser refuses anything else.
@@ -46,8 +61,6 @@ PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-
-Buckets = list[tuple[float, float]]  # (upper bound, cumulative count), ascending
 
 
 def histogram_quantile(q: float, buckets: Buckets) -> float | None:
@@ -66,81 +79,115 @@ def histogram_quantile(q: float, buckets: Buckets) -> float | None:
     return lower
 
 
-def _sum_by(counter: Counter, label: str) -> dict[str, int]:
-    totals: dict[str, int] = defaultdict(int)
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
-                totals[sample.labels[label]] += int(sample.value)
-    return dict(totals)
-
-
-def _buckets_by_group(histogram: Histogram) -> dict[str, Buckets]:
-    found: dict[str, Buckets] = defaultdict(list)
-    for metric in histogram.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_bucket"):
-                found[sample.labels["group"]].append((float(sample.labels["le"]), sample.value))
-    return {group: sorted(buckets) for group, buckets in found.items()}
-
-
 def _minus(now: Buckets, then: Buckets | None) -> Buckets:
     """What a cumulative histogram gained since ``then`` (None: it did not exist then)."""
     before = dict(then or [])
     return [(upper, count - before.get(upper, 0.0)) for upper, count in now]
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The in-process counters the page's figures come from, at one time (monotonic)."""
-
-    at: float
-    consumed: dict[str, int]  # events applied per group
-    freshness: dict[str, Buckets]  # event-to-state histogram per group
-
-    @classmethod
-    def of(cls, metrics: Metrics, at: float) -> Snapshot:
-        return cls(
-            at,
-            _sum_by(metrics.events_consumed, "group"),
-            _buckets_by_group(metrics.event_to_state_seconds),
-        )
+def _add(into: dict[float, float], buckets: Buckets) -> None:
+    for upper, count in buckets:
+        into[upper] = into.get(upper, 0.0) + count
 
 
 @dataclass
 class RecentWindow:
-    """Snapshots over the last ``seconds``, plus the newest older one: it anchors the window,
-    so that once the process has run that long the recent figures span at least ``seconds``."""
+    """One process's snapshots over the last ``seconds``, plus the newest older one: it anchors
+    the window, so that once the process has run that long the recent figures span at least
+    ``seconds``."""
 
     seconds: float = RECENT_SECONDS
-    snapshots: deque[Snapshot] = field(default_factory=deque)
+    snapshots: deque[ProcessCounters] = field(default_factory=deque)
 
-    def add(self, snapshot: Snapshot) -> None:
+    def add(self, snapshot: ProcessCounters) -> None:
         self.snapshots.append(snapshot)
         horizon = snapshot.at - self.seconds
         while len(self.snapshots) > 1 and self.snapshots[1].at <= horizon:
             self.snapshots.popleft()
 
-    def start(self) -> Snapshot | None:
+    def start(self) -> ProcessCounters | None:
         """The snapshot the recent figures start from (None before any)."""
         return self.snapshots[0] if self.snapshots else None
 
+    def last(self) -> ProcessCounters | None:
+        return self.snapshots[-1] if self.snapshots else None
 
-def ops_stats_of(now: Snapshot, then: Snapshot | None, published: dict[str, int]) -> OpsStats:
-    """Since start (``now``), and over the recent window (``now`` - ``then``)."""
+
+@dataclass
+class SystemWindow:
+    """A ``RecentWindow`` per process (by its name), each on that process's own clock."""
+
+    seconds: float = RECENT_SECONDS
+    windows: dict[str, RecentWindow] = field(default_factory=dict)
+
+    def add(self, processes: Iterable[ProcessCounters]) -> None:
+        """One sample of every live process; the windows of processes gone are dropped."""
+        live: dict[str, RecentWindow] = {}
+        for counters in processes:
+            window = self.windows.get(counters.process)
+            last = window.last() if window is not None else None
+            if window is None or last is None or counters.went_back_from(last):
+                # New, or started again under the same name: a new series.
+                window = RecentWindow(self.seconds)
+                if (anchor := self._first_start(counters)) is not None:
+                    window.add(anchor)
+            window.add(counters)
+            live[counters.process] = window
+        self.windows = live
+
+    def start_of(self, counters: ProcessCounters) -> ProcessCounters | None:
+        """What ``counters``' recent figures start from (None: nothing yet)."""
+        window = self.windows.get(counters.process)
+        start = window.start() if window is not None else None
+        if start is None or counters.went_back_from(start):
+            return self._first_start(counters)
+        return start
+
+    def _first_start(self, counters: ProcessCounters) -> ProcessCounters | None:
+        """A process not sampled before: its counters were zero when it started, so that
+        anchors its window if it started within it; otherwise nothing does until sampled."""
+        if counters.at - counters.started_at <= self.seconds:
+            return counters.at_start()
+        return None
+
+    def stats(self, processes: Sequence[ProcessCounters]) -> OpsStats:
+        return ops_stats_of([(counters, self.start_of(counters)) for counters in processes])
+
+
+def ops_stats_of(pairs: Sequence[tuple[ProcessCounters, ProcessCounters | None]]) -> OpsStats:
+    """The sums over processes, each given as (``now``, ``then``): since start (``now``), and
+    over the recent window (``now`` - ``then``; nothing recent where ``then`` is None)."""
+    events: dict[str, int] = defaultdict(int)
+    recent_events: dict[str, int] = defaultdict(int)
+    totals: dict[str, dict[float, float]] = defaultdict(dict)
+    recents: dict[str, dict[float, float]] = defaultdict(dict)
+    published: dict[str, int] = defaultdict(int)
+    window = 0.0
+    for now, then in pairs:
+        for topic, count in now.published.items():
+            published[topic] += count
+        for group, count in now.consumed.items():
+            events[group] += count
+            if then is not None:
+                recent_events[group] += count - then.consumed.get(group, 0)
+        for group, buckets in now.freshness.items():
+            _add(totals[group], buckets)
+            if then is not None:
+                _add(recents[group], _minus(buckets, then.freshness.get(group)))
+        if then is not None:
+            window = max(window, now.at - then.at)
     groups = []
-    for group in sorted(now.consumed.keys() | now.freshness.keys()):
-        total = now.freshness.get(group, [])
-        recent = _minus(total, then.freshness.get(group)) if then else []
-        events = now.consumed.get(group, 0)
+    for group in sorted(events.keys() | totals.keys()):
+        total = sorted(totals.get(group, {}).items())
+        recent = sorted(recents.get(group, {}).items())
         groups.append(
             GroupThroughput(
                 group=group,
-                events=events,
+                events=events.get(group, 0),
                 freshness_samples=int(total[-1][1]) if total else 0,
                 freshness_p50_seconds=histogram_quantile(0.5, total),
                 freshness_p99_seconds=histogram_quantile(0.99, total),
-                recent_events=events - then.consumed.get(group, 0) if then else 0,
+                recent_events=recent_events.get(group, 0),
                 recent_freshness_samples=int(recent[-1][1]) if recent else 0,
                 recent_freshness_p50_seconds=histogram_quantile(0.5, recent),
                 recent_freshness_p99_seconds=histogram_quantile(0.99, recent),
@@ -148,52 +195,82 @@ def ops_stats_of(now: Snapshot, then: Snapshot | None, published: dict[str, int]
         )
     return OpsStats(
         measured_at=time.time(),
-        published=published,
+        published=dict(sorted(published.items())),
         groups=groups,
-        window_seconds=now.at - then.at if then else 0.0,
+        window_seconds=window,
+        processes=len(pairs),
     )
 
 
-async def _sample(window: RecentWindow, metrics: Metrics) -> None:
+class LiveProcesses:
+    """Reads every live process's counters: from Redis, and this process's own live (fresher
+    than its last write). When Redis does not answer, this process's alone (``processes``: 1),
+    logged once per outage: the page keeps working on what this process knows."""
+
+    def __init__(self, redis: aioredis.Redis, own: OpsStatsWriter) -> None:
+        self._redis = redis
+        self._own = own
+        self._failing = False
+
+    async def read(self) -> list[ProcessCounters]:
+        mine = self._own.counters()
+        try:
+            found = await read_process_counters(self._redis)
+        except REDIS_ERRORS as exc:
+            if not self._failing:
+                log.warning(
+                    "ops stats: Redis did not answer; this process's counters only: %s", exc
+                )
+            self._failing = True
+            return [mine]
+        self._failing = False
+        return [mine, *(counters for counters in found if counters.process != mine.process)]
+
+
+async def _sample(system: SystemWindow, processes: LiveProcesses) -> None:
     while True:
         await asyncio.sleep(SAMPLE_SECONDS)
-        window.add(Snapshot.of(metrics, time.monotonic()))
+        system.add(await processes.read())
 
 
 @asynccontextmanager
 async def ops_state(app: FastAPI) -> AsyncIterator[None]:
-    """The recent window's sampler and the DLQ reader live as long as the app (nested in its
-    lifespan, after the runtime)."""
+    """This process's counters written to Redis, the recent windows' sampler and the DLQ
+    reader, as long as the app lives (nested in its lifespan, after the runtime)."""
     runtime = app.state.runtime
-    window = app.state.ops_window = RecentWindow()
-    window.add(Snapshot.of(runtime.metrics, time.monotonic()))
-    sampler = asyncio.create_task(_sample(window, runtime.metrics), name="streamrec-ops-sampler")
-    tail = app.state.dead_letters = DeadLetterTail(
-        runtime.services.kafka_bootstrap,
-        keep=DEAD_LETTERS_KEPT,
-        refresh_seconds=runtime.settings.lag_refresh_seconds,
-    )
-    try:
-        yield
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
-        await tail.close()
+    redis = runtime.services.redis
+    async with publishing_ops_stats(redis, runtime.metrics) as writer:
+        processes = app.state.ops_processes = LiveProcesses(redis, writer)
+        system = app.state.ops_window = SystemWindow()
+        system.add(await processes.read())
+        sampler = asyncio.create_task(_sample(system, processes), name="streamrec-ops-sampler")
+        tail = app.state.dead_letters = DeadLetterTail(
+            runtime.services.kafka_bootstrap,
+            keep=DEAD_LETTERS_KEPT,
+            refresh_seconds=runtime.settings.lag_refresh_seconds,
+        )
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            await tail.close()
 
 
 router = APIRouter(tags=["ops"], lifespan=ops_state)
 
 
 @router.get("/v1/ops/stats")
-async def ops_stats(request: Request, runtime: RuntimeDep) -> OpsStats:
-    """Events published and applied by this process, and event-to-state freshness (p50, p99)
-    of the consumer groups running in it (``streamrec up``): since start, and ``recent_*``
-    over the last minute (``window_seconds`` says how long exactly; less after start)."""
-    metrics = runtime.metrics
-    now = Snapshot.of(metrics, time.monotonic())
-    then = request.app.state.ops_window.start()
-    return ops_stats_of(now, then, _sum_by(metrics.events_published, "topic"))
+async def ops_stats(request: Request) -> OpsStats:
+    """Events published and applied by every live process (API workers and consumer
+    processes; ``processes`` says how many), and event-to-state freshness (p50, p99) per
+    consumer group wherever it runs: since each process started, and ``recent_*`` over the last
+    minute (``window_seconds`` says how long exactly; less after start). Other processes'
+    counters are at most ``SAMPLE_SECONDS`` old; this process's are live."""
+    processes: LiveProcesses = request.app.state.ops_processes
+    system: SystemWindow = request.app.state.ops_window
+    return system.stats(await processes.read())
 
 
 @router.get(

@@ -340,7 +340,8 @@ class VectorHost:
         return f"http://{host}:{self.port}"
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0: a free port), as the vector host wants it."""
     # Bound here rather than by uvicorn: a port in use is then an exception for the caller,
     # where uvicorn would call sys.exit inside its task (a SystemExit on the owner's loop).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -367,15 +368,22 @@ async def serve_vector_store(
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     shutdown_grace_seconds: float = 3.0,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[VectorHost]:
     """Serve ``store`` over HTTP from a task on the running event loop for the block's length.
 
     Yields once the server accepts connections (``port=0``: a free port, see the yielded
     ``VectorHost``). On exit it stops accepting, lets requests in flight finish for up to
     ``shutdown_grace_seconds``, and returns; the store stays open (its owner closes it).
+    ``sock``: a socket already listening (``listen_socket``; ``streamrec up`` binds it in the
+    supervisor and hands it down, so the port is never free for another process to take,
+    and clients of a restarting host wait in its backlog); ``host`` and ``port`` are then
+    ignored.
     """
     app = create_vector_host_app(store, token, max_request_bytes=max_request_bytes)
-    sock = _listen(host, port)
+    if sock is None:
+        sock = listen_socket(host, port)
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         lifespan="off",

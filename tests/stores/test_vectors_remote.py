@@ -37,7 +37,7 @@ from stores.vectors import (
     open_vector_store,
     serve_vector_store,
 )
-from stores.vectors.host import _listen, create_vector_host_app
+from stores.vectors.host import create_vector_host_app, listen_socket
 from tests.stores.test_vectors import DIM, axis, clustered
 
 TOKEN = "test-vector-host-token"
@@ -411,7 +411,7 @@ async def test_answers_on_kept_alive_connections_are_not_held_back() -> None:
     """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection: without
     it Nagle's algorithm held every answer after a connection's first for the client's
     delayed ACK (40 ms a call, measured)."""
-    sock = _listen("127.0.0.1", 0)
+    sock = listen_socket("127.0.0.1", 0)
     nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     class Probe(asyncio.Protocol):
