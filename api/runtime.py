@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from faststream.kafka import KafkaBroker
 
 from api.serving import CandidateServer, ItemMetaCache, VectorServer
@@ -43,6 +44,9 @@ class Runtime:
     @classmethod
     def build(cls, stores: Stores, metrics: Metrics, publisher: EventPublisher) -> Runtime:
         settings = stores.settings
+        # The API's networks are tiny (a DQN over ~100 candidates): one thread each is
+        # fastest, and N API workers with a thread pool per core each would fight for cores.
+        torch.set_num_threads(1)
         active = ActiveModels(stores.models, settings.model_reload_seconds)
         exploration = Exploration(
             settings.rl_exploration, settings.rl_epsilon, settings.rl_temperature
@@ -54,7 +58,7 @@ class Runtime:
             serving=VectorServer(stores.vectors, stores.ids),
             rl=RLServer(active, stores.ids, exploration),
             item_meta=ItemMetaCache(stores.features),
-            candidates=CandidateServer(stores.candidates),
+            candidates=CandidateServer(stores.candidates, settings.candidate_pointer_ttl_seconds),
         )
 
     @property

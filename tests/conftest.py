@@ -102,6 +102,8 @@ def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
         admin_api_key=SecretStr(ADMIN_KEY),
         consumer_batch_timeout_ms=10,
         rl_exploration="greedy",  # deterministic slates; exploration has its own tests
+        # A swap is seen by the next request (the pointer's memory has its own clocked test).
+        candidate_pointer_ttl_seconds=0.0,
     )
 
 

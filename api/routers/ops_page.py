@@ -227,10 +227,14 @@ class LiveProcesses:
         return [mine, *(counters for counters in found if counters.process != mine.process)]
 
 
-async def _sample(system: SystemWindow, processes: LiveProcesses) -> None:
-    while True:
-        await asyncio.sleep(SAMPLE_SECONDS)
-        system.add(await processes.read())
+async def _sample(system: SystemWindow, processes: LiveProcesses, stop: asyncio.Event) -> None:
+    """Every ``SAMPLE_SECONDS`` until ``stop``: stopped by the event, not cancelled, as a
+    cancellation inside a Redis call can be swallowed (``stores.ops_stats.OpsStatsWriter.run``)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
+        if not stop.is_set():
+            system.add(await processes.read())
 
 
 @asynccontextmanager
@@ -243,7 +247,10 @@ async def ops_state(app: FastAPI) -> AsyncIterator[None]:
         processes = app.state.ops_processes = LiveProcesses(redis, writer)
         system = app.state.ops_window = SystemWindow()
         system.add(await processes.read())
-        sampler = asyncio.create_task(_sample(system, processes), name="streamrec-ops-sampler")
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(
+            _sample(system, processes, stop), name="streamrec-ops-sampler"
+        )
         tail = app.state.dead_letters = DeadLetterTail(
             runtime.services.kafka_bootstrap,
             keep=DEAD_LETTERS_KEPT,
@@ -252,9 +259,8 @@ async def ops_state(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            stop.set()
+            await sampler
             await tail.close()
 
 

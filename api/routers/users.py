@@ -190,18 +190,15 @@ async def _base(
     wanted: list[str] | None,
     stats: Mapping[str, str],
     version: int | None,
+    found: Precomputed | None,
 ) -> _Served:
-    """The base model's top ``n`` (from ``version`` when pinned); popular items, with the
-    reason, when it cannot serve the user."""
+    """The base model's top ``n`` (from ``version`` when pinned): from its precomputed
+    candidates when ``found``, else by a vector query; popular items, with the reason, when it
+    cannot serve the user."""
     age = _state_age_ms(stats)
     reason = None
     if model != ModelName.POPULAR:
         collection = MODELS[model].collection  # the model's name; content for doc2vec
-        found = (
-            await runtime.candidates.recommend(collection, user_id, version)
-            if exclude_seen
-            else None
-        )
         if found is not None:
             items = await _from_candidates(runtime, features, user_id, found, n, wanted)
             if found.ranked.updated_ms is not None:  # the user vector's age, as below
@@ -303,7 +300,9 @@ async def recommend(
         raise NotFound(
             "popular has no versions: version= pins a published version of a vector model"
         )
-    stats = await features.user_stats(user_id)
+    # Candidates hold unseen items only: exclude_seen=false takes the vector query.
+    precomputed = MODELS[model].collection if model != ModelName.POPULAR and exclude_seen else None
+    stats, found = await runtime.candidates.request_state(user_id, precomputed, version)
     depth = rerank_depth(k) if rerank else k
     base = await _base(
         runtime,
@@ -315,6 +314,7 @@ async def recommend(
         wanted=genre_list(genres),
         stats=stats,
         version=version,
+        found=found,
     )
     reranked = (
         await _rerank_dqn(runtime, features, user_id, stats, base.items, k)

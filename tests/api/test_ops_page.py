@@ -1,8 +1,10 @@
 """The /ops page and the JSON it reads: /v1/ops/stats (freshness since start and over the
-recent window), /v1/ops/dead-letters (counts; the newest letters with the admin key), and the
-page itself in a real headless Chromium, driven over the DevTools protocol against a real
-uvicorn server: it renders, updates, and shows a lag the test creates. The browser test skips
-where no Chromium is installed (Debian: ``apt-get install chromium``; ``.ci/run`` installs it).
+recent window, summed over every process that writes its counters to Redis: consumers in
+another process, a restarted one), /v1/ops/dead-letters (counts; the newest letters with the
+admin key), and the page itself in a real headless Chromium, driven over the DevTools protocol
+against a real uvicorn server: it renders, updates, and shows a lag the test creates. The
+browser test skips where no Chromium is installed (Debian: ``apt-get install chromium``;
+``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -34,18 +36,21 @@ from api.routers.ops_page import (
     POLL_MS,
     SCRIPT,
     RecentWindow,
-    Snapshot,
+    SystemWindow,
     histogram_quantile,
     ops_stats_of,
 )
 from apps.up import embedded_app
+from consumers.app import build_consumer_broker
 from core.dead_letters import dead_letter_headers
 from core.lag import ALL_GROUPS, LagReader
+from core.metrics import Metrics
 from core.settings import Settings
 from schemas.events import DeadLetter
 from schemas.topics import ConsumerGroup, Topic
 from stores.model_registry import ModelRegistry
-from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
+from stores.ops_stats import OpsStatsWriter, ProcessCounters, publishing_ops_stats
+from tests.conftest import ADMIN_KEY, INGEST_KEY, FakeClock, wait_until
 from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 pytestmark = pytest.mark.kafka
@@ -146,12 +151,93 @@ async def test_stats_show_freshness_since_start_and_over_the_recent_window(
     assert features["recent_events"] == features["events"]
     assert features["recent_freshness_samples"] == features["freshness_samples"]
     assert features["recent_freshness_p99_seconds"] == features["freshness_p99_seconds"]
+    assert stats["processes"] == 1  # the API and the consumer groups: one process
 
 
-def _snapshot(at: float, consumed: int, fast: float, slow: float) -> Snapshot:
+def _other_process(app: FastAPI, clock: FakeClock, process: str, events: int) -> OpsStatsWriter:
+    """Another process's counters (a Metrics of its own), as its writer keeps them in Redis."""
+    metrics = Metrics()
+    metrics.events_consumed.labels(ARCHIVE, Topic.RATINGS.value).inc(events)
+    for _ in range(events):
+        metrics.event_to_state_seconds.labels(ARCHIVE).observe(2.0)
+    metrics.events_published.labels(Topic.DLQ.value).inc(1)
+    redis = app.state.runtime.services.redis
+    return OpsStatsWriter(redis, metrics, process=process, clock=clock)
+
+
+async def test_stats_sum_the_counters_other_processes_keep_in_redis(
+    api: App, clock: FakeClock
+) -> None:
+    app, client = api
+    consumers = _other_process(app, clock, "host-b:42:x", 30)
+    clock.advance(4)
+    await consumers.write()
+    stats = (await client.get("/v1/ops/stats")).json()
+    assert stats["processes"] == 2
+    assert stats["published"] == {Topic.DLQ.value: 1}
+    (archive,) = stats["groups"]
+    assert archive["group"] == ARCHIVE and archive["events"] == 30
+    assert 1 < archive["freshness_p50_seconds"] <= archive["freshness_p99_seconds"] <= 2.5
+    # It started 4 s ago with zero counters: all 30 are recent, over those 4 s.
+    assert (archive["recent_events"], archive["recent_freshness_samples"]) == (30, 30)
+    assert stats["window_seconds"] >= 4  # the longest window: this API's, or the 4 s
+
+    # Sampled (what the sampler does every 5 s) when it has run longer than the window: its
+    # counters then anchor its window, so nothing of it is recent yet.
+    window: SystemWindow = app.state.ops_window
+    clock.advance(100)
+    await consumers.write()
+    window.add(await app.state.ops_processes.read())
+    (archive,) = (await client.get("/v1/ops/stats")).json()["groups"]
+    assert (archive["events"], archive["recent_events"]) == (30, 0)
+
+    # It restarts under the same name with 5 events: since start 5, recently 5, never 5 - 30.
+    clock.advance(5)
+    restarted = _other_process(app, clock, "host-b:42:x", 5)
+    clock.advance(1)
+    await restarted.write()
+    (archive,) = (await client.get("/v1/ops/stats")).json()["groups"]
+    assert (archive["events"], archive["recent_events"]) == (5, 5)
+    assert archive["recent_freshness_samples"] == 5
+
+    # Restarted under a new name (the usual case: a new pid and token) while the old key lives
+    # on until its TTL: both count, the new one from zero; once the old one is gone, the new.
+    renamed = _other_process(app, clock, "host-b:43:y", 2)
+    await renamed.write()
+    stats = (await client.get("/v1/ops/stats")).json()
+    (archive,) = stats["groups"]
+    assert stats["processes"] == 3 and (archive["events"], archive["recent_events"]) == (7, 7)
+    await restarted.remove()
+    window.add(await app.state.ops_processes.read())
+    assert len(window.windows) == 2  # this API and host-b:43:y
+    (archive,) = (await client.get("/v1/ops/stats")).json()["groups"]
+    assert (archive["events"], archive["recent_events"]) == (2, 2)
+
+
+async def test_consumers_in_another_process_appear_in_the_api_stats(api: App) -> None:
+    """The process layout: the API runs no group; the features group runs beside it with a
+    Metrics of its own (another process's), which it writes to Redis."""
+    app, client = api
+    runtime = app.state.runtime
+    metrics = Metrics()
+    broker = build_consumer_broker(runtime.stores, metrics, [ConsumerGroup.FEATURES])
+    async with publishing_ops_stats(runtime.services.redis, metrics, interval=0.05):
+        await broker.start()
+        try:
+            await _fed(client)  # waits until /v1/ops/stats shows the group's events
+        finally:
+            await broker.stop()
+    stats = (await client.get("/v1/ops/stats")).json()
+    assert stats["processes"] == 1  # the consumers stopped: their counters left Redis
+    assert stats["published"]["streamrec.ratings"] == 12  # the API's own
+
+
+def _snapshot(
+    at: float, consumed: int, fast: float, slow: float, process: str = "h:1:a", started: float = 0
+) -> ProcessCounters:
     """Cumulative counters: ``fast`` events under 0.1 s, ``slow`` ones under 10 s."""
     buckets = [(0.1, fast), (10.0, fast + slow), (float("inf"), fast + slow)]
-    return Snapshot(at, {FEATURES: consumed}, {FEATURES: buckets})
+    return ProcessCounters(at, {FEATURES: consumed}, {FEATURES: buckets}, {}, process, started)
 
 
 def test_recent_figures_cover_the_last_minute_not_since_start() -> None:
@@ -163,14 +249,40 @@ def test_recent_figures_cover_the_last_minute_not_since_start() -> None:
     # The newest snapshot at least a minute old anchors the window: the one at 30 s.
     then = window.start()
     assert then is not None and then.at == 30 and len(window.snapshots) == 2
-    stats = ops_stats_of(now, then, {})
+    stats = ops_stats_of([(now, then)])
     (features,) = stats.groups
     assert (features.events, features.recent_events) == (200, 100)
     assert (features.freshness_samples, features.recent_freshness_samples) == (200, 100)
     assert features.freshness_p99_seconds == pytest.approx(9.802)  # since start: the replay
     assert features.recent_freshness_p99_seconds == pytest.approx(0.099)  # the last minute
     assert stats.window_seconds == 70
-    assert ops_stats_of(now, None, {}).groups[0].recent_freshness_p99_seconds is None
+    assert ops_stats_of([(now, None)]).groups[0].recent_freshness_p99_seconds is None
+
+
+def test_each_process_has_its_window_and_a_restart_is_a_new_series() -> None:
+    system = SystemWindow(seconds=60)
+    # The consumers ran an hour before this API saw them: nothing recent until sampled twice.
+    system.add([_snapshot(3600, 1000, 1000, 0, "h:2:b")])
+    system.add([_snapshot(3605, 1010, 1010, 0, "h:2:b"), _snapshot(5, 3, 3, 0, "h:3:c")])
+    stats = system.stats([_snapshot(3610, 1030, 1030, 0, "h:2:b"), _snapshot(9, 4, 4, 0, "h:3:c")])
+    (features,) = stats.groups
+    assert (features.events, stats.processes) == (1034, 2)
+    # h:2:b since its first sample; h:3:c since its start (its counters were zero then).
+    assert features.recent_events == 30 + 4 and features.recent_freshness_samples == 34
+    assert stats.window_seconds == 10
+
+    # h:2:b starts again under the same name: 7 events since; nothing negative, and the
+    # process gone from Redis (h:3:c) is forgotten.
+    restarted = _snapshot(4000, 7, 0, 7, "h:2:b", started=3990)
+    stats = system.stats([restarted])
+    (features,) = stats.groups
+    assert (features.events, features.recent_events, features.recent_freshness_samples) == (7, 7, 7)
+    assert features.recent_freshness_p99_seconds == pytest.approx(9.901)  # all 7 slow
+    system.add([restarted])
+    assert list(system.windows) == ["h:2:b"]
+    assert [s.at for s in system.windows["h:2:b"].snapshots] == [3990, 4000]
+    later = system.stats([_snapshot(4005, 9, 0, 9, "h:2:b", started=3990)])
+    assert later.groups[0].recent_events == 9 and later.window_seconds == 15
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from api.serving import VectorAnswer
+from api.serving import CandidateServer, VectorAnswer
 from core.datasets import InteractionData, synthetic
 from core.db import create_db_engine
 from core.ids import IdKind, IdRegistry
@@ -563,3 +563,26 @@ async def test_similar_items_from_precomputed_neighbours(
     assert response.json()["version"] == 7 and fake.calls == [("similar", "c1")]
     response = await client.get("/v1/items/c2/similar", params={"model": "mf"})  # none stored
     assert response.json()["version"] == 7 and fake.calls[-1] == ("similar", "c2")
+
+
+async def test_the_live_pointer_is_remembered_for_its_ttl_then_read_again(stores: Stores) -> None:
+    """One round trip per request: the pointer comes from memory for ``pointer_ttl_s``, and
+    a swap is seen once it has passed (clock injected)."""
+    now = [100.0]
+    server = CandidateServer(stores.candidates, pointer_ttl_s=1.0, clock=lambda: now[0])
+    stores.candidates.write_candidates("mf", 1, {"u1": Ranked(["a"], [1.0], 1)})
+    stores.candidates.write_candidates("mf", 2, {"u1": Ranked(["b"], [1.0], 2)})
+    assert await server.live_version("mf") is None
+    stores.candidates.set_live("mf", 1)
+    now[0] += 1.0
+    stats, found = await server.request_state("u1", "mf")
+    assert stats == {} and found is not None and (found.version, found.ranked.items) == (1, ["a"])
+
+    stores.candidates.set_live("mf", 2)
+    now[0] += 0.5  # within the ttl: the version remembered still serves (its lists complete)
+    assert (await server.request_state("u1", "mf"))[1].version == 1  # type: ignore[union-attr]
+    now[0] += 0.5
+    assert (await server.request_state("u1", "mf"))[1].version == 2  # type: ignore[union-attr]
+    # A pinned version bypasses the pointer; none computed for the user: None.
+    assert (await server.request_state("u1", "mf", 1))[1].version == 1  # type: ignore[union-attr]
+    assert (await server.request_state("nobody", "mf"))[1] is None

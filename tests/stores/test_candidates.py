@@ -3,7 +3,7 @@ and retention that never removes the live version's hashes."""
 
 from __future__ import annotations
 
-from schemas.events import ClickEvent, SourcedEvent
+from schemas.events import ClickEvent, RatingEvent, SourcedEvent
 from stores.candidates import Ranked, candidates_key, live_key, neighbours_key
 from stores.factory import Stores
 
@@ -60,3 +60,20 @@ def test_keys_live_under_the_prefix_one_hash_per_version() -> None:
     assert candidates_key("content", 3) == "sr:cand:content:v3"
     assert neighbours_key("mf", 1) == "sr:nbr:mf:v1"
     assert live_key("sasrec") == "sr:live:sasrec"
+
+
+async def test_a_request_reads_counters_candidates_and_seen_set_in_one_round_trip(
+    stores: Stores,
+) -> None:
+    store = stores.candidates
+    store.write_candidates("mf", 4, {"u1": Ranked(["a", "b"], [2.0, 1.0], 5)})
+    rating = RatingEvent(user_id="u1", item_id="b", rating=4)
+    await stores.features.apply_batch("test", [SourcedEvent(rating, "streamrec.ratings", 0, 0)])
+    expected_stats = await stores.features.user_stats("u1")
+
+    stats, ranked, seen = await store.request_state("u1", "mf", 4)
+    assert stats == expected_stats and stats["ratings"] == "1"
+    assert ranked == Ranked(["a", "b"], [2.0, 1.0], 5) and seen == {"b"}
+    # Without a model (popular): the counters alone; an unknown user: empty everything.
+    assert await store.request_state("u1") == (expected_stats, None, set())
+    assert await store.request_state("nobody", "mf", 4) == ({}, None, set())
