@@ -297,9 +297,22 @@ async def supervise_up(
                 print_summary(summary)
 
             replaying = asyncio.create_task(run_replay(), name="replay")
+        # The replay ends first, while Kafka is still up: its publisher's stop flushes what is
+        # in flight, and with the services stopped it would wait for Kafka forever.
+        children_stop = asyncio.Event()
+
+        async def stop_replay_then_children() -> None:
+            await stop.wait()
+            if replaying is not None:
+                replaying.cancel()
+                await asyncio.gather(replaying, return_exceptions=True)
+            children_stop.set()
+
+        stopping = asyncio.create_task(stop_replay_then_children(), name="stop")
         try:
-            await supervisor.supervise(stop)
+            await supervisor.supervise(children_stop)
         finally:
+            stopping.cancel()
             if replaying is not None:
                 replaying.cancel()
                 await asyncio.gather(replaying, return_exceptions=True)

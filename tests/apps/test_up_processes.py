@@ -112,10 +112,10 @@ def serving(up: Up) -> bool:
 
 
 @pytest.fixture
-def start_up(tmp_path: Path) -> Iterator[Callable[[], Up]]:
+def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def start() -> Up:
+    def start(*options: str) -> Up:
         port, metrics_port = free_port(), free_port()
         var_dir = tmp_path / "var"
         env = {
@@ -128,7 +128,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[[], Up]]:
         output = tmp_path / "up.log"
         command = [str(STREAMREC), "up", "--port", str(port), "--api-workers", "2"]
         process = subprocess.Popen(
-            [*command, "--metrics-port", str(metrics_port)],
+            [*command, "--metrics-port", str(metrics_port), *options],
             env=env,
             cwd=REPO,
             stdout=output.open("wb"),
@@ -172,6 +172,29 @@ def test_up_stops_every_process(start_up: Callable[[], Up], signum: signal.Signa
     if signum != signal.SIGKILL:
         assert up.process.returncode == 0, up.text()
     assert EmbeddedAddresses.read(up.var_dir) is None
+
+
+def test_up_stops_during_a_replay(start_up: Callable[..., Up]) -> None:
+    """The replay stops first, while Kafka is up: once the services had stopped, its
+    publisher waited for Kafka forever and the supervisor never exited."""
+    up = start_up("--replay", "synthetic", "--rate", "50")
+    until(lambda: _ratings_published(up) > 0, "the replay to publish")
+    pids = up.every_process()
+    up.process.send_signal(signal.SIGTERM)
+    up.process.wait(timeout=HANG_GUARD_SECONDS)
+    assert up.process.returncode == 0, up.text()
+    until(lambda: not any(_alive(pid) for pid in pids), "every process to end")
+
+
+def _ratings_published(up: Up) -> int:
+    report = httpx.get(up.base + "/v1/ops/lag", timeout=10).json()
+    return sum(
+        p["end_offset"]
+        for g in report["groups"]
+        if g["group"] == "streamrec-features"
+        for p in g["partitions"]
+        if p["topic"] == "streamrec.ratings"
+    )
 
 
 def test_two_workers_share_the_port_and_the_state_and_dead_children_come_back(
