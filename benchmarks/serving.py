@@ -18,9 +18,10 @@ users, published by a process of its own) running throughout:
 1. load: `--clients` keep-alive HTTP/1.1 clients (a process of their own) call
    `GET /v1/users/{u}/recommendations?k=10&model=sasrec`, `model=mf` and
    `model=mf&rerank=dqn` for `--seconds` each (every response must be 200);
-2. `raw_redis`: the Redis commands of that request path (user counters, live pointer,
-   candidates and seen set), issued by `--clients` concurrent callers in a process of their
-   own: what the path costs without HTTP, FastAPI and the response;
+2. `raw_redis`: the Redis round trip of that request path (one pipeline: user counters,
+   candidates, seen set; the live pointer is remembered, as the API does), issued by
+   `--clients` concurrent callers in a process of their own: the path without HTTP, FastAPI
+   and the response;
 3. freshness: a click is published and the user's next recommendations polled (any worker)
    until they come from state computed after the click (`state_age_ms`), `--clicks` times.
 
@@ -177,15 +178,16 @@ async def _raw_redis(url: str, model: str, users: list[str], seconds: float, cli
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
+    version = int(await client.get(live_key(model)))  # the API remembers it for a second
+
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
         while time.perf_counter() < deadline:
             user = rng.choice(users)
             started = time.perf_counter()
-            await client.hgetall(user_key(user))
-            version = await client.get(live_key(model))
             async with client.pipeline(transaction=False) as pipe:
-                pipe.hget(candidates_key(model, int(version)), user)
+                pipe.hgetall(user_key(user))
+                pipe.hget(candidates_key(model, version), user)
                 pipe.smembers(user_seen_key(user))
                 await pipe.execute()
             latencies.append((time.perf_counter() - started) * 1000)
