@@ -119,7 +119,14 @@ def base_env(var: Path) -> dict[str, str]:
 
 
 class Up:
-    """``streamrec up`` as a subprocess on a free port, its log in a file."""
+    """``streamrec up --one-process`` as a subprocess on a free port, its log in a file.
+
+    One process, as when the figures in the README were measured: ``Watch`` finds the loop's
+    training child among this process's children. Since 2026-12-01 one training child serves
+    every round (consumers/retrain.py ``ProcessRounds``), so a child's life no longer marks a
+    round: before the next run, take the round spans from the loop's log line per round (its
+    end and ``train_candidate``'s seconds) instead of ``Watch.training()``.
+    """
 
     def __init__(self, var: Path, env: dict[str, str], groups: str, log_path: Path) -> None:
         self.port = free_port()
@@ -127,7 +134,7 @@ class Up:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [STREAMREC, "up", "--port", str(self.port), "--groups", groups],
+            [STREAMREC, "up", "--one-process", "--port", str(self.port), "--groups", groups],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
