@@ -9,16 +9,17 @@ which costs the same to serve as a trained one) is archived, applied to the feat
 published with candidates; then ``api.routers.users._base`` (what the route runs for the base
 model, k=10) is timed per call for random users, alternating the two paths in rounds, with
 the candidates path forced off (``CandidateServer`` answering None) for the vector query.
-The request path's floor is its Redis round trips (the candidates path makes three: user
-stats, live pointer, candidates + seen set; titles come from the process's cache): one PING's
-cost is printed for scale. Prints per-call µs per path: the median, worst and mean of ten
-rounds' means.
+The request path's floor is its Redis round trips (the candidates path makes one: user
+stats, candidates and seen set in a pipeline, the live pointer remembered; titles come from
+the process's cache): one PING's cost is printed for scale. Prints per-call µs per path: the
+median, worst and mean of ten rounds' means, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import tempfile
@@ -40,8 +41,13 @@ from trainer.publish import publish_version
 
 
 class NoCandidates:
-    async def recommend(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    """The candidates path switched off: the counters alone (one round trip), as without lists."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._features = runtime.features
+
+    async def request_state(self, user_id: str, *args: Any) -> tuple[dict[str, str], None]:
+        return await self._features.user_stats(user_id), None
 
 
 async def _setup(runtime: Runtime, dim: int) -> list[str]:
@@ -80,7 +86,7 @@ async def _round(runtime: Runtime, users: list[str], calls: int) -> float:
     picked = random.choices(users, k=calls)
     started = time.perf_counter()
     for user in picked:
-        stats = await features.user_stats(user)
+        stats, found = await runtime.candidates.request_state(user, "mf")
         served = await _base(
             runtime,
             features,
@@ -91,6 +97,7 @@ async def _round(runtime: Runtime, users: list[str], calls: int) -> float:
             wanted=None,
             stats=stats,
             version=None,
+            found=found,
         )
         assert served.model == ModelName.MF and len(served.items) == 10
     return (time.perf_counter() - started) / calls * 1e6
@@ -102,7 +109,7 @@ async def main(calls: int, dim: int) -> None:
         async with open_stores(settings) as stores:
             runtime = Runtime.build(stores, Metrics(), publisher=None)  # type: ignore[arg-type]
             users = await _setup(runtime, dim)
-            precomputed, direct = runtime.candidates, NoCandidates()
+            precomputed, direct = runtime.candidates, NoCandidates(runtime)
             rounds = 10
             figures: dict[str, list[float]] = {"candidates": [], "vector_query": []}
             for n in range(rounds + 1):
@@ -117,12 +124,19 @@ async def main(calls: int, dim: int) -> None:
                 await redis.ping()
             ping = (time.perf_counter() - started) / calls * 1e6
             print(f"one Redis round trip (PING): {ping:.0f} µs")
+            medians = {}
             for name, means in figures.items():
                 ordered = sorted(means)
+                medians[f"{name}_us"] = round(statistics.median(ordered), 1)
                 print(
                     f"{name:13s} per call: median {statistics.median(ordered):7.0f} µs, "
                     f"worst round {ordered[-1]:7.0f} µs, mean {statistics.fmean(ordered):7.0f} µs"
                 )
+            # The peer is the vector query it replaces: the candidates path must not cost more.
+            met = medians["candidates_us"] <= medians["vector_query_us"]
+            result = {"figures": {**medians, "ping_us": round(ping, 1)}, "met": met}
+            result["targets"] = {"candidates_us": "<= vector_query_us"}
+            print(json.dumps(result))
 
 
 if __name__ == "__main__":
