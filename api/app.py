@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
@@ -23,7 +22,6 @@ from api.limits import BodySizeLimit, SqlTimeLimit
 from api.readiness import readiness_for
 from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
 from api.runtime import Runtime
-from core.addresses import EmbeddedAddresses
 from core.lag import LagReader
 from core.metrics import Metrics
 from core.settings import Settings
@@ -88,13 +86,7 @@ def create_app(
             for hook in in_process:
                 await hook(runtime, shutdown)
             if services.embedded:
-                EmbeddedAddresses(
-                    kafka_bootstrap=services.kafka_bootstrap[0],
-                    redis_url=services.redis_url,
-                    pid=os.getpid(),
-                    kafka_log_id=services.kafka_log_id or "",
-                ).write(settings.var_dir)
-                stack.callback(EmbeddedAddresses.remove, settings.var_dir)
+                stack.enter_context(services.embedded_addresses().announced(settings.var_dir))
             app.state.runtime = runtime
             app.state.readiness = readiness_for(runtime)
             # One cached lag reader per process, refreshed in the background (core/lag.py).

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import socket
 import sys
@@ -33,7 +32,6 @@ from contextlib import AsyncExitStack
 
 from apps.supervisor import mark_ready, report_failure
 from consumers.membership import parse_group_list
-from core.addresses import EmbeddedAddresses
 from core.logs import configure_logging
 from core.settings import Settings
 from schemas.topics import DEFAULT_GROUPS, ConsumerGroup
@@ -63,13 +61,7 @@ async def run_services(settings: Settings) -> None:
         # Here, once, before any other process opens the database: API workers starting
         # together would otherwise all run the migrations at once.
         await asyncio.to_thread(create_schema, services.engine)
-        EmbeddedAddresses(
-            kafka_bootstrap=services.kafka_bootstrap[0],
-            redis_url=services.redis_url,
-            pid=os.getpid(),
-            kafka_log_id=services.kafka_log_id or "",
-        ).write(settings.var_dir)
-        stack.callback(EmbeddedAddresses.remove, settings.var_dir)
+        stack.enter_context(services.embedded_addresses().announced(settings.var_dir))
         log.info(
             "embedded services: Kafka %s (log %s), Redis %s",
             services.kafka_bootstrap[0],

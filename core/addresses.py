@@ -6,8 +6,10 @@ address (replay, lag, dlq, rebuild) reads it from here, so its start-up stays sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +44,15 @@ class EmbeddedAddresses:
             return None
         found = cls(**json.loads(path.read_text()))
         return found if _process_alive(found.pid) else None
+
+    @contextlib.contextmanager
+    def announced(self, var_dir: Path) -> Iterator[None]:
+        """Written to ``var_dir`` for as long as the block runs (other processes attach)."""
+        self.write(var_dir)
+        try:
+            yield
+        finally:
+            self.remove(var_dir)
 
     @staticmethod
     def remove(var_dir: Path) -> None:

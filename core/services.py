@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ class Services:
     # within one log, and the embedded broker starts a new one on every `up`. None when Kafka
     # did not answer at start-up (consumers read it again before they start).
     kafka_log_id: str | None = None
+
+    def embedded_addresses(self) -> EmbeddedAddresses:
+        """Where this process's services listen, for ``var/embedded.json`` (attach)."""
+        return EmbeddedAddresses(
+            kafka_bootstrap=self.kafka_bootstrap[0],
+            redis_url=self.redis_url,
+            pid=os.getpid(),
+            kafka_log_id=self.kafka_log_id or "",
+        )
 
 
 _PING_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)

@@ -136,13 +136,9 @@ class CandidateStore:
         self, model: str, version: int, user_id: str
     ) -> tuple[Ranked | None, set[str]]:
         """The user's candidates in ``version`` (None when not computed) and the user's seen
-        set as it is now (the feature store's), in one round trip: candidates are older than
-        the newest clicks, so the caller filters them with the current seen set."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(candidates_key(model, version), user_id)
-            pipe.smembers(user_seen_key(user_id))
-            raw, seen = await pipe.execute()
-        return (Ranked.decode(raw) if raw is not None else None), set(seen)
+        set as it is now (the feature store's): ``request_state`` without the counters."""
+        _, ranked, seen = await self.request_state(user_id, model, version)
+        return ranked, seen
 
     async def request_state(
         self, user_id: str, model: str | None = None, version: int | None = None

@@ -84,16 +84,7 @@ async def _popular(
     # A genre filter on popularity: read a deeper slice and keep the matching items.
     depth = k if not genres else 8 * k
     ranked = await features.popular(depth, exclude_seen_of=user_id)
-    meta = await item_meta.get([item for item, _ in ranked])
-    items = [
-        RecommendedItem(
-            item_id=item,
-            score=score,
-            title=meta[item]["title"],
-            genres=_genres(meta[item]["genres"]),
-        )
-        for item, score in ranked
-    ]
+    items = _from_ranked(ranked, await item_meta.get([item for item, _ in ranked]))
     if genres:
         items = [i for i in items if set(i.genres) & set(genres)]
     return items[:k]
