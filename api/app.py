@@ -16,17 +16,27 @@ from functools import partial
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.docs import OPENAPI_TAGS, install_docs, operation_id
-from api.errors import install_error_handlers
-from api.limits import BodySizeLimit, SqlTimeLimit
-from api.readiness import readiness_for
-from api.routers import events, experiments, items, models, ops, ops_page, rl, training, users
-from api.runtime import Runtime
-from core.lag import LagReader
-from core.metrics import Metrics
-from core.settings import Settings
-from producers.publisher import EventPublisher
-from stores.factory import open_stores
+from streamrec.api.docs import OPENAPI_TAGS, install_docs, operation_id
+from streamrec.api.errors import install_error_handlers
+from streamrec.api.limits import BodySizeLimit, SqlTimeLimit
+from streamrec.api.readiness import readiness_for
+from streamrec.api.routers import (
+    events,
+    experiments,
+    items,
+    models,
+    ops,
+    ops_page,
+    rl,
+    training,
+    users,
+)
+from streamrec.api.runtime import Runtime
+from streamrec.core.lag import LagReader
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.producers.publisher import EventPublisher
+from streamrec.stores.factory import open_stores
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from core.errors import StreamrecError
-from core.logs import configure_logging
-from core.settings import Settings
+from streamrec.core.errors import StreamrecError
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -29,8 +29,8 @@ errors = Console(stderr=True, soft_wrap=True)
 def worker_app() -> ASGIApp:
     """The app of one worker process (``--workers`` > 1): its settings and logging from the
     environment, like the parent's; its responses name the worker (``X-Streamrec-Worker``)."""
-    from api.app import create_app  # the app's imports cost seconds: only where it runs
-    from api.server import WorkerPidHeader
+    from streamrec.api.app import create_app  # the app's imports cost seconds: only where it runs
+    from streamrec.api.server import WorkerPidHeader
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -71,11 +71,11 @@ def register(app: typer.Typer) -> None:
             errors.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
         # The app's imports cost seconds: only where it runs.
-        from api.server import StartupFailed, check_services, run
+        from streamrec.api.server import StartupFailed, check_services, run
 
         try:
             if workers == 1:
-                from api.app import create_app
+                from streamrec.api.app import create_app
 
                 run(create_app(settings), settings, host=host, port=port)
                 return
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn  # only where it serves (CLI start-up)
 
         uvicorn.run(
-            "api.cli:worker_app",
+            "streamrec.api.cli:worker_app",
             factory=True,
             host=host,
             port=port,

@@ -9,11 +9,11 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
-from api.runtime import Runtime
-from api.training_jobs import TrainingJobs
-from producers.publisher import EventPublisher
-from stores.features import FeatureStore
-from stores.model_registry import ModelRegistry
+from streamrec.api.runtime import Runtime
+from streamrec.api.training_jobs import TrainingJobs
+from streamrec.producers.publisher import EventPublisher
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.model_registry import ModelRegistry
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="The ingest or admin key"

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from api.validation import describe, readable_errors
-from core.errors import (
+from streamrec.api.validation import describe, readable_errors
+from streamrec.core.errors import (
     ConfigurationError,
     InvalidInput,
     NotFound,
@@ -26,7 +26,7 @@ from core.errors import (
     ServiceUnavailable,
     StreamrecError,
 )
-from core.unavailable import SERVICE_ERRORS, service_unavailable
+from streamrec.core.unavailable import SERVICE_ERRORS, service_unavailable
 
 log = logging.getLogger(__name__)
 

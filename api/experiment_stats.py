@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from core.errors import NotFound
-from schemas.api import Experiment, ExperimentList, ModelClickStats, VariantStats
-from stores.features import VARIANTS
+from streamrec.core.errors import NotFound
+from streamrec.schemas.api import Experiment, ExperimentList, ModelClickStats, VariantStats
+from streamrec.stores.features import VARIANTS
 
 EXPERIMENT_SEPARATOR = ":"
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile

@@ -15,8 +15,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
-from core.db import sql_timeout
+from streamrec.api.errors import error_body
+from streamrec.core.db import sql_timeout
 
 
 class BodyTooLarge(HTTPException):

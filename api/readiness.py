@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.runtime import Runtime
-from core.errors import ServiceUnavailable, StreamrecError
+from streamrec.api.runtime import Runtime
+from streamrec.core.errors import ServiceUnavailable, StreamrecError
 
 Check = Callable[[], Awaitable[None]]
 OK = "ok"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.api import ErrorBody
+from streamrec.schemas.api import ErrorBody
 
 DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong X-API-Key",

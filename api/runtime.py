@@ -11,18 +11,18 @@ from typing import Any
 import torch
 from faststream.kafka import KafkaBroker
 
-from api.serving import CandidateServer, ItemMetaCache, VectorServer
-from core.metrics import Metrics
-from core.services import Services
-from core.settings import Settings
-from producers.publisher import EventPublisher
-from stores.catalog import Archive
-from stores.factory import Stores
-from stores.features import FeatureStore
-from stores.model_registry import ModelRegistry
-from stores.vectors import VectorStore
-from trainer.policy import ActiveModels, RLServer
-from trainer.rl import Exploration
+from streamrec.api.serving import CandidateServer, ItemMetaCache, VectorServer
+from streamrec.core.metrics import Metrics
+from streamrec.core.services import Services
+from streamrec.core.settings import Settings
+from streamrec.producers.publisher import EventPublisher
+from streamrec.stores.catalog import Archive
+from streamrec.stores.factory import Stores
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.vectors import VectorStore
+from streamrec.trainer.policy import ActiveModels, RLServer
+from streamrec.trainer.rl import Exploration
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from aiokafka.errors import KafkaConnectionError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from core.errors import StreamrecError
-from core.settings import Settings
-from core.unavailable import REDIS_ERRORS, SQL_ERRORS
-from stores.factory import open_stores
+from streamrec.core.errors import StreamrecError
+from streamrec.core.settings import Settings
+from streamrec.core.unavailable import REDIS_ERRORS, SQL_ERRORS
+from streamrec.stores.factory import open_stores
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from core.errors import NotFound
-from core.ids import IdKind, IdRegistry
-from schemas.api import FallbackReason
-from stores.candidates import CandidateStore, Ranked
-from stores.features import FeatureStore
-from stores.vectors import (
+from streamrec.core.errors import NotFound
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.api import FallbackReason
+from streamrec.stores.candidates import CandidateStore, Ranked
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.vectors import (
     Hit,
     VectorStore,
     item_version_name,

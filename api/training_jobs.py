@@ -10,9 +10,9 @@ further submission is refused.
 
 from __future__ import annotations
 
-from core.errors import NotFound, ServiceUnavailable
-from schemas.api import ModelVersionRef, TrainingJob, TrainingJobRequest
-from stores.training_jobs import TrainingJobRecord, TrainingJobStore
+from streamrec.core.errors import NotFound, ServiceUnavailable
+from streamrec.schemas.api import ModelVersionRef, TrainingJob, TrainingJobRequest
+from streamrec.stores.training_jobs import TrainingJobRecord, TrainingJobStore
 
 MAX_QUEUED_JOBS = 4
 MAX_LISTED_JOBS = 100

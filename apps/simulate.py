@@ -42,16 +42,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from core.datasets import InteractionData
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from core.settings import Settings
-from schemas.events import ClickEvent, ImpressionEvent
-from trainer.data import build
-from trainer.models.base import Query
+from streamrec.core.datasets import InteractionData
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ClickEvent, ImpressionEvent
+from streamrec.trainer.data import build
+from streamrec.trainer.models.base import Query
 
 if TYPE_CHECKING:
-    from stores.factory import Stores
+    from streamrec.stores.factory import Stores
 
 POLICIES = ("random", "popular", "base", "dqn")
 VARIANT = "simulation"
@@ -179,8 +179,8 @@ def build_world(
     on_stage: Callable[[str], None] = lambda _: None,
 ) -> World:
     """Train the base ranker on the past and the taste model on everything."""
-    from trainer.loop import fit
-    from trainer.models import build_model, train_config
+    from streamrec.trainer.loop import fit
+    from streamrec.trainer.models import build_model, train_config
 
     past_data = split_by_time(data, config.train_fraction)
     everything = build(data, ids)
@@ -327,13 +327,13 @@ class OnlineLoop:
     """The ``dqn`` policy: serve, publish, let the consumers and the learner work."""
 
     def __init__(self, stores: Stores, world: World, config: SimulationConfig) -> None:
-        from consumers.app import build_consumer_broker
-        from core.metrics import Metrics
-        from producers.publisher import EventPublisher
-        from schemas.topics import ConsumerGroup
-        from trainer.online import LearnerConfig, OnlineLearner
-        from trainer.policy import ActiveModels, RLServer
-        from trainer.rl import Exploration
+        from streamrec.consumers.app import build_consumer_broker
+        from streamrec.core.metrics import Metrics
+        from streamrec.producers.publisher import EventPublisher
+        from streamrec.schemas.topics import ConsumerGroup
+        from streamrec.trainer.online import LearnerConfig, OnlineLearner
+        from streamrec.trainer.policy import ActiveModels, RLServer
+        from streamrec.trainer.rl import Exploration
 
         settings, services = stores.settings, stores.services
         self.services, self.world, self.config = services, world, config
@@ -354,8 +354,8 @@ class OnlineLoop:
         self.start_ts = max(r.ts for r in world.past.ratings) + 3600.0
 
     async def start(self, on_stage: Callable[[str], None]) -> None:
-        from producers.replay import replay
-        from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+        from streamrec.producers.replay import replay
+        from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 
         on_stage("training Doc2Vec on the catalog")
         d2v = await asyncio.to_thread(
@@ -383,7 +383,7 @@ class OnlineLoop:
 
     async def sync(self) -> None:
         """Until both groups have consumed everything and the learner owes no update."""
-        from core.lag import consumer_lag
+        from streamrec.core.lag import consumer_lag
 
         bootstrap = self.services.kafka_bootstrap
 
@@ -399,7 +399,7 @@ class OnlineLoop:
         self, step: int, user: int, exclude: set[int], dice: np.ndarray
     ) -> tuple[int, np.ndarray]:
         """Serve one slate and publish it with its clicks; (shown, clicked item indices)."""
-        from trainer.rl import STATE_RECENT_ITEMS
+        from streamrec.trainer.rl import STATE_RECENT_ITEMS
 
         world, config = self.world, self.config
         user_id = world.user_ids[user]
@@ -502,7 +502,7 @@ async def _run(
     var_dir: Path,
     on_stage: Callable[[str], None],
 ) -> SimulationReport:
-    from stores.factory import open_stores
+    from streamrec.stores.factory import open_stores
 
     started = time.perf_counter()
     settings = simulation_settings(var_dir, config)

@@ -14,10 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.errors import InvalidInput
+from streamrec.core.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from apps.simulate import SimulationReport
+    from streamrec.apps.simulate import SimulationReport
 
 POLICIES = ("random", "popular", "base", "dqn")  # apps.simulate.POLICIES (tested equal)
 console = Console()
@@ -67,8 +67,8 @@ def register(app: typer.Typer) -> None:
         is an explicit MF trained on all ratings, which no policy sees; clicks follow it with a
         position bias of 1/log2(position + 2). See `apps/simulate.py` for the model.
         """
-        from apps import simulate as simulation  # PyTorch loads only for this command
-        from core.datasets import load_movielens, synthetic
+        from streamrec.apps import simulate as simulation  # PyTorch loads only for this command
+        from streamrec.core.datasets import load_movielens, synthetic
 
         try:
             config = simulation.SimulationConfig(

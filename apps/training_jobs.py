@@ -43,15 +43,15 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.app import InProcessHook, Shutdown
-from api.runtime import Runtime
-from core.errors import ServiceUnavailable, StreamrecError
-from core.settings import Settings
-from schemas.api import JobStage, TrainingJobRequest
-from stores.factory import open_sql_stores
-from stores.model_registry import ModelVersion
-from stores.training_jobs import TrainingJobRecord, TrainingJobStore
-from trainer.service import Workspace, load_data, train_model, workspace
+from streamrec.api.app import InProcessHook, Shutdown
+from streamrec.api.runtime import Runtime
+from streamrec.core.errors import ServiceUnavailable, StreamrecError
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import JobStage, TrainingJobRequest
+from streamrec.stores.factory import open_sql_stores
+from streamrec.stores.model_registry import ModelVersion
+from streamrec.stores.training_jobs import TrainingJobRecord, TrainingJobStore
+from streamrec.trainer.service import Workspace, load_data, train_model, workspace
 
 log = logging.getLogger(__name__)
 

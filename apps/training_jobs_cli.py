@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from core.errors import StreamrecError
-from core.logs import configure_logging
-from core.settings import Settings
+from streamrec.core.errors import StreamrecError
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
 
 console = Console()
 
@@ -38,7 +38,10 @@ def register(app: typer.Typer) -> None:
         """
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
-        from apps.training_jobs import WorkerConfig, run_worker  # PyTorch: only where it runs
+        from streamrec.apps.training_jobs import (
+            WorkerConfig,
+            run_worker,
+        )  # PyTorch: only where it runs
 
         try:
             asyncio.run(run_worker(settings, WorkerConfig(poll_seconds=poll_seconds)))

@@ -36,21 +36,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from apps.supervisor import ChildFailed, ChildSpec, RunningChild, Supervisor
-from consumers.membership import parse_group_list, short_name
-from core.addresses import EmbeddedAddresses
-from core.errors import StreamrecError
-from core.logs import configure_logging
-from core.settings import Settings
-from producers.cli import load_source, print_summary, replay_with_progress
-from schemas.topics import DEFAULT_GROUPS, ConsumerGroup
+from streamrec.apps.supervisor import ChildFailed, ChildSpec, RunningChild, Supervisor
+from streamrec.consumers.membership import parse_group_list, short_name
+from streamrec.core.addresses import EmbeddedAddresses
+from streamrec.core.errors import StreamrecError
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
+from streamrec.producers.cli import load_source, print_summary, replay_with_progress
+from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from api.app import InProcessHook, Shutdown, StartupHook
-    from api.runtime import Runtime
-    from core.datasets import InteractionData
+    from streamrec.api.app import InProcessHook, Shutdown, StartupHook
+    from streamrec.api.runtime import Runtime
+    from streamrec.core.datasets import InteractionData
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def run_consumer_groups(groups: Sequence[ConsumerGroup]) -> InProcessHook:
     """The hook that runs ``groups`` in the API's process, on its connections."""
 
     async def start(runtime: Runtime, shutdown: Shutdown) -> None:
-        from consumers.app import build_consumer_broker  # FastStream: only where it runs
-        from consumers.membership import hold_groups
+        from streamrec.consumers.app import build_consumer_broker  # FastStream: only where it runs
+        from streamrec.consumers.membership import hold_groups
 
         if not groups:
             return
@@ -85,8 +85,8 @@ def embedded_app(
 ) -> FastAPI:
     """The API with the consumer groups and a training-jobs worker running in its process
     (what `streamrec up` serves)."""
-    from api.app import create_app  # the app's imports cost seconds: only where it runs
-    from apps.training_jobs import run_training_worker  # PyTorch: likewise
+    from streamrec.api.app import create_app  # the app's imports cost seconds: only where it runs
+    from streamrec.apps.training_jobs import run_training_worker  # PyTorch: likewise
 
     hooks = [run_consumer_groups(groups), run_training_worker()]
     return create_app(settings, in_process=hooks, on_started=on_started)
@@ -125,7 +125,7 @@ def default_api_workers() -> int:
 
 
 def _child_argv(role: str, *options: str) -> list[str]:
-    return [sys.executable, "-m", "apps.up_children", role, *options]
+    return [sys.executable, "-m", "streamrec.apps.up_children", role, *options]
 
 
 def plan_children(
@@ -259,7 +259,7 @@ async def supervise_up(
     one did not start."""
     from prometheus_client import CollectorRegistry
 
-    from core.metrics import serving_metrics
+    from streamrec.core.metrics import serving_metrics
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -288,7 +288,7 @@ async def supervise_up(
         console.print(_processes_banner(settings, supervisor.running(), host, port, metrics))
         replaying = None
         if replay is not None:
-            from core.addresses import kafka_bootstrap_for
+            from streamrec.core.addresses import kafka_bootstrap_for
 
             async def run_replay() -> None:
                 summary = await replay_with_progress(
@@ -393,7 +393,7 @@ def register(app: typer.Typer) -> None:
             log.error("streamrec up did not start: %s", exc)
             raise typer.Exit(2) from exc
         metrics = settings.metrics_port if metrics_port is None else metrics_port
-        from stores.vectors.host import listen_socket  # uvicorn: only where `up` runs
+        from streamrec.stores.vectors.host import listen_socket  # uvicorn: only where `up` runs
 
         vector_socket = (
             listen_socket("127.0.0.1", 0)
@@ -451,7 +451,7 @@ def _run_one_process(
 
             runtime.spawn(run_replay(), name="replay")
 
-    from api.server import StartupFailed, run  # the app's imports: only where it runs
+    from streamrec.api.server import StartupFailed, run  # the app's imports: only where it runs
 
     try:
         run(embedded_app(settings, groups, on_started=started), settings, host=host, port=port)

@@ -30,11 +30,11 @@ import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from apps.supervisor import mark_ready, report_failure
-from consumers.membership import parse_group_list
-from core.logs import configure_logging
-from core.settings import Settings
-from schemas.topics import DEFAULT_GROUPS, ConsumerGroup
+from streamrec.apps.supervisor import mark_ready, report_failure
+from streamrec.consumers.membership import parse_group_list
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
 
 log = logging.getLogger("streamrec.up")
 # The command the consumers child holds the groups' locks as (consumers.membership): a
@@ -52,8 +52,8 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def run_services(settings: Settings) -> None:
     """Start the embedded services and keep them until SIGTERM."""
-    from core.services import open_services  # the clients: only where they run
-    from stores.schema import create_schema
+    from streamrec.core.services import open_services  # the clients: only where they run
+    from streamrec.stores.schema import create_schema
 
     stop = _stop_on_signals()
     async with AsyncExitStack() as stack:
@@ -80,15 +80,15 @@ async def run_consumers(
 ) -> None:
     """The consumer groups, the training-jobs worker and the vector host until SIGTERM."""
     # Deferred: FastStream, PyTorch and the stores cost seconds, which `--help` need not pay.
-    from api.app import Shutdown, ShutdownBudget
-    from apps.training_jobs import TrainingWorker
-    from consumers.app import build_consumer_broker
-    from consumers.membership import hold_groups, start_as_holder
-    from core.lag import LagReader
-    from core.metrics import Metrics, serving_metrics
-    from stores.factory import open_stores
-    from stores.ops_stats import publishing_ops_stats
-    from trainer.service import Workspace
+    from streamrec.api.app import Shutdown, ShutdownBudget
+    from streamrec.apps.training_jobs import TrainingWorker
+    from streamrec.consumers.app import build_consumer_broker
+    from streamrec.consumers.membership import hold_groups, start_as_holder
+    from streamrec.core.lag import LagReader
+    from streamrec.core.metrics import Metrics, serving_metrics
+    from streamrec.stores.factory import open_stores
+    from streamrec.stores.ops_stats import publishing_ops_stats
+    from streamrec.trainer.service import Workspace
 
     stop = _stop_on_signals()
     async with AsyncExitStack() as stack:
@@ -98,7 +98,7 @@ async def run_consumers(
             hold = stack.enter_context(hold_groups(settings.var_dir, groups, HOLDER_COMMAND))
         stores = await stack.enter_async_context(open_stores(settings, attach=True))
         if vectors_fd is not None:
-            from stores.vectors.host import serve_vector_store
+            from streamrec.stores.vectors.host import serve_vector_store
 
             token = settings.vector_host_token
             # The supervisor's listening socket, inherited: bound before any child started,
@@ -141,9 +141,9 @@ async def run_consumers(
 
 def run_api(settings: Settings, host: str, port: int) -> None:
     """One API worker on ``host:port`` (shared with the others) until SIGTERM."""
-    from api.app import create_app  # FastAPI, PyTorch: only where it serves
-    from api.runtime import Runtime
-    from api.server import StartupFailed, reuse_port_socket, run
+    from streamrec.api.app import create_app  # FastAPI, PyTorch: only where it serves
+    from streamrec.api.runtime import Runtime
+    from streamrec.api.server import StartupFailed, reuse_port_socket, run
 
     async def started(_runtime: Runtime) -> None:
         mark_ready()
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     # uvicorn, the clients: every role loads them anyway.
-    from api.server import StartupFailed, describe_startup_error
+    from streamrec.api.server import StartupFailed, describe_startup_error
 
     try:
         if args.role == "services":

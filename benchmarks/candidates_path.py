@@ -27,17 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.routers.users import _base
-from api.runtime import Runtime
-from core.datasets import synthetic
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import ItemEvent, RatingEvent, SourcedEvent
-from schemas.models import ModelName
-from stores.factory import open_stores
-from trainer.data import build
-from trainer.models import build_model
-from trainer.publish import publish_version
+from streamrec.api.routers.users import _base
+from streamrec.api.runtime import Runtime
+from streamrec.core.datasets import synthetic
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from streamrec.schemas.models import ModelName
+from streamrec.stores.factory import open_stores
+from streamrec.trainer.data import build
+from streamrec.trainer.models import build_model
+from streamrec.trainer.publish import publish_version
 
 
 class NoCandidates:

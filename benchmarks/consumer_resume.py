@@ -42,9 +42,9 @@ async def _child(bootstrap: str, extra: dict[str, object], hold_dir: str, leave:
     from faststream.kafka import KafkaBroker
     from faststream.kafka import Topic as KafkaTopic
 
-    from consumers.membership import hold_groups, joined_members
-    from consumers.policy import batch_subscriber_options
-    from core.settings import Settings
+    from streamrec.consumers.membership import hold_groups, joined_members
+    from streamrec.consumers.policy import batch_subscriber_options
+    from streamrec.core.settings import Settings
 
     print(f"ready {time.time():.3f}", flush=True)
     # The options streamrec uses on this kind of broker (they differ: session timeout).
@@ -127,7 +127,7 @@ def main() -> None:
 
     from confluent_kafka import Producer
 
-    from core.embedded import EmbeddedKafka
+    from streamrec.core.embedded import EmbeddedKafka
 
     kafka = None
     if args.bootstrap:

@@ -53,19 +53,19 @@ from sqlalchemy import Engine, func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from consumers.policy import EMBEDDED_SESSION_TIMEOUT_MS  # noqa: E402
-from core.datasets import InteractionData, load_movielens  # noqa: E402
-from core.db import create_db_engine  # noqa: E402
-from core.embedded import EmbeddedKafka  # noqa: E402
-from core.kafka_log import read_log_id  # noqa: E402
-from core.settings import Settings  # noqa: E402
-from producers.publisher import EventPublisher  # noqa: E402
-from producers.replay import replay  # noqa: E402
-from schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic  # noqa: E402
-from stores.catalog import Archive, InteractionRow  # noqa: E402
-from stores.features import FeatureStore, item_key, offset_key  # noqa: E402
-from stores.rebuild import FeatureSnapshot, rebuild_features, snapshot_features  # noqa: E402
-from stores.schema import drop_schema  # noqa: E402
+from streamrec.consumers.policy import EMBEDDED_SESSION_TIMEOUT_MS  # noqa: E402
+from streamrec.core.datasets import InteractionData, load_movielens  # noqa: E402
+from streamrec.core.db import create_db_engine  # noqa: E402
+from streamrec.core.embedded import EmbeddedKafka  # noqa: E402
+from streamrec.core.kafka_log import read_log_id  # noqa: E402
+from streamrec.core.settings import Settings  # noqa: E402
+from streamrec.producers.publisher import EventPublisher  # noqa: E402
+from streamrec.producers.replay import replay  # noqa: E402
+from streamrec.schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic  # noqa: E402
+from streamrec.stores.catalog import Archive, InteractionRow  # noqa: E402
+from streamrec.stores.features import FeatureStore, item_key, offset_key  # noqa: E402
+from streamrec.stores.rebuild import FeatureSnapshot, rebuild_features, snapshot_features  # noqa: E402
+from streamrec.stores.schema import drop_schema  # noqa: E402
 
 FEATURES = ConsumerGroup.FEATURES.value
 ARCHIVE = ConsumerGroup.ARCHIVE.value

@@ -38,12 +38,12 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.datasets import synthetic  # noqa: E402
-from core.embedded import EmbeddedKafka  # noqa: E402
-from producers.publisher import EventPublisher  # noqa: E402
-from schemas.events import RatingEvent  # noqa: E402
-from schemas.topics import ConsumerGroup, Topic  # noqa: E402
-from stores.features import user_key  # noqa: E402
+from streamrec.core.datasets import synthetic  # noqa: E402
+from streamrec.core.embedded import EmbeddedKafka  # noqa: E402
+from streamrec.producers.publisher import EventPublisher  # noqa: E402
+from streamrec.schemas.events import RatingEvent  # noqa: E402
+from streamrec.schemas.topics import ConsumerGroup, Topic  # noqa: E402
+from streamrec.stores.features import user_key  # noqa: E402
 
 TARGETS = {"end_to_end_events_per_s": 30_000, "ratio_to_raw": 0.5, "freshness_p99_ms": 100}
 GROUP = ConsumerGroup.FEATURES.value

@@ -40,8 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.addresses import EmbeddedAddresses  # noqa: E402
-from core.lag import LagReader, consumer_lag  # noqa: E402
+from streamrec.core.addresses import EmbeddedAddresses  # noqa: E402
+from streamrec.core.lag import LagReader, consumer_lag  # noqa: E402
 
 STREAMREC = str(Path(sys.executable).with_name("streamrec"))
 REFRESH_SECONDS = 5.0

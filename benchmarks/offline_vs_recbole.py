@@ -65,15 +65,15 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.datasets import load_movielens  # noqa: E402
-from core.db import create_db_engine  # noqa: E402
-from core.ids import IdRegistry  # noqa: E402
-from stores.schema import create_schema  # noqa: E402
-from trainer.data import Interactions, build, sample_negatives  # noqa: E402
-from trainer.evaluate import evaluate, make_validator, protocol_split  # noqa: E402
-from trainer.loop import TrainConfig, fit  # noqa: E402
-from trainer.models import MODELS, build_model, train_config  # noqa: E402
-from trainer.models.base import Query, Recommender  # noqa: E402
+from streamrec.core.datasets import load_movielens  # noqa: E402
+from streamrec.core.db import create_db_engine  # noqa: E402
+from streamrec.core.ids import IdRegistry  # noqa: E402
+from streamrec.stores.schema import create_schema  # noqa: E402
+from streamrec.trainer.data import Interactions, build, sample_negatives  # noqa: E402
+from streamrec.trainer.evaluate import evaluate, make_validator, protocol_split  # noqa: E402
+from streamrec.trainer.loop import TrainConfig, fit  # noqa: E402
+from streamrec.trainer.models import MODELS, build_model, train_config  # noqa: E402
+from streamrec.trainer.models.base import Query, Recommender  # noqa: E402
 
 PEERS = ROOT / "benchmarks" / "peers"
 VENV = PEERS / "recbole-venv"

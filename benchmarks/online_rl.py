@@ -47,8 +47,8 @@ TARGETS = {
 
 
 def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, Any]:
-    from apps.simulate import SimulationConfig, plot_curves, run_simulation
-    from core.datasets import load_movielens
+    from streamrec.apps.simulate import SimulationConfig, plot_curves, run_simulation
+    from streamrec.core.datasets import load_movielens
 
     data = load_movielens(data_path)
     config = SimulationConfig(slates=slates, seed=seed)
@@ -76,10 +76,10 @@ def simulate(data_path: Path, slates: int, seed: int, out: Path) -> dict[str, An
 
 def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[str, float]:
     """Transitions/s through join + replay + training at the default replay ratio."""
-    from schemas.events import ClickEvent, ImpressionEvent, PolicyLog
-    from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-    from trainer.online import FeedbackJoiner
-    from trainer.rl import DQNLearner, ReplayBuffer, state_dim
+    from streamrec.schemas.events import ClickEvent, ImpressionEvent, PolicyLog
+    from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+    from streamrec.trainer.online import FeedbackJoiner
+    from streamrec.trainer.rl import DQNLearner, ReplayBuffer, state_dim
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -146,15 +146,15 @@ def learner_throughput(slates: int = 3000, k: int = 10, dim: int = 64) -> dict[s
 
 def rerank_latency(data_path: Path, calls: int = 2000) -> dict[str, float]:
     """p50/p99 ms of RLServer.rerank with 100 candidates, on a real registry and catalog."""
-    from core.datasets import load_movielens
-    from core.db import create_db_engine
-    from core.ids import IdRegistry
-    from stores.model_registry import ModelRegistry
-    from stores.schema import create_schema
-    from trainer.doc2vec import Doc2VecModel
-    from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-    from trainer.policy import ActiveModels, RLServer
-    from trainer.rl import Exploration, state_dim
+    from streamrec.core.datasets import load_movielens
+    from streamrec.core.db import create_db_engine
+    from streamrec.core.ids import IdRegistry
+    from streamrec.stores.model_registry import ModelRegistry
+    from streamrec.stores.schema import create_schema
+    from streamrec.trainer.doc2vec import Doc2VecModel
+    from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+    from streamrec.trainer.policy import ActiveModels, RLServer
+    from streamrec.trainer.rl import Exploration, state_dim
 
     torch.set_num_threads(1)
     data = load_movielens(data_path)

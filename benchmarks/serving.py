@@ -171,8 +171,8 @@ async def _raw_redis(url: str, model: str, users: list[str], seconds: float, cli
     stores/candidates.py do), without HTTP, FastAPI or building the response."""
     import redis.asyncio as aioredis
 
-    from stores.candidates import candidates_key, live_key
-    from stores.features import user_key, user_seen_key
+    from streamrec.stores.candidates import candidates_key, live_key
+    from streamrec.stores.features import user_key, user_seen_key
 
     client = aioredis.from_url(url, decode_responses=True, max_connections=clients)
     latencies: list[float] = []
@@ -210,8 +210,8 @@ async def _ingest(bootstrap: str, rate: float, users: list[str], items: list[str
     """Ratings and clicks at ``rate`` events/s until SIGTERM; prints how many it sent."""
     import signal
 
-    from producers.publisher import EventPublisher
-    from schemas.events import ClickEvent, Event, RatingEvent
+    from streamrec.producers.publisher import EventPublisher
+    from streamrec.schemas.events import ClickEvent, Event, RatingEvent
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -296,7 +296,7 @@ class Up:
         raise SystemExit(f"streamrec up was not ready in {timeout:.0f} s ({self.log_path})")
 
     def addresses(self) -> Any:
-        from core.addresses import EmbeddedAddresses
+        from streamrec.core.addresses import EmbeddedAddresses
 
         found = EmbeddedAddresses.read(self.var)
         if found is None:
@@ -315,7 +315,7 @@ class Up:
 
 
 async def publish_all(bootstrap: str, events: list[Any], chunk: int = 2000) -> None:
-    from producers.publisher import EventPublisher
+    from streamrec.producers.publisher import EventPublisher
 
     async with EventPublisher([bootstrap], client_id="bench-setup") as publisher:
         for start in range(0, len(events), chunk):
@@ -327,8 +327,8 @@ async def wait_consumed(up: Up, database_url: str, ratings: int, timeout: float 
     reading (a group it does not run lags by everything: no member commits its offsets)."""
     import httpx
 
-    from core.db import create_db_engine
-    from stores.catalog import Archive
+    from streamrec.core.db import create_db_engine
+    from streamrec.stores.catalog import Archive
 
     engine = create_db_engine(database_url)
     deadline = time.monotonic() + timeout
@@ -354,8 +354,8 @@ def train(settings: Any, name: str, epochs: int) -> int:
     """A version of ``name`` trained on the archive (not live yet); its number."""
     import torch
 
-    from stores.factory import open_sql_stores
-    from trainer.service import ARCHIVE, load_data, train_model
+    from streamrec.stores.factory import open_sql_stores
+    from streamrec.trainer.service import ARCHIVE, load_data, train_model
 
     torch.set_num_threads(2)  # setup, not measured: the whole machine
     with open_sql_stores(settings) as sql:
@@ -368,9 +368,9 @@ def train(settings: Any, name: str, epochs: int) -> int:
 def register_dqn(settings: Any) -> int:
     """A fresh Dueling DQN over the live Doc2Vec vectors, live (the re-ranker's cost does not
     depend on its weights)."""
-    from stores.factory import open_sql_stores
-    from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-    from trainer.rl import state_dim
+    from streamrec.stores.factory import open_sql_stores
+    from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+    from streamrec.trainer.rl import state_dim
 
     with open_sql_stores(settings) as sql:
         size = sql.models.load("doc2vec").config.vector_size
@@ -393,10 +393,10 @@ async def activate(up: Up, name: str, version: int) -> float:
 
 
 async def setup(up: Up, args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
-    from core.datasets import load_movielens
-    from core.settings import Settings
-    from producers.replay import replay_events
-    from schemas.events import RatingEvent
+    from streamrec.core.datasets import load_movielens
+    from streamrec.core.settings import Settings
+    from streamrec.producers.replay import replay_events
+    from streamrec.schemas.events import RatingEvent
 
     data = load_movielens(ML100K)
     events = list(replay_events(data))
@@ -463,8 +463,8 @@ async def freshness(up: Up, users: list[str], items: list[str], clicks: int) -> 
     time, so any worker) served from state computed after it."""
     import httpx
 
-    from producers.publisher import EventPublisher
-    from schemas.events import ClickEvent
+    from streamrec.producers.publisher import EventPublisher
+    from streamrec.schemas.events import ClickEvent
 
     rng = random.Random(7)
     out: list[float] = []

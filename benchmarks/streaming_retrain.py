@@ -28,7 +28,7 @@ and a temporary ``STREAMREC_VAR_DIR``:
    the first live version trained on it (the rows a version read are its ``data_window``
    offsets, mapped to the published events by reading the ratings topic back; the newest
    held-out ratings of each round are not trained on); recommendation p99 while a round runs
-   (from its training child's start to its promotion decision) against p99 while none does;
+   (from its logged start to its promotion decision) against p99 while none does;
    a warm-started round's wall time to a from-scratch training's validation score
    (``benchmarks/warm_start.py``'s comparison, run after the replay or reused with
    ``--warm-start-json``); the load average over the run.
@@ -118,15 +118,16 @@ def base_env(var: Path) -> dict[str, str]:
     return env
 
 
-class Up:
-    """``streamrec up --one-process`` as a subprocess on a free port, its log in a file.
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
-    One process, as when the figures in the README were measured: ``Watch`` finds the loop's
-    training child among this process's children. Since 2026-12-01 one training child serves
-    every round (consumers/retrain.py ``ProcessRounds``), so a child's life no longer marks a
-    round: before the next run, take the round spans from the loop's log line per round (its
-    end and ``train_candidate``'s seconds) instead of ``Watch.training()``.
-    """
+
+class Up:
+    """``streamrec up`` (the supervisor and its processes, as a user runs it) as a subprocess on
+    a free port, its log in a file. A round's span comes from the loop's log line per round."""
 
     def __init__(self, var: Path, env: dict[str, str], groups: str, log_path: Path) -> None:
         self.port = free_port()
@@ -134,7 +135,7 @@ class Up:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [STREAMREC, "up", "--one-process", "--port", str(self.port), "--groups", groups],
+            [STREAMREC, "up", "--port", str(self.port), "--groups", groups],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -156,10 +157,11 @@ class Up:
         raise SystemExit(f"streamrec up did not become ready in {timeout:.0f} s ({self.log_path})")
 
     def bootstrap(self) -> tuple[str, str]:
-        from core.addresses import EmbeddedAddresses
+        from streamrec.core.addresses import EmbeddedAddresses
 
         addresses = EmbeddedAddresses.read(self.var)
-        if addresses is None or addresses.pid != self.process.pid:
+        # written by up's services child (or by up itself with --one-process)
+        if addresses is None or self.process.pid not in (addresses.pid, parent_pid(addresses.pid)):
             raise SystemExit(f"no address file of this `up` in {self.var}")
         return addresses.kafka_bootstrap, addresses.kafka_log_id
 
@@ -215,7 +217,7 @@ class Http:
 
 # -- phase 1: the first versions ------------------------------------------------------------
 async def publish_all(bootstrap: str, events: list[Any], chunk: int = 1000) -> None:
-    from producers.publisher import EventPublisher
+    from streamrec.producers.publisher import EventPublisher
 
     async with EventPublisher([bootstrap]) as publisher:
         for start in range(0, len(events), chunk):
@@ -225,8 +227,8 @@ async def publish_all(bootstrap: str, events: list[Any], chunk: int = 1000) -> N
 async def wait_caught_up(up: Up, database_url: str, ratings: int, timeout: float) -> None:
     """Until the archive holds ``ratings`` ratings and the features, archive and vectors groups
     have no lag in a reading taken after that."""
-    from core.db import create_db_engine
-    from stores.catalog import Archive
+    from streamrec.core.db import create_db_engine
+    from streamrec.stores.catalog import Archive
 
     engine = create_db_engine(database_url)
     deadline = time.monotonic() + timeout
@@ -257,8 +259,8 @@ async def first_versions(
     var: Path, events: list[Any], n_items: int, n_first: int, models: Sequence[str], log_path: Path
 ) -> dict[str, Any]:
     """Phase 1 in ``var``: catalog and first ratings in, version 1 of each model live."""
-    from core.settings import Settings
-    from trainer.retrain import RetrainConfig, train_candidate
+    from streamrec.core.settings import Settings
+    from streamrec.trainer.retrain import RetrainConfig, train_candidate
 
     env = base_env(var)
     up = Up(var, env, "features,archive,vectors", log_path)
@@ -316,53 +318,14 @@ class Query:
 
 @dataclass
 class Watch:
-    """Training children of ``up`` (a round's candidate) and the load average, polled.
+    """The load average of the machine, polled while the replay runs."""
 
-    ``up`` spawns other children too (a vector index build): a training child is one that
-    lowers its priority (``STREAMREC_RETRAIN_NICE``, set once its imports are done)."""
-
-    parent: int
-    children: dict[int, list[float]] = field(default_factory=dict)  # pid -> [start, end]
-    niced: set[int] = field(default_factory=set)
     load: list[tuple[float, float]] = field(default_factory=list)
     stopped: threading.Event = field(default_factory=threading.Event)
 
-    def _spawned(self) -> set[int]:
-        """Children of ``parent`` started by multiprocessing's spawn; notes the niced ones."""
-        found = set()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid != self.parent:
-                    continue
-                if b"spawn_main" in Path(entry.path, "cmdline").read_bytes():
-                    found.add(int(entry.name))
-                    if int(stat.rsplit(")", 1)[1].split()[16]) > 0:  # field 19: nice
-                        self.niced.add(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-        return found
-
-    def training(self) -> list[list[float]]:
-        """[start, end] of each training child seen (end inf: still running at the end)."""
-        return sorted(span for pid, span in self.children.items() if pid in self.niced)
-
-    def run(self, every: float = 0.25) -> None:
-        last_load = 0.0
+    def run(self, every: float = 5.0) -> None:
         while not self.stopped.wait(every):
-            now = time.time()
-            alive = self._spawned()
-            for pid in alive:
-                self.children.setdefault(pid, [now, math.inf])
-            for pid, span in self.children.items():
-                if pid not in alive and span[1] == math.inf:
-                    span[1] = now
-            if now - last_load >= 5:
-                self.load.append((now, os.getloadavg()[0]))
-                last_load = now
+            self.load.append((time.time(), os.getloadavg()[0]))
 
 
 def sample_indices(replay: Sequence[Any], samples: int) -> list[int]:
@@ -423,7 +386,7 @@ async def replay_with_queries(
 ) -> tuple[list[float], list[Query], float]:
     """Publish ``replay`` at ``rate`` events/s; before each sampled rating, the queries.
     Returns each event's publish (acknowledged) time, the queries and the replay's seconds."""
-    from producers.publisher import EventPublisher
+    from streamrec.producers.publisher import EventPublisher
 
     published = [math.nan] * len(replay)
     queries: list[Query] = []
@@ -586,11 +549,24 @@ def logged_train_seconds(log_path: Path) -> dict[tuple[str, int], float]:
     return {(m, int(v)): float(sec) for m, v, sec in ROUND_LINE.findall(text)}
 
 
-def rounds_of(
-    versions_by_model: dict[str, list[dict[str, Any]]], watch: Watch, log_path: Path
-) -> list[dict]:
-    """Each loop round: the training child that registered the version, then its decision."""
-    spans = watch.training()
+ROUND_START = re.compile(r"^(\S+Z) INFO +\S+: retrain round for (\w+) started", re.M)
+
+
+def logged_round_starts(log_path: Path) -> dict[str, list[float]]:
+    """model -> the times its rounds started, from the loop's line per round in ``up``'s log
+    (one training child serves every round, so a child's life is no round's span)."""
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    starts: dict[str, list[float]] = {}
+    for stamp, model in ROUND_START.findall(text):
+        started = parse_time(stamp)
+        if started is not None:
+            starts.setdefault(model, []).append(started)
+    return starts
+
+
+def rounds_of(versions_by_model: dict[str, list[dict[str, Any]]], log_path: Path) -> list[dict]:
+    """Each loop round: its start (logged), the candidate's registration, then its decision."""
+    starts = logged_round_starts(log_path)
     logged = logged_train_seconds(log_path)
     out = []
     for model, versions in versions_by_model.items():
@@ -598,26 +574,33 @@ def rounds_of(
             if v["version"] == 1:
                 continue
             created = parse_time(v["created_at"]) or 0.0
-            child = next((s for s in spans if s[0] - 1 <= created <= s[1] + 1), None)
+            start = max((t for t in starts.get(model, []) if t <= created + 1), default=None)
             decided = parse_time((v.get("promotion") or {}).get("decided_at"))
             out.append(
                 {
                     "model": model,
                     "version": v["version"],
                     "status": v["status"],
-                    "start": child[0] if child else None,
-                    "child_end": child[1] if child else None,
+                    "start": start,
+                    "registered": created,
                     "decided": decided,
-                    "child_s": round(child[1] - child[0], 1) if child else None,
-                    "decide_publish_s": round(decided - child[1], 1)
-                    if child and decided and child[1] != math.inf
-                    else None,
+                    "to_register_s": round(created - start, 1) if start else None,
+                    "decide_publish_s": round(decided - created, 1) if decided else None,
                     "train_s": logged.get((model, v["version"])),
                     "candidate": (v.get("promotion") or {}).get("candidate_score"),
                     "live": (v.get("promotion") or {}).get("live_score"),
                 }
             )
     return sorted(out, key=lambda r: r["start"] or 0.0)
+
+
+def unfinished_rounds(rounds: list[dict], log_path: Path) -> list[tuple[float, float]]:
+    """Rounds logged as started that registered nothing (still running at the end, or failed):
+    from their start to the next round's start (or the end)."""
+    known = {r["start"] for r in rounds}
+    every = sorted(t for ts in logged_round_starts(log_path).values() for t in ts)
+    ends = [*every[1:], math.inf]
+    return [(t, end) for t, end in zip(every, ends, strict=True) if t not in known]
 
 
 def round_summary(rounds: list[dict]) -> dict[str, Any]:
@@ -627,8 +610,9 @@ def round_summary(rounds: list[dict]) -> dict[str, Any]:
         "rounds": len(rounds),
         "promoted": sum(r["status"] in ("live", "retired") for r in rounds),
         "rejected": sum(r["status"] == "rejected" for r in rounds),
-        # the training child: spawn and imports, then train_candidate (read, train, score)
-        "child_s_p50": pct([r["child_s"] for r in rounds if r["child_s"]], 50),
+        # from the round's start to its candidate's registration: train_candidate (read, train,
+        # register) and the hand-over to the training child
+        "to_register_s_p50": pct([r["to_register_s"] for r in rounds if r["to_register_s"]], 50),
         "train_candidate_s_p50": pct([r["train_s"] for r in rounds if r["train_s"]], 50),
         # back in up's process: publish item and user vectors, record the decision, retire
         "decide_publish_s_p50": pct(
@@ -638,10 +622,11 @@ def round_summary(rounds: list[dict]) -> dict[str, Any]:
     }
 
 
-def split_latency(queries: list[Query], rounds: list[dict], watch: Watch) -> dict[str, Any]:
-    spans = [(r["start"], r["decided"] or r["child_end"]) for r in rounds if r["start"] is not None]
-    # A child still alive without a registered version (the round in progress at the end).
-    spans += [(s, e) for s, e in watch.training() if not any(s == a for a, _ in spans)]
+def split_latency(
+    queries: list[Query], rounds: list[dict], unfinished: list[tuple[float, float]]
+) -> dict[str, Any]:
+    spans = [(r["start"], r["decided"] or r["registered"]) for r in rounds if r["start"]]
+    spans += unfinished  # the round in progress at the end, or one that failed
     during, without = [], []
     for q in queries:
         if q.status != 200:
@@ -733,8 +718,8 @@ def plot(path: Path, q: dict[str, Any], models: Sequence[str], rounds: list[dict
 
 # -- the run -----------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from core.datasets import load_movielens
-    from producers.replay import replay_events
+    from streamrec.core.datasets import load_movielens
+    from streamrec.producers.replay import replay_events
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -793,7 +778,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"min), {len(sampled):,} sampled positives, probe {args.probe_rate:g} req/s"
     )
     up = Up(var, env, "all", out / "up_replay.log")
-    watch = Watch(up.process.pid)
+    watch = Watch()
     watcher = threading.Thread(target=watch.run, daemon=True)
     try:
         await up.ready()
@@ -828,8 +813,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "positions": positions,
         "queries": [asdict(query) for query in queries],
         "models": listing,
-        "children": {str(pid): span for pid, span in watch.children.items()},
-        "niced": sorted(watch.niced),
         "load": watch.load,
         "log_id": log_id,
     }
@@ -838,8 +821,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # 3. figures
     versions = {m["name"]: m["versions"] for m in listing if m["name"] in models}
     q = quality(queries, len(replay))
-    rounds = rounds_of(versions, watch, out / "up_replay.log")
-    latency = split_latency(queries, rounds, watch)
+    rounds = rounds_of(versions, out / "up_replay.log")
+    latency = split_latency(queries, rounds, unfinished_rounds(rounds, out / "up_replay.log"))
     fresh = {
         m: freshness(versions.get(m, []), replay, published, positions, log_id) for m in models
     }
@@ -921,7 +904,7 @@ def print_tables(result: dict[str, Any], models: Sequence[str]) -> None:
     print("\nper model")
     print(
         f"{'model':<8} {'live/v1':>8} {'live/pop':>8} {'fresh p50 s':>11} {'rounds':>6} "
-        f"{'promoted':>8} {'child s':>8} {'train s':>8} {'publish s':>9} {'every s':>8} "
+        f"{'promoted':>8} {'to reg s':>8} {'train s':>8} {'publish s':>9} {'every s':>8} "
         f"{'warm/scratch':>12}"
     )
     for m in models:
@@ -931,7 +914,7 @@ def print_tables(result: dict[str, Any], models: Sequence[str]) -> None:
             f"{m:<8} {_fmt(f[f'{m}_ndcg_live_over_pinned']):>8} "
             f"{_fmt(f[f'{m}_ndcg_live_over_popular']):>8} "
             f"{_fmt(f['freshness'][m]['p50_s']):>11} {r['rounds']:>6} {r['promoted']:>8} "
-            f"{_fmt(r['child_s_p50']):>8} {_fmt(r['train_candidate_s_p50']):>8} "
+            f"{_fmt(r['to_register_s_p50']):>8} {_fmt(r['train_candidate_s_p50']):>8} "
             f"{_fmt(r['decide_publish_s_p50']):>9} {_fmt(r['between_round_starts_s_p50']):>8} "
             f"{_fmt(w):>12}"
         )
@@ -954,7 +937,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ML100K)
     parser.add_argument("--out", default=str(ROOT / "var" / "benchmarks" / "streaming_retrain"))
-    parser.add_argument("--models", default="mf,ncf,sasrec", help="served loop models")
+    parser.add_argument("--models", default="mf,bpr,ncf,sasrec", help="served loop models")
     parser.add_argument("--first", type=float, default=0.2, help="share training version 1")
     parser.add_argument(
         "--events-fraction", type=float, default=1.0, help="share of the other ratings replayed"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stores.vectors import VectorBatch, VectorStore, bulk_upsert, open_vector_store
+from streamrec.stores.vectors import VectorBatch, VectorStore, bulk_upsert, open_vector_store
 
 # Local mode warns that payload indexes are a no-op there; the figures are what matter here.
 warnings.filterwarnings("ignore", message="Payload indexes have no effect")

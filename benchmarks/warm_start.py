@@ -32,16 +32,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.datasets import InteractionData, load_movielens
-from core.db import create_db_engine
-from core.ids import IdRegistry
-from stores.schema import create_schema
-from trainer.data import Interactions, build
-from trainer.evaluate import evaluate, make_validator, protocol_split
-from trainer.loop import History, fit
-from trainer.models import build_model, train_config
-from trainer.models.base import Recommender
-from trainer.warm_start import warm_start_model
+from streamrec.core.datasets import InteractionData, load_movielens
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.trainer.data import Interactions, build
+from streamrec.trainer.evaluate import evaluate, make_validator, protocol_split
+from streamrec.trainer.loop import History, fit
+from streamrec.trainer.models import build_model, train_config
+from streamrec.trainer.models.base import Recommender
+from streamrec.trainer.warm_start import warm_start_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
 
-from consumers import archive, features
-from consumers.dlq import DeadLetterSink
-from core.errors import ServiceUnavailable
-from core.metrics import Metrics
-from schemas.topics import DEFAULT_GROUPS, ConsumerGroup
-from stores.factory import Stores
+from streamrec.consumers import archive, features
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.metrics import Metrics
+from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
+from streamrec.stores.factory import Stores
 
 if TYPE_CHECKING:
-    from consumers.vectors import VectorsUpdater
-    from trainer.online import OnlineLearner
+    from streamrec.consumers.vectors import VectorsUpdater
+    from streamrec.trainer.online import OnlineLearner
 
 # FastStream logs partition assignments at INFO; core.logs quiets this logger to WARNING.
 broker_log = logging.getLogger("streamrec.consumers.broker")
@@ -154,9 +154,9 @@ def _register_retrain(
 
 
 _TORCH_GROUP_MODULES = {
-    ConsumerGroup.VECTORS: "consumers.vectors",
-    ConsumerGroup.ONLINE_RL: "consumers.online_rl",
-    ConsumerGroup.RETRAIN: "consumers.retrain",
+    ConsumerGroup.VECTORS: "streamrec.consumers.vectors",
+    ConsumerGroup.ONLINE_RL: "streamrec.consumers.online_rl",
+    ConsumerGroup.RETRAIN: "streamrec.consumers.retrain",
 }
 
 
@@ -166,7 +166,9 @@ def _group_module(group: ConsumerGroup) -> ModuleType:
 
 
 def online_learner(stores: Stores) -> OnlineLearner:
-    online = import_module("trainer.online")  # PyTorch: imported only by a process that learns
+    online = import_module(
+        "streamrec.trainer.online"
+    )  # PyTorch: imported only by a process that learns
     learner: OnlineLearner = online.OnlineLearner.from_settings(
         stores.models, stores.ids, stores.settings
     )

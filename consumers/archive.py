@@ -6,15 +6,15 @@ import asyncio
 
 from faststream.kafka import KafkaBroker
 
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import subscribe_batches
-from core.ids import IdKind, IdRegistry
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import ImpressionEvent, ItemEvent, SourcedEvent
-from schemas.topics import ConsumerGroup
-from stores.catalog import Archive
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import subscribe_batches
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ImpressionEvent, ItemEvent, SourcedEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.catalog import Archive
 
 
 def archive_events(archive: Archive, ids: IdRegistry, events: list[SourcedEvent]) -> int:

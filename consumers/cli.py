@@ -19,17 +19,17 @@ from rich.live import Live
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from consumers.membership import GroupHold, GroupInUse, hold_groups, start_as_holder
-from core.addresses import kafka_bootstrap_for
-from core.errors import ServiceUnavailable, StreamrecError
-from core.logs import configure_logging
-from core.settings import Settings
-from schemas.api import LagReport, LagStatus
-from schemas.topics import ConsumerGroup
+from streamrec.consumers.membership import GroupHold, GroupInUse, hold_groups, start_as_holder
+from streamrec.core.addresses import kafka_bootstrap_for
+from streamrec.core.errors import ServiceUnavailable, StreamrecError
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import LagReport, LagStatus
+from streamrec.schemas.topics import ConsumerGroup
 
 if TYPE_CHECKING:
-    from consumers.dlq import ReplaySummary, Selection, StoredDeadLetter
-    from stores.dlq_replays import SourceRecord
+    from streamrec.consumers.dlq import ReplaySummary, Selection, StoredDeadLetter
+    from streamrec.stores.dlq_replays import SourceRecord
 
 console = Console()
 log = logging.getLogger("streamrec.consumers")
@@ -125,7 +125,7 @@ async def _show_lag(read: Callable[[], Awaitable[LagReport]], watch: bool, inter
 
 
 async def _lag_from_kafka(settings: Settings, watch: bool, interval: float) -> None:
-    from core.lag import LagReader  # aiokafka: only where lag is read (CLI start-up)
+    from streamrec.core.lag import LagReader  # aiokafka: only where lag is read (CLI start-up)
 
     reader = LagReader.for_settings(kafka_bootstrap_for(settings), settings)
     async with reader:
@@ -142,13 +142,17 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
         if settings.embedded_kafka:
             # Refused here, before joining, when another process holds one of the groups.
             hold = stack.enter_context(hold_groups(settings.var_dir, groups, "streamrec consume"))
-        from stores.factory import open_stores  # SQLAlchemy, Qdrant: only where it consumes
+        from streamrec.stores.factory import (
+            open_stores,
+        )  # SQLAlchemy, Qdrant: only where it consumes
 
         stores = await stack.enter_async_context(open_stores(settings, attach=True))
-        from consumers.app import build_consumer_broker  # FastStream: only where it consumes
-        from core.lag import LagReader
-        from core.metrics import Metrics, serving_metrics
-        from stores.ops_stats import publishing_ops_stats
+        from streamrec.consumers.app import (
+            build_consumer_broker,
+        )  # FastStream: only where it consumes
+        from streamrec.core.lag import LagReader
+        from streamrec.core.metrics import Metrics, serving_metrics
+        from streamrec.stores.ops_stats import publishing_ops_stats
 
         metrics = Metrics()
         # Its counters in Redis, summed by any API worker's /v1/ops/stats (stores/ops_stats.py).
@@ -284,7 +288,9 @@ def _selection(
         raise typer.BadParameter(
             f"{', '.join(unknown)}: the kinds are {', '.join(DLQ_KINDS)}", param_hint="--kind"
         )
-    from consumers.dlq import Selection  # aiokafka and the decoders: only where it is used
+    from streamrec.consumers.dlq import (
+        Selection,
+    )  # aiokafka and the decoders: only where it is used
 
     topics = {t if t.startswith("streamrec.") else f"streamrec.{t}" for t in topic or []}
     return Selection(
@@ -367,8 +373,8 @@ def register_dlq(app: typer.Typer) -> None:
     ) -> None:
         """List dead letters: where each came from, which group rejected it and why, its key
         and value (the original bytes), and whether it was replayed. Filters combine (AND)."""
-        from consumers.dlq import read_dead_letters  # heavy: only where it runs
-        from stores.factory import open_sql_stores
+        from streamrec.consumers.dlq import read_dead_letters  # heavy: only where it runs
+        from streamrec.stores.factory import open_sql_stores
 
         selection = _selection(at, topic, kind, group)
         settings = Settings()
@@ -421,8 +427,8 @@ def register_dlq(app: typer.Typer) -> None:
         sent, and a later replay skips it and says so. A record recorded but not acknowledged
         by Kafka (a crash, Kafka down) is not retried: it is reported as unconfirmed.
         """
-        from consumers.dlq import replay_dead_letters  # heavy: only where it runs
-        from stores.factory import open_sql_stores
+        from streamrec.consumers.dlq import replay_dead_letters  # heavy: only where it runs
+        from streamrec.stores.factory import open_sql_stores
 
         selection = _selection(at, topic, kind, group)
         if selection.empty and not replay_all:

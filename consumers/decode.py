@@ -12,15 +12,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.events import (
+from streamrec.schemas.events import (
     DeadLetter,
     Event,
     EventAdapter,
     SourcedEvent,
     describe_validation_error,
 )
-from schemas.topics import Topic
-from stores.features import STATE_CONFLICT
+from streamrec.schemas.topics import Topic
+from streamrec.stores.features import STATE_CONFLICT
 
 # Which event type each topic carries; anything else on a topic is misrouted.
 TOPIC_EVENT_TYPE = {

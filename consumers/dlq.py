@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.decode import dead_letter_kind
-from core.dead_letters import dead_letter_headers, letter_from_record
-from core.kafka_log import topic_partitions
-from core.metrics import Metrics
-from schemas.events import DeadLetter
-from schemas.topics import Topic
-from stores.dlq_replays import DlqReplayLog, SourceRecord
+from streamrec.consumers.decode import dead_letter_kind
+from streamrec.core.dead_letters import dead_letter_headers, letter_from_record
+from streamrec.core.kafka_log import topic_partitions
+from streamrec.core.metrics import Metrics
+from streamrec.schemas.events import DeadLetter
+from streamrec.schemas.topics import Topic
+from streamrec.stores.dlq_replays import DlqReplayLog, SourceRecord
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker

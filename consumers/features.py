@@ -7,16 +7,16 @@ from collections import Counter
 
 from faststream.kafka import KafkaBroker
 
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import count_skipped, subscribe_batches
-from core.kafka_log import topic_partitions
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.topics import GROUP_TOPICS, ConsumerGroup
-from stores.catalog import Archive
-from stores.features import ApplyResult, FeatureStore, RejectedEvents
-from stores.rebuild import state_behind_archive
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import count_skipped, subscribe_batches
+from streamrec.core.kafka_log import topic_partitions
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import GROUP_TOPICS, ConsumerGroup
+from streamrec.stores.catalog import Archive
+from streamrec.stores.features import ApplyResult, FeatureStore, RejectedEvents
+from streamrec.stores.rebuild import state_behind_archive
 
 GROUP = ConsumerGroup.FEATURES.value
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from core.errors import StreamrecError
-from schemas.topics import ConsumerGroup
+from streamrec.core.errors import StreamrecError
+from streamrec.schemas.topics import ConsumerGroup
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker
@@ -233,7 +233,7 @@ async def start_as_holder(
         return []
     # Deferred: consumers.app costs ~1 s of imports (FastStream, the stores), and this module is
     # imported by every streamrec command; wherever a broker starts, it is loaded already.
-    from consumers.app import ConsumerBroker
+    from streamrec.consumers.app import ConsumerBroker
 
     left: list[DeadMember] = []
 

@@ -16,13 +16,13 @@ from collections import Counter
 
 from faststream.kafka import KafkaBroker
 
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import count_skipped, subscribe_batches
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.topics import ConsumerGroup
-from trainer.online import OnlineLearner
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import count_skipped, subscribe_batches
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.trainer.online import OnlineLearner
 
 GROUP = ConsumerGroup.ONLINE_RL.value
 

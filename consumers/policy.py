@@ -35,10 +35,10 @@ from faststream import AckPolicy
 from faststream.kafka import Topic as KafkaTopic
 from faststream.kafka.message import KafkaMessage
 
-from core.errors import ServiceUnavailable
-from core.settings import Settings
-from core.unavailable import SERVICE_ERRORS
-from schemas.topics import GROUP_TOPICS, ConsumerGroup
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.settings import Settings
+from streamrec.core.unavailable import SERVICE_ERRORS
+from streamrec.schemas.topics import GROUP_TOPICS, ConsumerGroup
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

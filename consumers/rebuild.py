@@ -10,14 +10,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.addresses import EmbeddedAddresses
-from core.errors import StateConflict, StreamrecError
-from core.logs import configure_logging
-from core.settings import Settings
-from schemas.topics import ConsumerGroup
+from streamrec.core.addresses import EmbeddedAddresses
+from streamrec.core.errors import StateConflict, StreamrecError
+from streamrec.core.logs import configure_logging
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import ConsumerGroup
 
 if TYPE_CHECKING:
-    from stores.rebuild import RebuildReport
+    from streamrec.stores.rebuild import RebuildReport
 
 console = Console()
 GROUP = ConsumerGroup.FEATURES.value
@@ -35,7 +35,7 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
                 "consumes into this feature state: stop it, then run `streamrec rebuild`"
             )
     if not settings.embedded_kafka and bootstrap is not None:
-        from core.kafka_log import group_members  # aiokafka: only when Kafka is asked
+        from streamrec.core.kafka_log import group_members  # aiokafka: only when Kafka is asked
 
         members = await group_members(bootstrap, GROUP)
         if members:
@@ -48,8 +48,8 @@ async def refuse_if_consumed(settings: Settings, bootstrap: list[str] | None = N
 async def _rebuild(settings: Settings, wipe: bool, chunk: int) -> RebuildReport:
     await refuse_if_consumed(settings)
     # SQLAlchemy, Redis, Qdrant: only where it runs, not when the CLI starts.
-    from stores.factory import open_stores
-    from stores.rebuild import rebuild_features
+    from streamrec.stores.factory import open_stores
+    from streamrec.stores.rebuild import rebuild_features
 
     async with open_stores(settings) as stores:
         services = stores.services

@@ -22,16 +22,16 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import subscribe_batches
-from core.errors import StreamrecError
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import RatingEvent, SourcedEvent
-from schemas.topics import ConsumerGroup
-from stores.factory import Stores
-from trainer.retrain import (
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import subscribe_batches
+from streamrec.core.errors import StreamrecError
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import RatingEvent, SourcedEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.factory import Stores
+from streamrec.trainer.retrain import (
     Candidate,
     RetrainConfig,
     RetrainTrigger,
@@ -92,6 +92,7 @@ class RetrainLoop:
 
     async def _run(self, models: list[str]) -> None:
         for model in models:
+            log.info("retrain round for %s started", model)  # its span, with the summary's end
             try:
                 report = await self._run_round(model)
             except ROUND_ERRORS as exc:

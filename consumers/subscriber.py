@@ -25,13 +25,13 @@ from typing import TypeVar
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers.decode import DecodedBatch, decode_batch
-from consumers.dlq import DeadLetterSink
-from consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import SourcedEvent
-from schemas.topics import ConsumerGroup
+from streamrec.consumers.decode import DecodedBatch, decode_batch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.policy import batch_subscriber_options, event_topics, settle, with_backoff
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import SourcedEvent
+from streamrec.schemas.topics import ConsumerGroup
 
 R = TypeVar("R")
 Apply = Callable[[DecodedBatch], Awaitable[R]]

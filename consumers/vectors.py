@@ -57,25 +57,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import subscribe_batches
-from core.datasets import Item
-from core.errors import NotFound, StreamrecError
-from core.ids import IdKind, IdRegistry
-from core.metrics import Metrics
-from core.settings import Settings
-from core.unavailable import SERVICE_ERRORS
-from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
-from schemas.models import MODELS, VECTOR_MODELS, ModelName
-from schemas.topics import ConsumerGroup
-from stores.candidates import CandidateStore, Ranked
-from stores.features import FeatureStore
-from stores.model_registry import ModelRegistry
-from stores.vectors import Record, VectorStore, item_version_name, items_alias, parse_version
-from trainer.candidates import CandidateIndex
-from trainer.doc2vec import item_text, tokenize
-from trainer.user_vectors import (
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import subscribe_batches
+from streamrec.core.datasets import Item
+from streamrec.core.errors import NotFound, StreamrecError
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.core.unavailable import SERVICE_ERRORS
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from streamrec.schemas.models import MODELS, VECTOR_MODELS, ModelName
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.candidates import CandidateStore, Ranked
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.vectors import (
+    Record,
+    VectorStore,
+    item_version_name,
+    items_alias,
+    parse_version,
+)
+from streamrec.trainer.candidates import CandidateIndex
+from streamrec.trainer.doc2vec import item_text, tokenize
+from streamrec.trainer.user_vectors import (
     DEFAULT_HISTORY,
     LoadedModel,
     load_model,
@@ -85,7 +91,7 @@ from trainer.user_vectors import (
 )
 
 if TYPE_CHECKING:
-    from consumers.app import ConsumerBroker
+    from streamrec.consumers.app import ConsumerBroker
 
 log = logging.getLogger(__name__)
 BACKFILL_USERS = 2000  # recently active users recomputed when a new version goes live

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.errors import ConfigurationError, ServiceUnavailable
-from core.settings import Settings
+from streamrec.core.errors import ConfigurationError, ServiceUnavailable
+from streamrec.core.settings import Settings
 
 ADDRESS_FILE = "embedded.json"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InvalidInput
+from streamrec.core.errors import InvalidInput
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 # ml-100k's u.item genre flag columns, in file order.

@@ -114,7 +114,7 @@ def create_db_engine(
     if make_url(url).get_driver_name() == "psycopg":
         # Deferred: psycopg costs 0.15-0.25 s of start-up, which a process on SQLite (the
         # embedded default: `up`, a restarted consumer) need not pay.
-        from core.pg_timeout import install
+        from streamrec.core.pg_timeout import install
 
         install(engine)
     return engine

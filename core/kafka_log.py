@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from core.errors import ServiceUnavailable
+from streamrec.core.errors import ServiceUnavailable
 
 
 async def _admin(bootstrap: list[str], timeout_ms: int) -> AIOKafkaAdminClient:

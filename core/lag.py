@@ -48,10 +48,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
-from core.errors import ServiceUnavailable
-from core.settings import Settings
-from schemas.api import GroupLag, LagReport, LagStatus, PartitionLag
-from schemas.topics import GROUP_TOPICS, ConsumerGroup, Topic
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import GroupLag, LagReport, LagStatus, PartitionLag
+from streamrec.schemas.topics import GROUP_TOPICS, ConsumerGroup, Topic
 
 __all__ = [
     "ALL_GROUPS",

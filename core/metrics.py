@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from schemas.api import LagReport, LagStatus
+from streamrec.schemas.api import LagReport, LagStatus
 
 log = logging.getLogger(__name__)
 

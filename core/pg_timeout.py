@@ -25,7 +25,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from core.db import current_sql_timeout
+from streamrec.core.db import current_sql_timeout
 
 # psycopg's own interval between checks of a waiting socket (connection._WAIT_INTERVAL).
 _WAIT_INTERVAL = 0.1

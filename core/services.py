@@ -20,16 +20,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy import Engine
 
-from core.addresses import EmbeddedAddresses, attached_addresses, bootstrap_list
-from core.db import create_db_engine
-from core.embedded import EmbeddedKafka, EmbeddedRedis
-from core.errors import ServiceUnavailable
-from core.ids import IdRegistry
-from core.kafka_log import read_log_id
-from core.settings import Settings
-from core.unavailable import REDIS_ERRORS
-from schemas.events import configure_event_time_bounds
-from schemas.topics import Topic
+from streamrec.core.addresses import EmbeddedAddresses, attached_addresses, bootstrap_list
+from streamrec.core.db import create_db_engine
+from streamrec.core.embedded import EmbeddedKafka, EmbeddedRedis
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.ids import IdRegistry
+from streamrec.core.kafka_log import read_log_id
+from streamrec.core.settings import Settings
+from streamrec.core.unavailable import REDIS_ERRORS
+from streamrec.schemas.events import configure_event_time_bounds
+from streamrec.schemas.topics import Topic
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import ConfigurationError
+from streamrec.core.errors import ConfigurationError
 
 EMBEDDED = "embedded"
 
@@ -133,16 +133,21 @@ class Settings(BaseSettings):
     # -- the learning loop (consumers/retrain.py, trainer/retrain.py) --
     # Models the loop retrains, comma-separated (registry names: mf, bpr, ncf, wide_deep,
     # sasrec); empty: the loop counts but never trains.
-    retrain_models: str = "mf,ncf,sasrec"
+    retrain_models: str = "mf,bpr,ncf,sasrec"
     # A round starts when this many new interactions arrived since the last one ...
-    retrain_every_events: Annotated[int, Field(ge=1, le=100_000_000)] = 2000
+    retrain_every_events: Annotated[int, Field(ge=1, le=100_000_000)] = 1000
+    # ... or, for the models named here ("model=count,..."), that many: a round of SASRec costs
+    # ~10x one of MF, so it retrains less often and the cheap models keep their turn.
+    retrain_every_events_by_model: str = "sasrec=6000"
     # ... or this long passed with at least retrain_min_events new ones.
     retrain_every_seconds: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
     retrain_min_events: Annotated[int, Field(ge=1, le=100_000_000)] = 100
     # Epochs of a warm-started round (a first version trains from scratch with the model's own).
     retrain_epochs: Annotated[int, Field(ge=1, le=1000)] = 3
-    # The newest interactions held out to score candidate and live version (never trained on).
-    retrain_holdout_events: Annotated[int, Field(ge=10, le=10_000_000)] = 1000
+    # The newest interactions held out to score candidate and live version (never trained on;
+    # the next round trains on them). Below every_events, so that most of a round's new
+    # interactions are trained on by that round, not the one after.
+    retrain_holdout_events: Annotated[int, Field(ge=10, le=10_000_000)] = 300
     # CPU budget of a round: torch threads and the niceness of the training process.
     retrain_threads: Annotated[int, Field(ge=1, le=256)] = 1
     retrain_nice: Annotated[int, Field(ge=0, le=19)] = 10

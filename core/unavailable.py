@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from core.errors import ServiceUnavailable
+from streamrec.core.errors import ServiceUnavailable
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 # OperationalError is what psycopg and sqlite3 raise when the server cannot be reached or

@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.addresses import kafka_bootstrap_for
-from core.errors import StreamrecError
-from core.settings import Settings
+from streamrec.core.addresses import kafka_bootstrap_for
+from streamrec.core.errors import StreamrecError
+from streamrec.core.settings import Settings
 
 if TYPE_CHECKING:
-    from core.datasets import InteractionData
-    from producers.replay import ReplaySummary
+    from streamrec.core.datasets import InteractionData
+    from streamrec.producers.replay import ReplaySummary
 
 console = Console()
 
@@ -26,7 +26,7 @@ def load_source(
 ) -> InteractionData:
     """A MovieLens folder, or ``synthetic`` generated with the given sizes."""
     # numpy and the publisher load when a command replays, not when the CLI starts.
-    from core.datasets import load_movielens, synthetic
+    from streamrec.core.datasets import load_movielens, synthetic
 
     if source == "synthetic":
         return synthetic(n_users=users, n_items=items, n_events=events, seed=seed)
@@ -41,8 +41,10 @@ async def replay_with_progress(
     limit: int | None,
     out: Console = console,
 ) -> ReplaySummary:
-    from producers.publisher import EventPublisher  # aiokafka: only when a command replays
-    from producers.replay import replay, total_events
+    from streamrec.producers.publisher import (
+        EventPublisher,
+    )  # aiokafka: only when a command replays
+    from streamrec.producers.replay import replay, total_events
 
     columns = (
         TextColumn("[bold]replay[/] {task.description}"),

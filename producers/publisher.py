@@ -38,9 +38,9 @@ from typing import Any, Self, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from core.errors import PublishError, ServiceUnavailable
-from core.metrics import Metrics
-from schemas.events import Event
+from streamrec.core.errors import PublishError, ServiceUnavailable
+from streamrec.core.metrics import Metrics
+from streamrec.schemas.events import Event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

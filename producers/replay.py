@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from core.datasets import InteractionData
-from producers.publisher import EventPublisher
-from schemas.events import Event, ItemEvent, RatingEvent
+from streamrec.core.datasets import InteractionData
+from streamrec.producers.publisher import EventPublisher
+from streamrec.schemas.events import Event, ItemEvent, RatingEvent
 
 _NAMESPACE = uuid.UUID("6f1d7f5e-4c1a-4b9b-9a35-2f0f6c3c2a11")
 

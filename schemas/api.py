@@ -19,8 +19,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from schemas.events import ExplorationMethod
-from schemas.models import (
+from streamrec.schemas.events import ExplorationMethod
+from streamrec.schemas.models import (
     MODELS,
     RECOMMENDERS,
     TRAINABLE,
@@ -29,7 +29,7 @@ from schemas.models import (
     choices,
     resolve,
 )
-from schemas.numbers import NotBool
+from streamrec.schemas.numbers import NotBool
 
 
 class EventsAccepted(BaseModel):

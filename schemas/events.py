@@ -29,8 +29,8 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from schemas.numbers import NotBool
-from schemas.topics import Topic
+from streamrec.schemas.numbers import NotBool
+from streamrec.schemas.topics import Topic
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128

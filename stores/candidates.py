@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 
-from core.errors import ConfigurationError
-from core.settings import Settings
-from stores.features import PREFIX, stats_of, user_key, user_seen_key
+from streamrec.core.errors import ConfigurationError
+from streamrec.core.settings import Settings
+from streamrec.stores.features import PREFIX, stats_of, user_key, user_seen_key
 
 WRITE_CHUNK = 500  # hash fields per HSET: bounded request size whatever the user count
 # Writes are bulk (a publish writes every user's entry): more than the request path's bound.

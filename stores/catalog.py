@@ -36,8 +36,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
-from core.db import Base
-from schemas.events import (
+from streamrec.core.db import Base
+from streamrec.schemas.events import (
     ClickEvent,
     Event,
     ImpressionEvent,

@@ -20,7 +20,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, Engine, Integer, String, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base
+from streamrec.core.db import Base
 
 
 class DlqReplayRow(Base):

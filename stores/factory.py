@@ -21,19 +21,19 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from core.db import create_db_engine
-from core.ids import IdRegistry
-from core.services import Services, open_services
-from core.settings import Settings
-from stores.candidates import CandidateStore
-from stores.candidates import sync_client as candidates_sync_client
-from stores.catalog import Archive
-from stores.dlq_replays import DlqReplayLog
-from stores.features import FeatureStore
-from stores.model_registry import ModelRegistry
-from stores.schema import create_schema
-from stores.training_jobs import TrainingJobStore
-from stores.vectors import VectorStore, open_vector_store
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdRegistry
+from streamrec.core.services import Services, open_services
+from streamrec.core.settings import Settings
+from streamrec.stores.candidates import CandidateStore
+from streamrec.stores.candidates import sync_client as candidates_sync_client
+from streamrec.stores.catalog import Archive
+from streamrec.stores.dlq_replays import DlqReplayLog
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.stores.training_jobs import TrainingJobStore
+from streamrec.stores.vectors import VectorStore, open_vector_store
 
 OFFLINE_DB = "streamrec.db"  # an offline run's own SQLite database
 

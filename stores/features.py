@@ -66,9 +66,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from core.errors import StateConflict
-from core.settings import Settings
-from schemas.events import (
+from streamrec.core.errors import StateConflict
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import (
     ClickEvent,
     Event,
     ImpressionEvent,

@@ -53,12 +53,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base
-from core.errors import InvalidInput, NotFound, StateConflict
-from schemas.api import PromotionDecision, VersionStatus
+from streamrec.core.db import Base
+from streamrec.core.errors import InvalidInput, NotFound, StateConflict
+from streamrec.schemas.api import PromotionDecision, VersionStatus
 
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
-ALLOWED_PREFIX = "trainer."
+ALLOWED_PREFIX = "streamrec.trainer."
+# Versions registered before the packages moved under ``streamrec.`` name ``trainer.models…``;
+# their files are unchanged, so the old path loads the same class.
+LEGACY_PREFIX = "trainer."
 METRICS_FILE = "metrics.json"
 META_FILE = "meta.json"
 # Versions retention may delete: settled, not serving, not awaiting a decision.
@@ -544,6 +547,8 @@ def _check_class_path(class_path: str) -> None:
 
 
 def _import_class(class_path: str) -> Any:
+    if class_path.startswith(LEGACY_PREFIX):
+        class_path = f"streamrec.{class_path}"
     _check_class_path(class_path)
     module, _, qualname = class_path.partition(":")
     cls = getattr(importlib.import_module(module), qualname, None)

@@ -42,9 +42,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
-from core.metrics import Metrics
-from core.unavailable import REDIS_ERRORS
-from stores.features import PREFIX
+from streamrec.core.metrics import Metrics
+from streamrec.core.unavailable import REDIS_ERRORS
+from streamrec.stores.features import PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from schemas.events import Event, SourcedEvent
-from stores.catalog import Archive
-from stores.features import LANDMARK, VARIANTS, FeatureStore, item_key
+from streamrec.schemas.events import Event, SourcedEvent
+from streamrec.stores.catalog import Archive
+from streamrec.stores.features import LANDMARK, VARIANTS, FeatureStore, item_key
 
 # The group name the replay applies under: its offsets and de-duplication set are the
 # rebuild's own (the archive holds each event once), never the features group's.

@@ -13,20 +13,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, inspect, text
 
-import core.ids
-import stores.catalog
-import stores.dlq_replays
-import stores.model_registry
-import stores.training_jobs
-from core.db import Base
+from streamrec.core import ids
+from streamrec.core.db import Base
+from streamrec.stores import catalog, dlq_replays, model_registry, training_jobs
 
-_TABLE_MODULES = (
-    core.ids,
-    stores.catalog,
-    stores.dlq_replays,
-    stores.model_registry,
-    stores.training_jobs,
-)
+_TABLE_MODULES = (ids, catalog, dlq_replays, model_registry, training_jobs)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"

@@ -47,9 +47,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base
-from schemas.api import JobStage, JobStatus, TrainingJobRequest
-from stores.model_registry import ModelVersion
+from streamrec.core.db import Base
+from streamrec.schemas.api import JobStage, JobStatus, TrainingJobRequest
+from streamrec.stores.model_registry import ModelVersion
 
 # Database-wide key (others: stores.schema 7_410_100, core.ids 7_410_001/2) serialising submits.
 SUBMIT_LOCK_KEY = 7_410_200

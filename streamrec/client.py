@@ -28,10 +28,16 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from schemas.api import EventsAccepted, Recommendations, RerankPolicy, SimilarItems, UserHistory
-from schemas.events import Event, EventListAdapter
-from schemas.models import ModelName
 from streamrec.errors import APIConnectionError, error_for_response
+from streamrec.schemas.api import (
+    EventsAccepted,
+    Recommendations,
+    RerankPolicy,
+    SimilarItems,
+    UserHistory,
+)
+from streamrec.schemas.events import Event, EventListAdapter
+from streamrec.schemas.models import ModelName
 
 __all__ = ["DEFAULT_BATCH_SIZE", "AsyncStreamrecClient", "RetryPolicy", "StreamrecClient"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import PublishError, ServiceUnavailable, StreamrecError
+from streamrec.core.errors import PublishError, ServiceUnavailable, StreamrecError
 
 __all__ = [
     "APIConnectionError",

@@ -20,17 +20,17 @@ import redis
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
-from consumers.app import build_consumer_broker
-from core.db import create_db_engine
-from core.lag import consumer_lag
-from core.metrics import Metrics
-from core.services import Services
-from core.settings import Settings
-from producers.publisher import EventPublisher
-from schemas.events import Event
-from schemas.topics import ConsumerGroup
-from stores.factory import Stores, open_stores
-from stores.schema import create_schema, drop_schema
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.core.db import create_db_engine
+from streamrec.core.lag import consumer_lag
+from streamrec.core.metrics import Metrics
+from streamrec.core.services import Services
+from streamrec.core.settings import Settings
+from streamrec.producers.publisher import EventPublisher
+from streamrec.schemas.events import Event
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.factory import Stores, open_stores
+from streamrec.stores.schema import create_schema, drop_schema
 
 INGEST_KEY = "test-ingest-key"
 ADMIN_KEY = "test-admin-key"
@@ -194,7 +194,7 @@ async def app_client(settings: Settings) -> AsyncIterator:
     through its real lifespan; yields (app, httpx client)."""
     import httpx
 
-    from apps.up import embedded_app
+    from streamrec.apps.up import embedded_app
 
     app = embedded_app(settings)
     async with app.router.lifespan_context(app):
@@ -208,7 +208,7 @@ async def api_client(settings: Settings) -> AsyncIterator:
     """The API alone (no consumers): for request/response and error tests."""
     import httpx
 
-    from api.app import create_app
+    from streamrec.api.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):

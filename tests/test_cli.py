@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core.cli import _register_plugins, app
+from streamrec.core.cli import _register_plugins, app
 
 runner = CliRunner()
 

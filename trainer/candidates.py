@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from stores.candidates import Ranked
+from streamrec.stores.candidates import Ranked
 
 QUERY_BLOCK = 256  # query rows per matrix product: bounds memory to 256 x catalog floats
 

@@ -23,14 +23,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.errors import InvalidInput, StreamrecError
-from core.settings import Settings
-from schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
+from streamrec.core.errors import InvalidInput, StreamrecError
+from streamrec.core.settings import Settings
+from streamrec.schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
 
 if TYPE_CHECKING:
-    from stores.candidates import CandidateStore
-    from stores.factory import SqlStores
-    from stores.model_registry import ModelVersion
+    from streamrec.stores.candidates import CandidateStore
+    from streamrec.stores.factory import SqlStores
+    from streamrec.stores.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -66,7 +66,7 @@ PROTOCOL_OPT = typer.Option(
 @contextmanager
 def _live_stores(var_dir: Path | None) -> Iterator[SqlStores]:
     """The live SQL stores (``stores.factory``), from the settings and ``--var-dir``."""
-    from stores.factory import open_sql_stores  # SQLAlchemy: only when a command runs
+    from streamrec.stores.factory import open_sql_stores  # SQLAlchemy: only when a command runs
 
     settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
     with open_sql_stores(settings) as stores:
@@ -115,7 +115,7 @@ def train(
     """
     name = _trainable(model)
     try:
-        from trainer import service  # PyTorch: only when it trains
+        from streamrec.trainer import service  # PyTorch: only when it trains
 
         settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
         with ExitStack() as stack:
@@ -205,7 +205,7 @@ def evaluate_cmd(
     """
     name = _trainable(model)
     try:
-        from trainer.service import evaluate_version  # PyTorch: only when it evaluates
+        from streamrec.trainer.service import evaluate_version  # PyTorch: only when it evaluates
 
         with _live_stores(var_dir) as live:
             metrics, found = evaluate_version(
@@ -279,7 +279,7 @@ def _candidate_writer(settings: Settings) -> Iterator[tuple[CandidateStore | Non
     at the version."""
     import redis
 
-    from stores.candidates import CandidateStore, sync_client
+    from streamrec.stores.candidates import CandidateStore, sync_client
 
     if settings.embedded_redis:
         yield None, "STREAMREC_REDIS_URL is 'embedded'"
@@ -307,8 +307,8 @@ def publish_cmd(
     otherwise the vectors group writes those before it points requests at the version."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from stores.factory import open_sql_stores, open_vectors
-    from trainer.publish import publish_version, vector_model
+    from streamrec.stores.factory import open_sql_stores, open_vectors
+    from streamrec.trainer.publish import publish_version, vector_model
 
     try:
         kind = vector_model(model)

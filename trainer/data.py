@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
-from core.datasets import InteractionData, Item, Rating, User
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from stores.catalog import (
+from streamrec.core.datasets import InteractionData, Item, Rating, User
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.stores.catalog import (
     InteractionRow,
     ItemRow,
     LogPosition,

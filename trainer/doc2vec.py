@@ -18,9 +18,9 @@ from typing import Any, Self
 import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 
-from core.datasets import Item
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
+from streamrec.core.datasets import Item
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"

@@ -21,10 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.errors import InvalidInput
-from trainer.data import EvalSet, Interactions, Split, eval_set, leave_one_out, pad_sequences
-from trainer.data import random_split as _random_split
-from trainer.models.base import Query, Recommender
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import (
+    EvalSet,
+    Interactions,
+    Split,
+    eval_set,
+    leave_one_out,
+    pad_sequences,
+)
+from streamrec.trainer.data import random_split as _random_split
+from streamrec.trainer.models.base import Query, Recommender
 
 PROTOCOLS = ("loo-full", "loo-sampled", "random-split")
 RANKING_METRICS = ("hr", "recall", "ndcg", "mrr")

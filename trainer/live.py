@@ -37,24 +37,35 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, select
 
-from core.datasets import Item
-from core.errors import InvalidInput, NotFound
-from core.ids import IdKind, IdRegistry
-from schemas.models import ModelKind
-from stores.candidates import CandidateStore, Ranked
-from stores.catalog import ItemRow
-from stores.model_registry import ModelRegistry, ModelVersion
-from stores.vectors import VectorBatch, VectorStore, bulk_upsert, item_version_name, items_alias
-from trainer.candidates import CandidateIndex
-from trainer.doc2vec import Doc2VecModel, item_text, tokenize
-from trainer.publish import (
+from streamrec.core.datasets import Item
+from streamrec.core.errors import InvalidInput, NotFound
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.models import ModelKind
+from streamrec.stores.candidates import CandidateStore, Ranked
+from streamrec.stores.catalog import ItemRow
+from streamrec.stores.model_registry import ModelRegistry, ModelVersion
+from streamrec.stores.vectors import (
+    VectorBatch,
+    VectorStore,
+    bulk_upsert,
+    item_version_name,
+    items_alias,
+)
+from streamrec.trainer.candidates import CandidateIndex
+from streamrec.trainer.doc2vec import Doc2VecModel, item_text, tokenize
+from streamrec.trainer.publish import (
     PayloadSource,
     Published,
     PublishProgress,
     sql_payloads,
     vector_model,
 )
-from trainer.user_vectors import DEFAULT_HISTORY, LoadedModel, all_user_vectors, load_model
+from streamrec.trainer.user_vectors import (
+    DEFAULT_HISTORY,
+    LoadedModel,
+    all_user_vectors,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 

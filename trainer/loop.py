@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from core.errors import InvalidInput
-from trainer.data import Interactions, count_batches, iter_batches
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Interactions, count_batches, iter_batches
 
 if TYPE_CHECKING:  # trainer.models imports this module for TrainConfig
-    from trainer.models.base import Recommender
+    from streamrec.trainer.models.base import Recommender
 
 log = logging.getLogger(__name__)
 

@@ -43,15 +43,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core.errors import NotFound
-from core.ids import IdKind, IdRegistry
-from core.settings import Settings
-from schemas.events import ClickEvent, Event, ImpressionEvent, RatingEvent
-from schemas.topics import ConsumerGroup
-from stores.model_registry import ModelRegistry
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.policy import DOC2VEC, DQN, ActiveModels, Loaded
-from trainer.rl import DQNLearner, ReplayBuffer, Transition, reward_from_rating, state_dim
+from streamrec.core.errors import NotFound
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ClickEvent, Event, ImpressionEvent, RatingEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.policy import DOC2VEC, DQN, ActiveModels, Loaded
+from streamrec.trainer.rl import DQNLearner, ReplayBuffer, Transition, reward_from_rating, state_dim
 
 # Recorded in each snapshot's data window: the learner prunes only the versions it published.
 SOURCE = ConsumerGroup.ONLINE_RL.value

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigurationError, InvalidInput, NotFound
-from core.ids import IdRegistry
-from schemas.events import PolicyLog
-from stores.model_registry import ModelRegistry
-from trainer.doc2vec import Doc2VecModel
-from trainer.models.dueling_dqn import DuelingDQN
-from trainer.rl import (
+from streamrec.core.errors import ConfigurationError, InvalidInput, NotFound
+from streamrec.core.ids import IdRegistry
+from streamrec.schemas.events import PolicyLog
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.doc2vec import Doc2VecModel
+from streamrec.trainer.models.dueling_dqn import DuelingDQN
+from streamrec.trainer.rl import (
     Exploration,
     content_vectors,
     state_dim,

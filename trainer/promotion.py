@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.errors import InvalidInput
-from schemas.api import PromotionDecision
-from stores.model_registry import ModelRegistry, ModelVersion, Promotion
-from trainer.data import Interactions, Split, eval_set
-from trainer.evaluate import evaluate_click, evaluate_full, is_click_model
-from trainer.models.base import Recommender
+from streamrec.core.errors import InvalidInput
+from streamrec.schemas.api import PromotionDecision
+from streamrec.stores.model_registry import ModelRegistry, ModelVersion, Promotion
+from streamrec.trainer.data import Interactions, Split, eval_set
+from streamrec.trainer.evaluate import evaluate_click, evaluate_full, is_click_model
+from streamrec.trainer.models.base import Recommender
 
 K = 10
 NDCG = f"ndcg@{K}"

@@ -25,16 +25,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Engine, func, select
 
-from core.errors import InvalidInput
-from schemas.models import MODELS, VECTOR_MODELS, ModelKind, resolve
-from stores.catalog import InteractionRow, ItemRow
-from stores.vectors import item_version_name, items_alias, parse_version, user_version_name
+from streamrec.core.errors import InvalidInput
+from streamrec.schemas.models import MODELS, VECTOR_MODELS, ModelKind, resolve
+from streamrec.stores.catalog import InteractionRow, ItemRow
+from streamrec.stores.vectors import (
+    item_version_name,
+    items_alias,
+    parse_version,
+    user_version_name,
+)
 
 if TYPE_CHECKING:
-    from core.ids import IdRegistry
-    from stores.candidates import CandidateStore
-    from stores.model_registry import ModelRegistry
-    from stores.vectors import VectorStore
+    from streamrec.core.ids import IdRegistry
+    from streamrec.stores.candidates import CandidateStore
+    from streamrec.stores.model_registry import ModelRegistry
+    from streamrec.stores.vectors import VectorStore
 
 # (stage: "items" or "users", done, total)
 PublishProgress = Callable[[str, int, int], None]
@@ -185,7 +190,9 @@ def publish_version(
     when it sees the alias move, and only then sets the live pointer.
     Blocking: call it from a thread in async code.
     """
-    from trainer import live  # PyTorch and gensim: on the first publish, not at CLI start-up
+    from streamrec.trainer import (
+        live,
+    )  # PyTorch and gensim: on the first publish, not at CLI start-up
 
     return live.publish_version(
         models,

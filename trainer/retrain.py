@@ -20,25 +20,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from core.errors import ConfigurationError, InvalidInput
-from core.settings import Settings
-from schemas.models import RETRAINABLE, resolve
-from stores.factory import Stores, open_sql_stores
-from stores.model_registry import Promotion
-from trainer.data import build, recorded_watermark
-from trainer.promotion import HoldoutScores, compare_on_holdout, decide, newest_split
-from trainer.publish import (
+from streamrec.core.errors import ConfigurationError, InvalidInput
+from streamrec.core.settings import Settings
+from streamrec.schemas.models import RETRAINABLE, resolve
+from streamrec.stores.factory import Stores, open_sql_stores
+from streamrec.stores.model_registry import Promotion
+from streamrec.trainer.data import build, recorded_watermark
+from streamrec.trainer.promotion import HoldoutScores, compare_on_holdout, decide, newest_split
+from streamrec.trainer.publish import (
     drop_version_collections,
     publish_version,
     published_kind,
     serving_versions,
 )
-from trainer.service import ARCHIVE, TrainingData, load_data, train_model
+from streamrec.trainer.service import ARCHIVE, TrainingData, load_data, train_model
 
 
 def parse_models(value: str) -> tuple[str, ...]:
@@ -54,6 +54,24 @@ def parse_models(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(checked))
 
 
+def parse_every_events(value: str) -> dict[str, int]:
+    """``STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL`` ("sasrec=6000,ncf=2000") as {model: count}."""
+    counts: dict[str, int] = {}
+    for entry in (e.strip() for e in value.split(",") if e.strip()):
+        name, _, count = entry.partition("=")
+        try:
+            model = resolve(name.strip(), RETRAINABLE, "STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL")
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if not count.strip().isdigit() or int(count) < 1:
+            raise ConfigurationError(
+                f"STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL: {entry!r} is not model=count "
+                "with a count of at least 1 (for example sasrec=6000)"
+            )
+        counts[model.value] = int(count)
+    return counts
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
     models: tuple[str, ...]
@@ -66,6 +84,11 @@ class RetrainConfig:
     nice: int  # its niceness (0: as the consumer's process)
     tolerance: float  # relative (trainer.promotion)
     keep_versions: int
+    every_events_by_model: Mapping[str, int] = field(default_factory=dict)  # overrides
+
+    def threshold(self, model: str) -> int:
+        """New interactions that make ``model`` due."""
+        return self.every_events_by_model.get(model, self.every_events)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetrainConfig:
@@ -80,6 +103,7 @@ class RetrainConfig:
             nice=settings.retrain_nice,
             tolerance=settings.retrain_promotion_tolerance,
             keep_versions=settings.retrain_keep_versions,
+            every_events_by_model=parse_every_events(settings.retrain_every_events_by_model),
         )
 
 
@@ -87,7 +111,8 @@ class RetrainTrigger:
     """Which models are due: per model, the interactions seen since its last round and when
     that round started. Pure (a clock is injected), so the thresholds are tested exactly.
 
-    A model is due when ``every_events`` new interactions arrived, or when ``every_seconds``
+    A model is due when ``every_events`` new interactions arrived (its own count if
+    ``every_events_by_model`` names it), or when ``every_seconds``
     passed since its last round (or since the loop started) with at least ``min_events`` new
     ones: a quiet stream does not retrain on a handful of events, a busy one does not wait.
     """
@@ -121,7 +146,7 @@ class RetrainTrigger:
         return [
             model
             for model, new in self._new.items()
-            if new >= config.every_events
+            if new >= config.threshold(model)
             or (new >= config.min_events and now - self._since[model] >= config.every_seconds)
         ]
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from schemas.events import ExplorationMethod
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.events import ExplorationMethod
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 RATING_MIN, RATING_MAX = 0.5, 5.0
 # user_state's features after the mean item vector, in this order. They are computed from the

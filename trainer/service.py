@@ -25,20 +25,20 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, load_movielens, synthetic
-from core.errors import InvalidInput, NotFound
-from core.ids import IdRegistry
-from core.settings import Settings
-from stores.catalog import Watermark
-from stores.factory import open_offline_stores
-from stores.model_registry import ModelRegistry, ModelVersion
-from trainer.data import DataWindow, Interactions, build, read_archive
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.evaluate import evaluate, make_validator, protocol_split
-from trainer.loop import History, fit
-from trainer.models import build_model, train_config
-from trainer.models.base import Recommender
-from trainer.warm_start import WarmStart, warm_start_model
+from streamrec.core.datasets import InteractionData, load_movielens, synthetic
+from streamrec.core.errors import InvalidInput, NotFound
+from streamrec.core.ids import IdRegistry
+from streamrec.core.settings import Settings
+from streamrec.stores.catalog import Watermark
+from streamrec.stores.factory import open_offline_stores
+from streamrec.stores.model_registry import ModelRegistry, ModelVersion
+from streamrec.trainer.data import DataWindow, Interactions, build, read_archive
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.evaluate import evaluate, make_validator, protocol_split
+from streamrec.trainer.loop import History, fit
+from streamrec.trainer.models import build_model, train_config
+from streamrec.trainer.models.base import Recommender
+from streamrec.trainer.warm_start import WarmStart, warm_start_model
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from stores.catalog import InteractionRow
-from stores.model_registry import ModelRegistry
-from stores.vectors import VectorBatch, user_version_name
-from trainer.data import pad_sequences
-from trainer.models.base import Query, Recommender
-from trainer.publish import DEFAULT_HISTORY, item_matrix
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.stores.catalog import InteractionRow
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.vectors import VectorBatch, user_version_name
+from streamrec.trainer.data import pad_sequences
+from streamrec.trainer.models.base import Query, Recommender
+from streamrec.trainer.publish import DEFAULT_HISTORY, item_matrix
 
 HISTORY_TYPES = ("rating", "click")  # the interactions that make a user's history
 _STREAM_ROWS = 5000  # archive rows fetched per round trip while streaming histories

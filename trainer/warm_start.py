@@ -26,10 +26,10 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.errors import InvalidInput
-from trainer.data import Interactions
-from trainer.models import MODELS, build_model
-from trainer.models.base import Recommender
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Interactions
+from streamrec.trainer.models import MODELS, build_model
+from streamrec.trainer.models.base import Recommender
 
 log = logging.getLogger(__name__)
 

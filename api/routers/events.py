@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
 from pydantic import Field
 
-from api.deps import IngestKey, PublisherDep, RuntimeDep
-from api.responses import error_responses
-from schemas.api import EventsAccepted
-from schemas.events import Event
+from streamrec.api.deps import IngestKey, PublisherDep, RuntimeDep
+from streamrec.api.responses import error_responses
+from streamrec.schemas.api import EventsAccepted
+from streamrec.schemas.events import Event
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 

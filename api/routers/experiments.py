@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import RuntimeDep
-from api.experiment_stats import read_experiment, read_experiments
-from api.responses import error_responses
-from schemas.api import Experiment, ExperimentList
+from streamrec.api.deps import RuntimeDep
+from streamrec.api.experiment_stats import read_experiment, read_experiments
+from streamrec.api.responses import error_responses
+from streamrec.schemas.api import Experiment, ExperimentList
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 

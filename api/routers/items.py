@@ -9,11 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import RuntimeDep
-from api.responses import error_responses
-from api.routers.users import _from_hits, _from_ranked
-from schemas.api import SimilarItems, VectorModel
-from schemas.models import MODELS, ModelName
+from streamrec.api.deps import RuntimeDep
+from streamrec.api.responses import error_responses
+from streamrec.api.routers.users import _from_hits, _from_ranked
+from streamrec.schemas.api import SimilarItems, VectorModel
+from streamrec.schemas.models import MODELS, ModelName
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 

@@ -33,11 +33,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import AfterValidator
 
-from api.deps import AdminKey, ModelRegistryDep, RuntimeDep
-from api.responses import error_responses
-from api.runtime import Runtime
-from core.errors import NotFound
-from schemas.api import (
+from streamrec.api.deps import AdminKey, ModelRegistryDep, RuntimeDep
+from streamrec.api.responses import error_responses
+from streamrec.api.runtime import Runtime
+from streamrec.core.errors import NotFound
+from streamrec.schemas.api import (
     MAX_MODEL_NAME,
     MODEL_NAME_PATTERN,
     DeletedVersion,
@@ -46,9 +46,14 @@ from schemas.api import (
     ModelVersionInfo,
     PromotionInfo,
 )
-from schemas.models import canonical
-from stores.model_registry import ModelRegistry, ModelVersion, Promotion
-from trainer.publish import LiveVersion, drop_version_collections, publish_version, published_kind
+from streamrec.schemas.models import canonical
+from streamrec.stores.model_registry import ModelRegistry, ModelVersion, Promotion
+from streamrec.trainer.publish import (
+    LiveVersion,
+    drop_version_collections,
+    publish_version,
+    published_kind,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import RuntimeDep
-from api.readiness import OK, Readiness
-from api.responses import error_responses
-from core.lag import LagReader, LagReport
-from schemas.api import Health
+from streamrec.api.deps import RuntimeDep
+from streamrec.api.readiness import OK, Readiness
+from streamrec.api.responses import error_responses
+from streamrec.core.lag import LagReader, LagReport
+from streamrec.schemas.api import Health
 
 router = APIRouter(tags=["ops"])
 

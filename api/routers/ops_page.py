@@ -36,12 +36,12 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from api.deps import AdminKey
-from api.responses import error_responses
-from core.dead_letters import DeadLetterTail
-from core.unavailable import REDIS_ERRORS
-from schemas.api import DeadLetterCounts, GroupThroughput, OpsStats, RecentDeadLetters
-from stores.ops_stats import (
+from streamrec.api.deps import AdminKey
+from streamrec.api.responses import error_responses
+from streamrec.core.dead_letters import DeadLetterTail
+from streamrec.core.unavailable import REDIS_ERRORS
+from streamrec.schemas.api import DeadLetterCounts, GroupThroughput, OpsStats, RecentDeadLetters
+from streamrec.stores.ops_stats import (
     SAMPLE_SECONDS,
     Buckets,
     OpsStatsWriter,

@@ -8,10 +8,10 @@ import asyncio
 
 from fastapi import APIRouter
 
-from api.deps import FeaturesDep, RuntimeDep
-from api.responses import BODY_ERRORS, error_responses
-from api.runtime import Runtime
-from schemas.api import (
+from streamrec.api.deps import FeaturesDep, RuntimeDep
+from streamrec.api.responses import BODY_ERRORS, error_responses
+from streamrec.api.runtime import Runtime
+from streamrec.schemas.api import (
     EmbedBulkRequest,
     Embedding,
     Embeddings,
@@ -22,8 +22,8 @@ from schemas.api import (
     RankedItems,
     RankRequest,
 )
-from trainer.policy import RLServer
-from trainer.rl import STATE_RECENT_ITEMS
+from streamrec.trainer.policy import RLServer
+from streamrec.trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1")  # tags per route: the DQN and Doc2Vec apart
 

@@ -14,10 +14,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, status
 
-from api.deps import AdminKey, TrainingJobsDep
-from api.responses import error_responses
-from api.training_jobs import TrainingJobs
-from schemas.api import TrainingJob, TrainingJobList, TrainingJobRequest
+from streamrec.api.deps import AdminKey, TrainingJobsDep
+from streamrec.api.responses import error_responses
+from streamrec.api.training_jobs import TrainingJobs
+from streamrec.schemas.api import TrainingJob, TrainingJobList, TrainingJobRequest
 
 
 @asynccontextmanager

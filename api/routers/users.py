@@ -26,12 +26,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import StringConstraints
 
-from api.deps import FeaturesDep, RuntimeDep
-from api.responses import error_responses
-from api.runtime import Runtime
-from api.serving import ItemMetaCache, NoVector, Precomputed
-from core.errors import ConfigurationError, NotFound
-from schemas.api import (
+from streamrec.api.deps import FeaturesDep, RuntimeDep
+from streamrec.api.responses import error_responses
+from streamrec.api.runtime import Runtime
+from streamrec.api.serving import ItemMetaCache, NoVector, Precomputed
+from streamrec.core.errors import ConfigurationError, NotFound
+from streamrec.schemas.api import (
     FallbackReason,
     HistoryItem,
     RecommendationModel,
@@ -41,11 +41,11 @@ from schemas.api import (
     RerankPolicy,
     UserHistory,
 )
-from schemas.events import ImpressionEvent, PolicyLog
-from schemas.models import MODELS, ModelName
-from stores.features import FeatureStore
-from stores.vectors import Hit
-from trainer.rl import STATE_RECENT_ITEMS
+from streamrec.schemas.events import ImpressionEvent, PolicyLog
+from streamrec.schemas.models import MODELS, ModelName
+from streamrec.stores.features import FeatureStore
+from streamrec.stores.vectors import Hit
+from streamrec.trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 log = logging.getLogger(__name__)

@@ -13,13 +13,11 @@ from alembic import context
 from sqlalchemy import Connection
 
 # Importing the table modules registers every table on Base.metadata, as stores/schema.py does.
-import core.ids
-import stores.catalog
-import stores.dlq_replays
-import stores.model_registry
-from core.db import Base, create_db_engine
+from streamrec.core import ids
+from streamrec.core.db import Base, create_db_engine
+from streamrec.stores import catalog, dlq_replays, model_registry
 
-_TABLE_MODULES = (core.ids, stores.catalog, stores.dlq_replays, stores.model_registry)
+_TABLE_MODULES = (ids, catalog, dlq_replays, model_registry)
 
 config = context.config
 target_metadata = Base.metadata

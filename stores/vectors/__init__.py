@@ -24,8 +24,8 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import ConfigurationError
-from stores.vectors.base import (
+from streamrec.core.errors import ConfigurationError
+from streamrec.stores.vectors.base import (
     ITEM_PAYLOAD_INDEXES,
     ITEMS_CONTENT,
     Distance,
@@ -42,7 +42,7 @@ from stores.vectors.base import (
     user_version_name,
     users_collection,
 )
-from stores.vectors.bulk import (
+from streamrec.stores.vectors.bulk import (
     BatchSource,
     BulkResult,
     Checkpoint,
@@ -50,20 +50,20 @@ from stores.vectors.bulk import (
     array_source,
     bulk_upsert,
 )
-from stores.vectors.edge import EdgeVectorStore
-from stores.vectors.server import QdrantServerVectorStore
+from streamrec.stores.vectors.edge import EdgeVectorStore
+from streamrec.stores.vectors.server import QdrantServerVectorStore
 
 if TYPE_CHECKING:
-    from core.settings import Settings
-    from stores.vectors.host import VectorHost, create_vector_host_app, serve_vector_store
-    from stores.vectors.remote import RemoteVectorStore
+    from streamrec.core.settings import Settings
+    from streamrec.stores.vectors.host import VectorHost, create_vector_host_app, serve_vector_store
+    from streamrec.stores.vectors.remote import RemoteVectorStore
 
 # Imported on first access (module __getattr__): they pull in uvicorn, Starlette and httpx.
 _LAZY = {
-    "RemoteVectorStore": "stores.vectors.remote",
-    "VectorHost": "stores.vectors.host",
-    "create_vector_host_app": "stores.vectors.host",
-    "serve_vector_store": "stores.vectors.host",
+    "RemoteVectorStore": "streamrec.stores.vectors.remote",
+    "VectorHost": "streamrec.stores.vectors.host",
+    "create_vector_host_app": "streamrec.stores.vectors.host",
+    "serve_vector_store": "streamrec.stores.vectors.host",
 }
 
 __all__ = [
@@ -122,7 +122,7 @@ def open_vector_store(
     if isinstance(settings_or_url, str):
         url = settings_or_url
     elif settings_or_url.vector_host_url.strip():
-        from stores.vectors.remote import RemoteVectorStore
+        from streamrec.stores.vectors.remote import RemoteVectorStore
 
         token = settings_or_url.vector_host_token
         return RemoteVectorStore(

@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from core.errors import InvalidInput, NotFound
+from streamrec.core.errors import InvalidInput, NotFound
 
 Distance = Literal["dot", "cosine"]
 FieldType = Literal["keyword", "integer", "float"]

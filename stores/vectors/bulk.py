@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InvalidInput, ServiceUnavailable
-from stores.vectors.base import (
+from streamrec.core.errors import InvalidInput, ServiceUnavailable
+from streamrec.stores.vectors.base import (
     Payloads,
     VectorBatch,
     Vectors,

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import InvalidInput, NotFound, ServiceUnavailable, StreamrecError
-from stores.vectors.base import (
+from streamrec.core.errors import InvalidInput, NotFound, ServiceUnavailable, StreamrecError
+from streamrec.stores.vectors.base import (
     ITEM_PAYLOAD_INDEXES,
     Distance,
     FieldType,

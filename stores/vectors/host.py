@@ -55,7 +55,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from core.errors import (
+from streamrec.core.errors import (
     ConfigurationError,
     InvalidInput,
     NotFound,
@@ -63,7 +63,7 @@ from core.errors import (
     StateConflict,
     StreamrecError,
 )
-from stores.vectors.base import ITEM_PAYLOAD_INDEXES, Distance, FieldType, VectorStore
+from streamrec.stores.vectors.base import ITEM_PAYLOAD_INDEXES, Distance, FieldType, VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from core.errors import ConfigurationError, InvalidInput, ServiceUnavailable, StreamrecError
-from stores.vectors.base import (
+from streamrec.core.errors import (
+    ConfigurationError,
+    InvalidInput,
+    ServiceUnavailable,
+    StreamrecError,
+)
+from streamrec.stores.vectors.base import (
     ITEM_PAYLOAD_INDEXES,
     Distance,
     FieldType,
@@ -33,7 +38,7 @@ from stores.vectors.base import (
     _as_matrix,
     _check_points,
 )
-from stores.vectors.host import ERROR_STATUS, PATH_PREFIX, decode_matrix, encode_matrix
+from streamrec.stores.vectors.host import ERROR_STATUS, PATH_PREFIX, decode_matrix, encode_matrix
 
 _ERROR_CLASSES: dict[str, type[StreamrecError]] = {cls.__name__: cls for cls in ERROR_STATUS}
 # Below the host's keep-alive (host.KEEP_ALIVE_SECONDS): the client drops an idle connection

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.embedded import EmbeddedKafka
-from schemas.topics import Topic
+from streamrec.core.embedded import EmbeddedKafka
+from streamrec.schemas.topics import Topic
 from tests.api.test_errors import RATING
 from tests.conftest import ADMIN_KEY, INGEST_KEY
 from tests.outages import PrivateRedis

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.app import create_app
-from api.docs import ASSETS_URL
-from core.settings import Settings
+from streamrec.api.app import create_app
+from streamrec.api.docs import ASSETS_URL
+from streamrec.core.settings import Settings
 
 # What each referenced file must be: its content type, and a word its content holds.
 ASSETS = {

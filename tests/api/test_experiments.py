@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from api.experiment_stats import build_experiments, parse_counters, wilson_interval
+from streamrec.api.experiment_stats import build_experiments, parse_counters, wilson_interval
 from tests.conftest import INGEST_KEY, wait_until
 
 pytestmark = pytest.mark.kafka

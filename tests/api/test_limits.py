@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from api.app import create_app
-from core.settings import Settings
+from streamrec.api.app import create_app
+from streamrec.core.settings import Settings
 from tests.api.test_errors import RATING, assert_error
 from tests.conftest import INGEST_KEY
 

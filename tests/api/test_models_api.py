@@ -12,18 +12,18 @@ import httpx
 import pytest
 import torch
 
-from api.app import create_app
-from core.datasets import synthetic
-from core.db import create_db_engine
-from core.ids import IdRegistry
-from core.settings import Settings
-from stores.model_registry import ModelRegistry, Promotion
+from streamrec.api.app import create_app
+from streamrec.core.datasets import synthetic
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdRegistry
+from streamrec.core.settings import Settings
+from streamrec.stores.model_registry import ModelRegistry, Promotion
+from streamrec.trainer.data import build
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.models import build_model
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.publish import publish_version
 from tests.conftest import ADMIN_KEY, INGEST_KEY
-from trainer.data import build
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.models import build_model
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.publish import publish_version
 
 pytestmark = pytest.mark.kafka
 
@@ -81,7 +81,7 @@ async def test_list_shows_versions_active_metrics_and_config(edge) -> None:  # t
     assert first["metrics"] == {"reward": 0.5, "test": {"ctr": 0.25}}  # no epoch history
     assert first["config"]["state_dim"] == 5 and first["config"]["item_dim"] == 4
     assert "hidden" not in first["config"]  # a list, not a scalar: left out of the summary
-    assert first["artifact_class"].startswith("trainer.") and first["created_at"]
+    assert first["artifact_class"].startswith("streamrec.trainer.") and first["created_at"]
 
 
 WINDOW = {

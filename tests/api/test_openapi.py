@@ -25,14 +25,14 @@ from schemathesis.engine import events
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 from schemathesis.python.asgi import shutdown_lifespans
 
-from api.app import create_app
-from api.routers import training
-from api.runtime import Runtime
-from api.training_jobs import TrainingJobs
-from core.settings import Settings
-from schemas.api import MAX_BATCH
-from schemas.events import EVENT_TIME_BOUNDS
-from schemas.models import RECOMMENDERS, TRAINABLE, VECTOR_MODELS
+from streamrec.api.app import create_app
+from streamrec.api.routers import training
+from streamrec.api.runtime import Runtime
+from streamrec.api.training_jobs import TrainingJobs
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import MAX_BATCH
+from streamrec.schemas.events import EVENT_TIME_BOUNDS
+from streamrec.schemas.models import RECOMMENDERS, TRAINABLE, VECTOR_MODELS
 from tests.api.test_rl import _deploy
 from tests.conftest import ADMIN_KEY
 

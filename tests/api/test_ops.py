@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
-from core.lag import LagReader
-from core.settings import Settings
-from schemas.topics import ConsumerGroup, Topic
+from streamrec.api.app import create_app
+from streamrec.core.lag import LagReader
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import ConsumerGroup, Topic
 from tests.conftest import INGEST_KEY, consume_until_drained
 
 FEATURES = ConsumerGroup.FEATURES.value

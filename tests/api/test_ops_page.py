@@ -30,8 +30,8 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.app import create_app
-from api.routers.ops_page import (
+from streamrec.api.app import create_app
+from streamrec.api.routers.ops_page import (
     PAGE_POLICY,
     POLL_MS,
     SCRIPT,
@@ -40,18 +40,18 @@ from api.routers.ops_page import (
     histogram_quantile,
     ops_stats_of,
 )
-from apps.up import embedded_app
-from consumers.app import build_consumer_broker
-from core.dead_letters import dead_letter_headers
-from core.lag import ALL_GROUPS, LagReader
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import DeadLetter
-from schemas.topics import ConsumerGroup, Topic
-from stores.model_registry import ModelRegistry
-from stores.ops_stats import OpsStatsWriter, ProcessCounters, publishing_ops_stats
+from streamrec.apps.up import embedded_app
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.core.dead_letters import dead_letter_headers
+from streamrec.core.lag import ALL_GROUPS, LagReader
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import DeadLetter
+from streamrec.schemas.topics import ConsumerGroup, Topic
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.ops_stats import OpsStatsWriter, ProcessCounters, publishing_ops_stats
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 from tests.conftest import ADMIN_KEY, INGEST_KEY, FakeClock, wait_until
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 pytestmark = pytest.mark.kafka
 

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from api.readiness import Readiness
-from core.errors import ServiceUnavailable
+from streamrec.api.readiness import Readiness
+from streamrec.core.errors import ServiceUnavailable
 
 
 class Clock:

@@ -10,11 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
-from api.routers.users import rerank_depth
-from api.serving import VectorAnswer
-from core.ids import IdKind
-from schemas.events import Event, ImpressionEvent
-from stores.vectors import Hit
+from streamrec.api.routers.users import rerank_depth
+from streamrec.api.serving import VectorAnswer
+from streamrec.core.ids import IdKind
+from streamrec.schemas.events import Event, ImpressionEvent
+from streamrec.stores.vectors import Hit
+from streamrec.trainer.rl import Exploration, user_state
 from tests.api.test_rl import (  # noqa: F401  (edge: the app fixture)
     DIM,
     S,
@@ -23,7 +24,6 @@ from tests.api.test_rl import (  # noqa: F401  (edge: the app fixture)
     _registry,
     edge,
 )
-from trainer.rl import Exploration, user_state
 
 # The base model's order: scorable items, one without text ("blank", a zero Doc2Vec row) and
 # one Doc2Vec never saw ("new1"), which must follow the scored ones in this order.

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from api.app import create_app
-from core.datasets import Item
-from core.ids import IdKind
-from core.settings import Settings
-from schemas.events import RatingEvent, SourcedEvent
-from stores.model_registry import ModelRegistry
+from streamrec.api.app import create_app
+from streamrec.core.datasets import Item
+from streamrec.core.ids import IdKind
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import RatingEvent, SourcedEvent
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.policy import ActiveModels, RLServer
+from streamrec.trainer.rl import Exploration, state_dim, user_state
 from tests.conftest import FakeClock
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.policy import ActiveModels, RLServer
-from trainer.rl import Exploration, state_dim, user_state
 
 DIM = 8
 S = state_dim(DIM)  # 13

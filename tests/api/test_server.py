@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from api.server import StartupFailed, check_services, describe_startup_error
-from core.errors import ConfigurationError, ServiceUnavailable
-from core.settings import Settings
+from streamrec.api.server import StartupFailed, check_services, describe_startup_error
+from streamrec.core.errors import ConfigurationError, ServiceUnavailable
+from streamrec.core.settings import Settings
 
 
 def _closed_port() -> int:

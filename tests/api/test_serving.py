@@ -13,23 +13,23 @@ from typing import Any
 import pytest
 import torch
 
-from api.serving import CandidateServer, VectorAnswer
-from core.datasets import InteractionData, synthetic
-from core.db import create_db_engine
-from core.ids import IdKind, IdRegistry
-from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
-from stores.candidates import Ranked
-from stores.catalog import Archive
-from stores.factory import Stores
-from stores.model_registry import ModelRegistry
-from stores.schema import create_schema
-from stores.vectors import Hit
+from streamrec.api.serving import CandidateServer, VectorAnswer
+from streamrec.core.datasets import InteractionData, synthetic
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from streamrec.stores.candidates import Ranked
+from streamrec.stores.catalog import Archive
+from streamrec.stores.factory import Stores
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.stores.vectors import Hit
+from streamrec.trainer.data import build
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import build_model
+from streamrec.trainer.publish import publish_version
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
-from trainer.data import build
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.loop import TrainConfig, fit
-from trainer.models import build_model
-from trainer.publish import publish_version
 
 pytestmark = pytest.mark.kafka
 CLUSTER_SHARE = 0.8  # at least 8 of 10 recommended items from the clicked cluster
@@ -309,7 +309,7 @@ async def test_item_metadata_is_cached_for_its_ttl_and_unknown_items_are_not(
     services: Any,
     stores: Stores,
 ) -> None:
-    from api.serving import ItemMetaCache
+    from streamrec.api.serving import ItemMetaCache
 
     store = stores.features
 
@@ -456,7 +456,7 @@ async def light(settings: Any) -> AsyncIterator[tuple[Any, Any, CountingVectors]
     candidates of mf v3 (live) for user u, neighbours of c1."""
     import httpx
 
-    from api.app import create_app
+    from streamrec.api.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):

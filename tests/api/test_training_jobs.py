@@ -19,20 +19,25 @@ import torch
 from fastapi import FastAPI
 from sqlalchemy import Engine, func, select
 
-from api.app import InProcessHook, create_app
-from api.training_jobs import MAX_QUEUED_JOBS, TrainingJobs, is_offline
-from apps.training_jobs import StageCallback, TrainingRunner, WorkerConfig, run_training_worker
-from core.ids import IdMapping
-from core.settings import Settings
-from schemas.api import TrainingJobRequest
-from schemas.events import RatingEvent, SourcedEvent
-from stores.catalog import Archive
-from stores.model_registry import ModelVersion
-from stores.training_jobs import TrainingJobStore
+from streamrec.api.app import InProcessHook, create_app
+from streamrec.api.training_jobs import MAX_QUEUED_JOBS, TrainingJobs, is_offline
+from streamrec.apps.training_jobs import (
+    StageCallback,
+    TrainingRunner,
+    WorkerConfig,
+    run_training_worker,
+)
+from streamrec.core.ids import IdMapping
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import TrainingJobRequest
+from streamrec.schemas.events import RatingEvent, SourcedEvent
+from streamrec.stores.catalog import Archive
+from streamrec.stores.model_registry import ModelVersion
+from streamrec.stores.training_jobs import TrainingJobStore
+from streamrec.trainer import service
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.service import Workspace
 from tests.conftest import ADMIN_KEY, INGEST_KEY, wait_until
-from trainer import service
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.service import Workspace
 
 pytestmark = pytest.mark.kafka
 

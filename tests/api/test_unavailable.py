@@ -15,11 +15,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from api.app import create_app
-from core.db import normalise_database_url
-from core.embedded import EmbeddedKafka
-from core.settings import Settings
-from schemas.topics import Topic
+from streamrec.api.app import create_app
+from streamrec.core.db import normalise_database_url
+from streamrec.core.embedded import EmbeddedKafka
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import Topic
 from tests.api.test_errors import RATING, assert_error
 from tests.conftest import INGEST_KEY
 from tests.outages import PrivateRedis, TcpProxy

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.validation import field_name
+from streamrec.api.validation import field_name
 from tests.conftest import INGEST_KEY
 
 HEADERS = {"X-API-Key": INGEST_KEY}

@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from apps import simulate_cli
-from apps.simulate import (
+from streamrec.apps import simulate_cli
+from streamrec.apps.simulate import (
     POLICIES,
     Episode,
     SimulationConfig,
@@ -23,7 +23,7 @@ from apps.simulate import (
     run_simulation,
     run_static,
 )
-from core.datasets import InteractionData, synthetic
+from streamrec.core.datasets import InteractionData, synthetic
 
 
 def test_examination_falls_with_position_as_in_dcg() -> None:

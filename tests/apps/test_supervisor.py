@@ -15,7 +15,7 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
-from apps.supervisor import Backoff, ChildFailed, ChildSpec, Supervisor
+from streamrec.apps.supervisor import Backoff, ChildFailed, ChildSpec, Supervisor
 
 # A child that notes "start <name> <pid>" in a shared log, is ready at once (or never, or
 # exits, as told), and notes "stop <name> <pid>" on SIGTERM (or ignores it, as told).
@@ -204,7 +204,7 @@ SUPERVISOR_SCRIPT = textwrap.dedent(
     """
     import asyncio, os, sys
     from pathlib import Path
-    from apps.supervisor import ChildSpec, Supervisor
+    from streamrec.apps.supervisor import ChildSpec, Supervisor
 
     async def main(run_dir, child_argv):
         supervisor = Supervisor([ChildSpec("child", child_argv, dict(os.environ))], run_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.training_jobs import (
+from streamrec.apps.training_jobs import (
     STALE_ERROR,
     STOPPED_ERROR,
     JobInterrupted,
@@ -22,15 +22,15 @@ from apps.training_jobs import (
     TrainingWorker,
     WorkerConfig,
 )
-from core.errors import InvalidInput
-from core.settings import Settings
-from schemas.api import TrainingJobRequest
-from stores.factory import SqlStores, open_sql_stores
-from stores.model_registry import ModelVersion
-from stores.training_jobs import TrainingJobRecord, TrainingJobStore
+from streamrec.core.errors import InvalidInput
+from streamrec.core.settings import Settings
+from streamrec.schemas.api import TrainingJobRequest
+from streamrec.stores.factory import SqlStores, open_sql_stores
+from streamrec.stores.model_registry import ModelVersion
+from streamrec.stores.training_jobs import TrainingJobRecord, TrainingJobStore
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.service import Workspace
 from tests.conftest import wait_until
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.service import Workspace
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DEADLINE_S = 60.0

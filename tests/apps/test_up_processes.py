@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from core.addresses import EmbeddedAddresses
+from streamrec.core.addresses import EmbeddedAddresses
 
 pytestmark = pytest.mark.kafka
 
@@ -66,9 +66,9 @@ class Up:
                 cmdline = child.cmdline()
             except psutil.Error:  # just died (a zombie until the supervisor reaps it)
                 continue
-            if "apps.up_children" not in cmdline:
+            if "streamrec.apps.up_children" not in cmdline:
                 continue
-            role = cmdline[cmdline.index("apps.up_children") + 1]
+            role = cmdline[cmdline.index("streamrec.apps.up_children") + 1]
             name, n = role, 1
             while name in found:
                 n += 1

@@ -7,14 +7,14 @@ from __future__ import annotations
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from sqlalchemy import Engine
 
-from consumers import archive as archive_group
-from consumers.dlq import DeadLetterSink
-from core.ids import IdKind, IdRegistry
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import ClickEvent, ImpressionEvent, PolicyLog
-from schemas.topics import Topic
-from stores.catalog import Archive
+from streamrec.consumers import archive as archive_group
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ClickEvent, ImpressionEvent, PolicyLog
+from streamrec.schemas.topics import Topic
+from streamrec.stores.catalog import Archive
 
 
 async def test_served_slates_are_archived_with_their_policy_log(engine: Engine) -> None:

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from apps.up import embedded_app
-from consumers.app import DEFAULT_GROUPS
-from consumers.cli import lag_table
-from consumers.membership import GroupInUse, hold_groups, parse_group_list
-from schemas.api import GroupLag, LagReport, LagStatus, PartitionLag
-from schemas.topics import GROUP_TOPICS, ConsumerGroup
+from streamrec.apps.up import embedded_app
+from streamrec.consumers.app import DEFAULT_GROUPS
+from streamrec.consumers.cli import lag_table
+from streamrec.consumers.membership import GroupInUse, hold_groups, parse_group_list
+from streamrec.schemas.api import GroupLag, LagReport, LagStatus, PartitionLag
+from streamrec.schemas.topics import GROUP_TOPICS, ConsumerGroup
 from tests.conftest import INGEST_KEY, wait_until
 
 

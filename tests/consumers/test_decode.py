@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from consumers.decode import dead_letter_kind, decode_batch
-from schemas.events import RatingEvent
+from streamrec.consumers.decode import dead_letter_kind, decode_batch
+from streamrec.schemas.events import RatingEvent
 
 
 @dataclass

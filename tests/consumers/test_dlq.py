@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaProducer
 
-import consumers.decode
-from consumers.app import build_consumer_broker
-from consumers.dlq import Selection, read_dead_letters, replay_dead_letters
-from core.metrics import Metrics
-from schemas.events import RatingEvent
-from schemas.topics import ConsumerGroup, Topic
-from stores.dlq_replays import DlqReplayLog
-from stores.features import user_key
+from streamrec.consumers import decode
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.consumers.dlq import Selection, read_dead_letters, replay_dead_letters
+from streamrec.core.metrics import Metrics
+from streamrec.schemas.events import RatingEvent
+from streamrec.schemas.topics import ConsumerGroup, Topic
+from streamrec.stores.dlq_replays import DlqReplayLog
+from streamrec.stores.features import user_key
 from tests.conftest import consume_until_drained, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -71,7 +71,7 @@ async def test_replay_after_a_fix_applies_the_event_once(
     services, stores, engine, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     event = RatingEvent(user_id="replayed", item_id="i1", rating=4)
-    validate = consumers.decode._validate
+    validate = decode._validate
 
     def buggy(record):  # type: ignore[no-untyped-def]
         # The defect being fixed: a rule that wrongly rejected this user's ratings.
@@ -80,13 +80,13 @@ async def test_replay_after_a_fix_applies_the_event_once(
             return "user_id: rejected by a rule that turned out wrong"
         return outcome
 
-    monkeypatch.setattr(consumers.decode, "_validate", buggy)
+    monkeypatch.setattr(decode, "_validate", buggy)
     await _produce(services, [(b"replayed", event.model_dump_json().encode())])
     await consume_until_drained(stores, [ConsumerGroup.FEATURES])
     [stored] = await _dead_letters(services, expected=1)
     assert await services.redis.hget(user_key("replayed"), "ratings") is None
 
-    monkeypatch.setattr(consumers.decode, "_validate", validate)  # the fix is deployed
+    monkeypatch.setattr(decode, "_validate", validate)  # the fix is deployed
     seen: list[tuple[str, int, int]] = []
     summary = await replay_dead_letters(
         services.kafka_bootstrap,

@@ -9,13 +9,13 @@ import json
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from consumers import features
-from consumers.dlq import DeadLetterSink
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import RatingEvent, SourcedEvent
-from schemas.topics import Topic
-from stores.features import ApplyResult, OnRejected
+from streamrec.consumers import features
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import RatingEvent, SourcedEvent
+from streamrec.schemas.topics import Topic
+from streamrec.stores.features import ApplyResult, OnRejected
 
 
 class RecordingStore:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from core.db import create_db_engine
-from core.settings import Settings
-from schemas.events import ItemEvent, RatingEvent
-from schemas.topics import ConsumerGroup
-from stores.catalog import Archive
-from stores.factory import open_stores
+from streamrec.core.db import create_db_engine
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ItemEvent, RatingEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.catalog import Archive
+from streamrec.stores.factory import open_stores
 from tests.conftest import consume_until_drained
 
 pytestmark = pytest.mark.kafka

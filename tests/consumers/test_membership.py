@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from consumers.app import build_consumer_broker
-from consumers.membership import (
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.consumers.membership import (
     DeadMember,
     GroupHold,
     hold_groups,
     joined_members,
     start_as_holder,
 )
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.topics import ConsumerGroup
-from stores.factory import Stores
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.factory import Stores
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = ConsumerGroup.ARCHIVE
@@ -38,8 +38,8 @@ GROUP = ConsumerGroup.ARCHIVE
 _HOLDER = """
 import asyncio, sys
 from pathlib import Path
-from consumers.membership import hold_groups
-from schemas.topics import ConsumerGroup
+from streamrec.consumers.membership import hold_groups
+from streamrec.schemas.topics import ConsumerGroup
 
 var_dir, kafka = Path(sys.argv[1]), sys.argv[2]
 with hold_groups(var_dir, [ConsumerGroup.ARCHIVE], "streamrec consume") as hold:
@@ -51,10 +51,10 @@ _MEMBER = """
 import asyncio, sys
 from pathlib import Path
 from faststream.kafka import KafkaBroker
-from consumers.membership import hold_groups, joined_members, start_as_holder
-from consumers.policy import batch_subscriber_options, event_topics
-from core.settings import Settings
-from schemas.topics import ConsumerGroup
+from streamrec.consumers.membership import hold_groups, joined_members, start_as_holder
+from streamrec.consumers.policy import batch_subscriber_options, event_topics
+from streamrec.core.settings import Settings
+from streamrec.schemas.topics import ConsumerGroup
 
 async def main(var_dir: Path, kafka: str) -> None:
     settings = Settings(_env_file=None, kafka_bootstrap="embedded")

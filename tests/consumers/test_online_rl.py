@@ -16,19 +16,19 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from sqlalchemy import Engine
 
-from consumers import online_rl
-from consumers.dlq import DeadLetterSink
-from core.ids import IdRegistry
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import ClickEvent, ImpressionEvent, PolicyLog
-from schemas.topics import Topic
-from stores.model_registry import ModelRegistry
+from streamrec.consumers import online_rl
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.core.ids import IdRegistry
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ClickEvent, ImpressionEvent, PolicyLog
+from streamrec.schemas.topics import Topic
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.online import OnlineLearner
+from streamrec.trainer.policy import ActiveModels
 from tests.api.test_rl import DIM, ITEMS, S, _doc2vec, _registry
 from tests.conftest import INGEST_KEY, wait_until
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.online import OnlineLearner
-from trainer.policy import ActiveModels
 
 torch.set_num_threads(1)  # tiny networks on a shared machine: more threads only contend
 GROUP = "streamrec-online-rl"

@@ -20,17 +20,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-import consumers.policy
-from consumers.app import build_consumer_broker
-from consumers.policy import REBALANCE_ERRORS, TRANSIENT_ERRORS, rewind, settle, with_backoff
-from core.errors import ServiceUnavailable, StateConflict
-from core.lag import consumer_lag
-from core.metrics import Metrics
-from core.unavailable import SERVICE_ERRORS
-from producers.publisher import EventPublisher
-from schemas.events import RatingEvent
-from schemas.topics import ConsumerGroup
-from stores.features import user_key
+from streamrec.consumers import policy
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.consumers.policy import (
+    REBALANCE_ERRORS,
+    TRANSIENT_ERRORS,
+    rewind,
+    settle,
+    with_backoff,
+)
+from streamrec.core.errors import ServiceUnavailable, StateConflict
+from streamrec.core.lag import consumer_lag
+from streamrec.core.metrics import Metrics
+from streamrec.core.unavailable import SERVICE_ERRORS
+from streamrec.producers.publisher import EventPublisher
+from streamrec.schemas.events import RatingEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.features import user_key
 from tests.conftest import wait_until
 
 FEATURES = ConsumerGroup.FEATURES.value
@@ -44,7 +50,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def record(delay: float) -> None:
         delays.append(delay)
 
-    monkeypatch.setattr(consumers.policy.asyncio, "sleep", record)
+    monkeypatch.setattr(policy.asyncio, "sleep", record)
     return delays
 
 

@@ -14,14 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from core.addresses import EmbeddedAddresses
-from core.cli import _register_plugins, app
-from core.db import create_db_engine
-from core.embedded import EmbeddedRedis
-from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
-from schemas.topics import Topic
-from stores.catalog import Archive
-from stores.features import FeatureStore
+from streamrec.core.addresses import EmbeddedAddresses
+from streamrec.core.cli import _register_plugins, app
+from streamrec.core.db import create_db_engine
+from streamrec.core.embedded import EmbeddedRedis
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from streamrec.schemas.topics import Topic
+from streamrec.stores.catalog import Archive
+from streamrec.stores.features import FeatureStore
 
 runner = CliRunner()
 

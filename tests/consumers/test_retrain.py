@@ -12,18 +12,17 @@ from typing import Any
 import psutil
 import pytest
 
-from consumers.retrain import ProcessRounds, RetrainLoop, TrainingProcessDied
-from core.datasets import InteractionData, synthetic
-from core.ids import IdKind
-from schemas.api import VersionStatus
-from schemas.events import ItemEvent, RatingEvent, SourcedEvent
-from schemas.topics import Topic
-from stores.factory import Stores
-from stores.model_registry import ModelVersion
-from stores.vectors import item_version_name, items_alias, user_version_name
-from tests.conftest import FakeClock, wait_until
-from trainer.promotion import HoldoutScores
-from trainer.retrain import (
+from streamrec.consumers.retrain import ProcessRounds, RetrainLoop, TrainingProcessDied
+from streamrec.core.datasets import InteractionData, synthetic
+from streamrec.core.ids import IdKind
+from streamrec.schemas.api import VersionStatus
+from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from streamrec.schemas.topics import Topic
+from streamrec.stores.factory import Stores
+from streamrec.stores.model_registry import ModelVersion
+from streamrec.stores.vectors import item_version_name, items_alias, user_version_name
+from streamrec.trainer.promotion import HoldoutScores
+from streamrec.trainer.retrain import (
     Candidate,
     RetrainConfig,
     RetrainTrigger,
@@ -32,7 +31,8 @@ from trainer.retrain import (
     new_since_live,
     train_candidate,
 )
-from trainer.service import train_model
+from streamrec.trainer.service import train_model
+from tests.conftest import FakeClock, wait_until
 
 CONFIG = RetrainConfig(
     models=("mf",),
@@ -259,7 +259,7 @@ async def test_ids_registered_while_a_candidate_trains_do_not_break_its_scoring(
         stores.ids.assign(IdKind.USER, ["arrived-during-training"])
         return train_model(*args, **kwargs)
 
-    monkeypatch.setattr("trainer.retrain.train_model", train_model_while_a_user_arrives)
+    monkeypatch.setattr("streamrec.trainer.retrain.train_model", train_model_while_a_user_arrives)
     candidate = await asyncio.to_thread(train_candidate, stores.settings, "mf", CONFIG)
     assert candidate.scores.candidate is not None
     assert stores.models.get("mf", candidate.version).n_users == stores.ids.size(IdKind.USER)

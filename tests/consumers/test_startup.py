@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from consumers.app import DEFAULT_GROUPS, build_consumer_broker
-from core.metrics import Metrics
-from core.services import Services
-from stores.factory import Stores
+from streamrec.consumers.app import DEFAULT_GROUPS, build_consumer_broker
+from streamrec.core.metrics import Metrics
+from streamrec.core.services import Services
+from streamrec.stores.factory import Stores
 
 
 async def test_groups_join_at_the_same_time(services: Services, stores: Stores) -> None:

@@ -11,14 +11,14 @@ import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-import consumers.policy
-from consumers.decode import DecodedBatch
-from consumers.dlq import DeadLetterSink
-from consumers.subscriber import subscribe_batches
-from core.metrics import Metrics
-from core.settings import Settings
-from schemas.events import ClickEvent, RatingEvent
-from schemas.topics import ConsumerGroup, Topic
+from streamrec.consumers import policy
+from streamrec.consumers.decode import DecodedBatch
+from streamrec.consumers.dlq import DeadLetterSink
+from streamrec.consumers.subscriber import subscribe_batches
+from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
+from streamrec.schemas.events import ClickEvent, RatingEvent
+from streamrec.schemas.topics import ConsumerGroup, Topic
 
 GROUP = ConsumerGroup.VECTORS  # any group: the skeleton is the same for all
 GOOD = [RatingEvent(user_id=f"u{n}", item_id="i", rating=3) for n in range(2)]
@@ -135,7 +135,7 @@ async def test_a_failed_apply_rewinds_the_batch_and_counts_nothing(
     retry: str | None, error: Exception, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rewound: list[KafkaMessage] = []
-    monkeypatch.setattr(consumers.policy, "rewind", rewound.append)
+    monkeypatch.setattr(policy, "rewind", rewound.append)
     step, metrics = Step(error), Metrics()
     broker, _ = _subscribed(step, metrics, retry=retry)
     async with TestKafkaBroker(broker) as test_broker:

@@ -11,25 +11,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consumers.app import build_consumer_broker
-from consumers.vectors import ModelCache, VectorsUpdater
-from core.datasets import synthetic
-from core.db import create_db_engine
-from core.ids import IdKind, IdRegistry
-from core.metrics import Metrics
-from producers.publisher import EventPublisher
-from schemas.events import ClickEvent, ItemEvent, SourcedEvent
-from schemas.topics import ConsumerGroup
-from stores.candidates import CandidateStore, Ranked, candidates_key, neighbours_key
-from stores.factory import Stores
-from stores.model_registry import ModelRegistry
-from stores.schema import create_schema
-from stores.vectors import EdgeVectorStore
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.consumers.vectors import ModelCache, VectorsUpdater
+from streamrec.core.datasets import synthetic
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.metrics import Metrics
+from streamrec.producers.publisher import EventPublisher
+from streamrec.schemas.events import ClickEvent, ItemEvent, SourcedEvent
+from streamrec.schemas.topics import ConsumerGroup
+from streamrec.stores.candidates import CandidateStore, Ranked, candidates_key, neighbours_key
+from streamrec.stores.factory import Stores
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.stores.vectors import EdgeVectorStore
+from streamrec.trainer.data import build
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.live import publish_version
+from streamrec.trainer.models import build_model
 from tests.conftest import FakeClock, wait_until
-from trainer.data import build
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.live import publish_version
-from trainer.models import build_model
 
 CATALOG = synthetic(n_users=10, n_items=12, n_events=80, n_genres=2, seed=4)
 
@@ -269,7 +269,7 @@ async def test_after_the_backfill_requests_are_served_from_candidates(settings: 
     with history from Redis, never through the vector query."""
     import httpx
 
-    from api.app import create_app
+    from streamrec.api.app import create_app
     from tests.api.test_serving import CountingVectors
 
     app = create_app(settings)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.datasets import detect_movielens_layout, load_movielens, synthetic
-from core.errors import InvalidInput
+from streamrec.core.datasets import detect_movielens_layout, load_movielens, synthetic
+from streamrec.core.errors import InvalidInput
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> None:

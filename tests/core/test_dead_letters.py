@@ -9,10 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from core.dead_letters import EXCERPT_CHARS, UNREADABLE, DeadLetterTail, dead_letter_headers
-from core.services import Services
-from schemas.events import DeadLetter
-from schemas.topics import Topic
+from streamrec.core.dead_letters import (
+    EXCERPT_CHARS,
+    UNREADABLE,
+    DeadLetterTail,
+    dead_letter_headers,
+)
+from streamrec.core.services import Services
+from streamrec.schemas.events import DeadLetter
+from streamrec.schemas.topics import Topic
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.kafka

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from core.embedded import EmbeddedRedis
+from streamrec.core.embedded import EmbeddedRedis
 
 
 def test_state_survives_a_restart_in_the_same_directory(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from core.ids import IdKind, IdRegistry
+from streamrec.core.ids import IdKind, IdRegistry
 
 
 def test_indices_are_dense_and_stable(engine: Engine) -> None:

@@ -13,9 +13,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from core.embedded import EmbeddedKafka
-from core.errors import ServiceUnavailable
-from core.lag import (
+from streamrec.core.embedded import EmbeddedKafka
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.lag import (
     LagReader,
     LagStatus,
     PartitionWindow,
@@ -25,8 +25,8 @@ from core.lag import (
     group_status,
     partition_status,
 )
-from core.metrics import Metrics
-from schemas.topics import ConsumerGroup, Topic
+from streamrec.core.metrics import Metrics
+from streamrec.schemas.topics import ConsumerGroup, Topic
 from tests.conftest import FakeClock
 
 RULES = StatusRules(window_seconds=60.0, stop_seconds=300.0)

@@ -16,10 +16,10 @@ import pytest
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from pydantic import ValidationError
 
-from core.db import create_db_engine
-from core.logs import _QUIET, configure_logging
-from core.settings import Settings
-from stores.schema import create_schema
+from streamrec.core.db import create_db_engine
+from streamrec.core.logs import _QUIET, configure_logging
+from streamrec.core.settings import Settings
+from streamrec.stores.schema import create_schema
 
 ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

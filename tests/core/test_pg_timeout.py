@@ -12,9 +12,9 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from core.db import create_db_engine, normalise_database_url, sql_timeout
-from core.pg_timeout import SqlTimeout
-from core.unavailable import service_unavailable
+from streamrec.core.db import create_db_engine, normalise_database_url, sql_timeout
+from streamrec.core.pg_timeout import SqlTimeout
+from streamrec.core.unavailable import service_unavailable
 from tests.conftest import PG_TEST_URL
 from tests.outages import TcpProxy
 

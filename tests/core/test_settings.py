@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from core.errors import ConfigurationError
-from core.settings import Settings
+from streamrec.core.errors import ConfigurationError
+from streamrec.core.settings import Settings
 
 
 def test_defaults_are_embedded_with_sqlite_under_var(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from core.db import create_db_engine
-from core.errors import ServiceUnavailable
-from core.pg_timeout import BoundedConnection
-from core.services import redis_client
-from core.settings import Settings
-from core.unavailable import service_unavailable
+from streamrec.core.db import create_db_engine
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.core.pg_timeout import BoundedConnection
+from streamrec.core.services import redis_client
+from streamrec.core.settings import Settings
+from streamrec.core.unavailable import service_unavailable
 
 
 def test_redis_connection_and_timeout_errors_name_redis() -> None:

@@ -9,19 +9,19 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.app import build_consumer_broker
-from consumers.dlq import read_dead_letters
-from core.datasets import load_movielens, synthetic
-from core.ids import IdKind
-from core.lag import consumer_lag
-from core.metrics import Metrics
-from producers.publisher import EventPublisher, SyncEventPublisher
-from producers.replay import replay
-from schemas.events import ClickEvent, ItemEvent, RatingEvent
-from schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic
-from stores.catalog import Archive
-from stores.features import item_key, user_key
-from stores.schema import create_schema
+from streamrec.consumers.app import build_consumer_broker
+from streamrec.consumers.dlq import read_dead_letters
+from streamrec.core.datasets import load_movielens, synthetic
+from streamrec.core.ids import IdKind
+from streamrec.core.lag import consumer_lag
+from streamrec.core.metrics import Metrics
+from streamrec.producers.publisher import EventPublisher, SyncEventPublisher
+from streamrec.producers.replay import replay
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent
+from streamrec.schemas.topics import EVENT_TOPICS, ConsumerGroup, Topic
+from streamrec.stores.catalog import Archive
+from streamrec.stores.features import item_key, user_key
+from streamrec.stores.schema import create_schema
 from tests.conftest import INGEST_KEY, wait_until
 
 pytestmark = pytest.mark.kafka

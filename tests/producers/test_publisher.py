@@ -13,12 +13,12 @@ from collections.abc import Iterator, Sequence
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from consumers.decode import decode_batch
-from core.embedded import EmbeddedKafka
-from core.errors import PublishError, ServiceUnavailable
-from core.metrics import Metrics
-from producers.publisher import EventPublisher, SyncEventPublisher
-from schemas.events import (
+from streamrec.consumers.decode import decode_batch
+from streamrec.core.embedded import EmbeddedKafka
+from streamrec.core.errors import PublishError, ServiceUnavailable
+from streamrec.core.metrics import Metrics
+from streamrec.producers.publisher import EventPublisher, SyncEventPublisher
+from streamrec.schemas.events import (
     ClickEvent,
     Event,
     EventAdapter,
@@ -26,7 +26,7 @@ from schemas.events import (
     ItemEvent,
     RatingEvent,
 )
-from schemas.topics import EVENT_TOPICS, Topic
+from streamrec.schemas.topics import EVENT_TOPICS, Topic
 
 pytestmark = pytest.mark.kafka
 # Turns a hang (the bug these tests guard against) into a failure; never reached when it works.

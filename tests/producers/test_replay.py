@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from core.datasets import synthetic
-from core.errors import ServiceUnavailable
-from producers.publisher import EventPublisher
-from producers.replay import replay_events, total_events
-from schemas.events import ItemEvent, RatingEvent
+from streamrec.core.datasets import synthetic
+from streamrec.core.errors import ServiceUnavailable
+from streamrec.producers.publisher import EventPublisher
+from streamrec.producers.replay import replay_events, total_events
+from streamrec.schemas.events import ItemEvent, RatingEvent
 
 
 def test_catalog_then_ratings_with_stable_event_ids() -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import (
+from streamrec.schemas.events import (
     EVENT_TIME_BOUNDS,
     EventAdapter,
     ImpressionEvent,
@@ -17,7 +17,7 @@ from schemas.events import (
     RatingEvent,
     describe_validation_error,
 )
-from schemas.topics import Topic
+from streamrec.schemas.topics import Topic
 
 
 def test_integer_ids_are_stringified_and_defaults_filled() -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.api import RecommendationModel, TrainableModel, TrainingJobRequest, VectorModel
-from schemas.models import (
+from streamrec.schemas.api import (
+    RecommendationModel,
+    TrainableModel,
+    TrainingJobRequest,
+    VectorModel,
+)
+from streamrec.schemas.models import (
     ALIASES,
     MODELS,
     RECOMMENDERS,
@@ -18,7 +23,7 @@ from schemas.models import (
     choices,
     resolve,
 )
-from trainer.models import MODELS as TORCH_MODELS
+from streamrec.trainer.models import MODELS as TORCH_MODELS
 
 
 def test_every_model_has_one_row_named_as_its_key() -> None:

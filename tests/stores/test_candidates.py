@@ -3,9 +3,9 @@ and retention that never removes the live version's hashes."""
 
 from __future__ import annotations
 
-from schemas.events import ClickEvent, RatingEvent, SourcedEvent
-from stores.candidates import Ranked, candidates_key, live_key, neighbours_key
-from stores.factory import Stores
+from streamrec.schemas.events import ClickEvent, RatingEvent, SourcedEvent
+from streamrec.stores.candidates import Ranked, candidates_key, live_key, neighbours_key
+from streamrec.stores.factory import Stores
 
 
 def test_an_entry_survives_its_encoding() -> None:

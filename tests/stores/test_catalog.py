@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from schemas.events import (
+from streamrec.schemas.events import (
     ClickEvent,
     ImpressionEvent,
     ItemEvent,
@@ -14,7 +14,7 @@ from schemas.events import (
     RatingEvent,
     SourcedEvent,
 )
-from stores.catalog import Archive, InteractionRow
+from streamrec.stores.catalog import Archive, InteractionRow
 
 
 def test_redelivered_events_are_archived_once(engine: Engine) -> None:

@@ -12,10 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import StateConflict
-from core.services import Services
-from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
-from stores.features import (
+from streamrec.core.errors import StateConflict
+from streamrec.core.services import Services
+from streamrec.schemas.events import (
+    ClickEvent,
+    ImpressionEvent,
+    ItemEvent,
+    RatingEvent,
+    SourcedEvent,
+)
+from streamrec.stores.features import (
     LANDMARK,
     FeatureStore,
     decay_weight,

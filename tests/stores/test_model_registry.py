@@ -19,13 +19,13 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.db import create_db_engine
-from core.errors import InvalidInput, NotFound, StateConflict
-from schemas.api import VersionStatus
-from stores.model_registry import ModelRegistry, Promotion
-from stores.schema import create_schema
+from streamrec.core.db import create_db_engine
+from streamrec.core.errors import InvalidInput, NotFound, StateConflict
+from streamrec.schemas.api import VersionStatus
+from streamrec.stores.model_registry import ModelRegistry, Promotion
+from streamrec.stores.schema import create_schema
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 from tests.conftest import PG_TEST_URL, postgres_schema_engine
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 PG_SCHEMA = "test_model_registry"
 START = datetime(2026, 12, 1, tzinfo=UTC)
@@ -130,6 +130,23 @@ def test_only_trainer_classes_load(models: ModelRegistry) -> None:
     meta_path = version.path / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["artifact_class"] = "os:system"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InvalidInput):
+        models.load("dqn", 1)
+
+
+def test_a_version_registered_before_the_streamrec_namespace_still_loads(
+    models: ModelRegistry,
+) -> None:
+    """Its meta.json names ``trainer.models…`` (the packages were top-level then)."""
+    version = models.register("dqn", _dqn())
+    meta_path = version.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["artifact_class"].startswith("streamrec.trainer.")
+    meta["artifact_class"] = meta["artifact_class"].removeprefix("streamrec.")
+    meta_path.write_text(json.dumps(meta))
+    assert type(models.load("dqn", 1)).__module__.startswith("streamrec.trainer.")
+    meta["artifact_class"] = "core.settings:Settings"  # the old prefix of a non-trainer module
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InvalidInput):
         models.load("dqn", 1)

@@ -9,11 +9,11 @@ import logging
 
 import pytest
 
-from core.metrics import Metrics
-from core.services import redis_client
-from core.settings import Settings
-from stores.factory import Stores
-from stores.ops_stats import (
+from streamrec.core.metrics import Metrics
+from streamrec.core.services import redis_client
+from streamrec.core.settings import Settings
+from streamrec.stores.factory import Stores
+from streamrec.stores.ops_stats import (
     INDEX,
     TTL_SECONDS,
     OpsStatsWriter,
@@ -150,10 +150,10 @@ async def test_redis_down_is_logged_once_per_outage_not_raised(
     redis = redis_client("redis://127.0.0.1:1/0", down)  # nothing listens on port 1
     try:
         writer = OpsStatsWriter(redis, Metrics(), process="h:1:a")
-        with caplog.at_level(logging.WARNING, logger="stores.ops_stats"):
+        with caplog.at_level(logging.WARNING, logger="streamrec.stores.ops_stats"):
             await writer.write_logged()
             await writer.write_logged()
-        warnings = [r for r in caplog.records if r.name == "stores.ops_stats"]
+        warnings = [r for r in caplog.records if r.name == "streamrec.stores.ops_stats"]
         assert len(warnings) == 1 and "not written to Redis" in warnings[0].getMessage()
     finally:
         await redis.aclose()

@@ -9,13 +9,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core.services import Services
-from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent, SourcedEvent
-from schemas.topics import ConsumerGroup, Topic
-from stores.catalog import Archive
-from stores.factory import Stores
-from stores.rebuild import rebuild_features, snapshot_features, state_behind_archive
-from stores.schema import create_schema
+from streamrec.core.services import Services
+from streamrec.schemas.events import (
+    ClickEvent,
+    ImpressionEvent,
+    ItemEvent,
+    RatingEvent,
+    SourcedEvent,
+)
+from streamrec.schemas.topics import ConsumerGroup, Topic
+from streamrec.stores.catalog import Archive
+from streamrec.stores.factory import Stores
+from streamrec.stores.rebuild import rebuild_features, snapshot_features, state_behind_archive
+from streamrec.stores.schema import create_schema
 from tests.conftest import consume_until_drained
 
 pytestmark = pytest.mark.kafka

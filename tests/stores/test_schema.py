@@ -21,13 +21,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from core.db import create_db_engine
-from core.ids import IdKind, IdRegistry
-from schemas.api import VersionStatus
-from schemas.events import ImpressionEvent, PolicyLog, SourcedEvent
-from stores.catalog import Archive
-from stores.model_registry import ModelRegistry
-from stores.schema import (
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.api import VersionStatus
+from streamrec.schemas.events import ImpressionEvent, PolicyLog, SourcedEvent
+from streamrec.stores.catalog import Archive
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.schema import (
     ADVISORY_LOCK_KEY,
     INITIAL_REVISION,
     INITIAL_TABLES,
@@ -207,7 +207,7 @@ def test_model_versions_at_0004_get_a_status_from_their_active_flag(
                     "name": "mf",
                     "version": version,
                     "created_at": created,
-                    "artifact_class": "trainer.models.mf:MF",
+                    "artifact_class": "streamrec.trainer.models.mf:MF",
                     "metrics": {},
                     "config": {},
                     "n_users": 1,

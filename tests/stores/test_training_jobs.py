@@ -13,9 +13,9 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import Engine
 
-from schemas.api import TrainingJobRequest
-from stores.model_registry import ModelVersion
-from stores.training_jobs import RegisteredVersion, TrainingJobStore
+from streamrec.schemas.api import TrainingJobRequest
+from streamrec.stores.model_registry import ModelVersion
+from streamrec.stores.training_jobs import RegisteredVersion, TrainingJobStore
 
 T = TypeVar("T")
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -41,7 +41,7 @@ def _version(name: str = "mf", number: int = 3, active: bool = True) -> ModelVer
         name=name,
         version=number,
         created_at=T0,
-        artifact_class="trainer.models.mf:MF",
+        artifact_class="streamrec.trainer.models.mf:MF",
         metrics={"test": {"ndcg@10": 0.25, "hr@10": 1, "note": "x"}, "epochs": 2},
         config={},
         n_users=1,

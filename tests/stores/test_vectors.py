@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from core.errors import ConfigurationError, InvalidInput, NotFound
-from core.settings import Settings
-from stores.vectors import (
+from streamrec.core.errors import ConfigurationError, InvalidInput, NotFound
+from streamrec.core.settings import Settings
+from streamrec.stores.vectors import (
     EdgeVectorStore,
     QdrantServerVectorStore,
     RemoteVectorStore,

@@ -10,8 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import InvalidInput, ServiceUnavailable
-from stores.vectors import RetryPolicy, VectorBatch, Vectors, VectorStore, array_source, bulk_upsert
+from streamrec.core.errors import InvalidInput, ServiceUnavailable
+from streamrec.stores.vectors import (
+    RetryPolicy,
+    VectorBatch,
+    Vectors,
+    VectorStore,
+    array_source,
+    bulk_upsert,
+)
 from tests.stores.test_vectors import (  # the store fixture runs each test on both backends
     DIM,
     axis,

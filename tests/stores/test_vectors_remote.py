@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from core.errors import ConfigurationError, InvalidInput, NotFound, ServiceUnavailable
-from core.settings import Settings
-from stores.vectors import (
+from streamrec.core.errors import ConfigurationError, InvalidInput, NotFound, ServiceUnavailable
+from streamrec.core.settings import Settings
+from streamrec.stores.vectors import (
     EdgeVectorStore,
     Hit,
     Payloads,
@@ -37,7 +37,7 @@ from stores.vectors import (
     open_vector_store,
     serve_vector_store,
 )
-from stores.vectors.host import create_vector_host_app, listen_socket
+from streamrec.stores.vectors.host import create_vector_host_app, listen_socket
 from tests.stores.test_vectors import DIM, axis, clustered
 
 TOKEN = "test-vector-host-token"

@@ -13,11 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 import httpx
 import pytest
 
-from core.errors import ServiceUnavailable
-from schemas.api import EventsAccepted, HistoryItem, Recommendations
-from schemas.events import ClickEvent, ItemEvent, RatingEvent
-from schemas.models import ModelName
 from streamrec.client import AsyncStreamrecClient, RetryPolicy, StreamrecClient
+from streamrec.core.errors import ServiceUnavailable
 from streamrec.errors import (
     APIConnectionError,
     AuthError,
@@ -25,6 +22,9 @@ from streamrec.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from streamrec.schemas.api import EventsAccepted, HistoryItem, Recommendations
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent
+from streamrec.schemas.models import ModelName
 from tests.conftest import INGEST_KEY, wait_until
 
 BASE = "http://streamrec"

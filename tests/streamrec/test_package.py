@@ -11,12 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import streamrec
-from core.errors import PublishError, ServiceUnavailable, StreamrecError
-from producers.publisher import EventPublisher, SyncEventPublisher
-from schemas.api import Recommendations, SimilarItems, UserHistory
-from schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent
 from streamrec.client import AsyncStreamrecClient, StreamrecClient
+from streamrec.core.errors import PublishError, ServiceUnavailable, StreamrecError
 from streamrec.errors import InvalidRequestError, ServiceUnavailableError, StreamrecClientError
+from streamrec.producers.publisher import EventPublisher, SyncEventPublisher
+from streamrec.schemas.api import Recommendations, SimilarItems, UserHistory
+from streamrec.schemas.events import ClickEvent, ImpressionEvent, ItemEvent, RatingEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules of the server side an app must not pay for (seconds of start-up, hundreds of MB).
@@ -34,13 +34,15 @@ HEAVY = (
     "qdrant_edge",
     "confluent_kafka",
     "typer",
-    "core.settings",
-    "stores",
-    "consumers",
-    "trainer",
-    "api",
-    "apps",
+    "streamrec.core.settings",
+    "streamrec.stores",
+    "streamrec.consumers",
+    "streamrec.trainer",
+    "streamrec.api",
+    "streamrec.apps",
 )
+# The repository's top-level folders: installed as streamrec.<folder>, never under their own name.
+FOLDERS = ("schemas", "core", "stores", "producers", "consumers", "trainer", "api", "apps")
 
 
 def test_import_streamrec_exposes_the_publishers_the_clients_the_models_and_the_errors() -> None:
@@ -71,8 +73,10 @@ def test_the_client_errors_fit_into_the_domain_error_tree() -> None:
 
 
 def test_import_streamrec_loads_nothing_of_the_server() -> None:
+    """Every SDK name is read (they load on first use), and still nothing of the server."""
     probe = (
         "import json, sys, streamrec; "
+        "[getattr(streamrec, name) for name in streamrec.__all__]; "
         f"heavy = {HEAVY!r}; "
         "print(json.dumps(sorted(m for m in sys.modules "
         "if any(m == h or m.startswith(h + '.') for h in heavy))))"
@@ -88,3 +92,20 @@ def test_py_typed_is_in_the_package_and_shipped_with_it() -> None:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "py.typed" in setuptools["package-data"]["streamrec"]
     assert "streamrec*" in setuptools["packages"]["find"]["include"]
+
+
+def test_the_folders_install_under_streamrec_and_not_as_top_level_modules(tmp_path: Path) -> None:
+    """Outside the repository (so the current directory does not count), ``import core`` finds
+    nothing of ours, while ``streamrec.core`` is the repository's core/ folder."""
+    probe = (
+        "import importlib.util, json; "
+        f"folders = {FOLDERS!r}; "
+        "print(json.dumps({name: [getattr(importlib.util.find_spec(name), 'origin', None), "
+        "importlib.util.find_spec('streamrec.' + name).origin] for name in folders}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    for name, (bare, ours) in json.loads(done.stdout).items():
+        assert bare is None or not Path(bare).resolve().is_relative_to(ROOT), name
+        assert Path(ours).resolve() == ROOT / name / "__init__.py"

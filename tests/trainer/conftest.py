@@ -13,12 +13,12 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, synthetic
-from core.db import create_db_engine
-from core.ids import IdRegistry
-from stores.schema import create_schema
+from streamrec.core.datasets import InteractionData, synthetic
+from streamrec.core.db import create_db_engine
+from streamrec.core.ids import IdRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.trainer.data import Interactions, build
 from tests.conftest import PG_TEST_URL, postgres_schema_engine
-from trainer.data import Interactions, build
 
 PG_SCHEMA = "test_trainer"
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stores.vectors import EdgeVectorStore
-from trainer.candidates import CandidateIndex
+from streamrec.stores.vectors import EdgeVectorStore
+from streamrec.trainer.candidates import CandidateIndex
 
 N_ITEMS, DIM = 60, 8
 

@@ -7,7 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from trainer.cli import register
+from streamrec.trainer.cli import register
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, Item, Rating
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from stores.catalog import InteractionRow, ItemRow
-from trainer.data import (
+from streamrec.core.datasets import InteractionData, Item, Rating
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.stores.catalog import InteractionRow, ItemRow
+from streamrec.trainer.data import (
     Interactions,
     build,
     count_batches,
@@ -228,7 +228,7 @@ def test_from_archive_reads_ratings_and_catalog(sqlite_engine: Engine) -> None:
 
 @pytest.mark.movielens
 def test_movielens_100k_through_the_registry(ml100k_path, registry: IdRegistry) -> None:  # type: ignore[no-untyped-def]
-    from core.datasets import load_movielens
+    from streamrec.core.datasets import load_movielens
 
     inter = build(load_movielens(ml100k_path), registry)
     assert (len(inter), inter.n_users, inter.n_items) == (100_000, 943, 1682)

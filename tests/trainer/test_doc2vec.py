@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.datasets import Item
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.core.datasets import Item
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 
 FAST = Doc2VecConfig(vector_size=16, epochs=30)
 TOPICS = ("space ship alien planet", "love wedding romance kiss", "ghost blood scream night")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.errors import InvalidInput
-from stores.model_registry import ModelRegistry
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.core.errors import InvalidInput
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
 torch.set_num_threads(1)
 
@@ -121,7 +121,7 @@ def test_registry_round_trip_gives_identical_q_values(
     models = ModelRegistry(sqlite_engine, tmp_path / "models")
     model = _model(seed=3, hidden=(12, 8), gamma=0.5)
     version = models.register("dqn", model, {"ctr": 0.1}, activate=True)
-    assert version.artifact_class == "trainer.models.dueling_dqn:DuelingDQN"
+    assert version.artifact_class == "streamrec.trainer.models.dueling_dqn:DuelingDQN"
     assert version.config["hidden"] == [12, 8] and version.config["gamma"] == 0.5
     loaded = models.load("dqn")
     assert isinstance(loaded, DuelingDQN) and not loaded.training

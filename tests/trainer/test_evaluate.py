@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from core.errors import InvalidInput
-from trainer.data import Interactions, leave_one_out, random_split
-from trainer.evaluate import (
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Interactions, leave_one_out, random_split
+from streamrec.trainer.evaluate import (
     auc,
     evaluate,
     log_loss,
@@ -20,7 +20,7 @@ from trainer.evaluate import (
     ranking_metrics,
     topk_hits,
 )
-from trainer.models.base import Query, Recommender
+from streamrec.trainer.models.base import Query, Recommender
 
 
 def _metrics(hits: list[list[bool]], n_pos: list[int], k: int) -> dict[str, list[float]]:

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, synthetic
-from core.errors import NotFound
-from core.ids import IdKind, IdRegistry
-from schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
-from stores.catalog import Archive
-from stores.model_registry import ModelRegistry
-from stores.vectors import EdgeVectorStore
-from trainer.data import build
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.live import publish_version
-from trainer.models import build_model
-from trainer.publish import item_matrix
+from streamrec.core.datasets import InteractionData, synthetic
+from streamrec.core.errors import NotFound
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
+from streamrec.stores.catalog import Archive
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.vectors import EdgeVectorStore
+from streamrec.trainer.data import build
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.live import publish_version
+from streamrec.trainer.models import build_model
+from streamrec.trainer.publish import item_matrix
 
 
 def small_data() -> InteractionData:
@@ -199,7 +199,7 @@ async def test_every_user_has_candidates_and_every_item_neighbours_before_the_sw
     pointer right after."""
     import asyncio
 
-    from stores.candidates import Ranked, candidates_key, neighbours_key
+    from streamrec.stores.candidates import Ranked, candidates_key, neighbours_key
 
     ids, store, candidates = world["ids"], world["store"], stores.candidates
     redis = stores.services.redis

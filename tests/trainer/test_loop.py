@@ -6,11 +6,11 @@ import pytest
 import torch
 from rich.progress import Progress
 
-from core.errors import InvalidInput
-from trainer.data import Interactions, count_batches, leave_one_out
-from trainer.evaluate import make_validator
-from trainer.loop import TrainConfig, fit
-from trainer.models import build_model
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Interactions, count_batches, leave_one_out
+from streamrec.trainer.evaluate import make_validator
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import build_model
 
 FAST = TrainConfig(epochs=3, batch_size=512, lr=1e-2, threads=1)
 

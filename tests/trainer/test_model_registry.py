@@ -12,13 +12,13 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData, Rating
-from core.ids import IdKind, IdRegistry
-from stores.model_registry import ModelRegistry
-from trainer.data import Interactions, build, pad_sequences
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.loop import TrainConfig, fit
-from trainer.models import MODELS, Query, build_model
+from streamrec.core.datasets import InteractionData, Rating
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.data import Interactions, build, pad_sequences
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import MODELS, Query, build_model
 
 SMALL: dict[str, dict[str, object]] = {
     "mf": {"dim": 8},

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.datasets import InteractionData, Rating
-from core.errors import InvalidInput
-from core.ids import IdRegistry
-from trainer.data import Interactions, build, leave_one_out, pad_sequences
-from trainer.evaluate import evaluate, evaluate_click, make_validator
-from trainer.loop import TrainConfig, fit
-from trainer.models import MODELS, Query, build_model
-from trainer.models.base import CONFIG_FILE
-from trainer.models.sasrec import SASRec
+from streamrec.core.datasets import InteractionData, Rating
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdRegistry
+from streamrec.trainer.data import Interactions, build, leave_one_out, pad_sequences
+from streamrec.trainer.evaluate import evaluate, evaluate_click, make_validator
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import MODELS, Query, build_model
+from streamrec.trainer.models.base import CONFIG_FILE
+from streamrec.trainer.models.sasrec import SASRec
 
 FAST: dict[str, dict[str, object]] = {
     "mf": {"dim": 16},
@@ -194,8 +194,8 @@ def test_unknown_model_is_refused(tiny: Interactions) -> None:
 
 @pytest.mark.movielens
 def test_bpr_learns_movielens_100k(ml100k_path, registry) -> None:  # type: ignore[no-untyped-def]
-    from core.datasets import load_movielens
-    from trainer.data import build, random_split
+    from streamrec.core.datasets import load_movielens
+    from streamrec.trainer.data import build, random_split
 
     inter = build(load_movielens(ml100k_path), registry)
     split = random_split(inter)

@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import torch
 
-from core.ids import IdKind
-from schemas.events import ClickEvent, Event, ImpressionEvent, PolicyLog, RatingEvent
+from streamrec.core.ids import IdKind
+from streamrec.schemas.events import ClickEvent, Event, ImpressionEvent, PolicyLog, RatingEvent
+from streamrec.trainer.online import FeedbackJoiner, LearnerConfig, OnlineLearner
+from streamrec.trainer.policy import ActiveModels
+from streamrec.trainer.rl import Transition
 from tests.api.test_rl import DIM, S, _doc2vec, _dqn, _registry, edge  # noqa: F401  (edge: fixture)
-from trainer.online import FeedbackJoiner, LearnerConfig, OnlineLearner
-from trainer.policy import ActiveModels
-from trainer.rl import Transition
 
 torch.set_num_threads(1)  # tiny networks on a shared machine: more threads only contend
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

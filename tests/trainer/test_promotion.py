@@ -12,17 +12,16 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.errors import InvalidInput, StateConflict
-from core.ids import IdKind, IdRegistry
-from schemas.api import VersionStatus
-from stores.model_registry import ModelRegistry
-from tests.trainer.conftest import tiny_data
-from trainer.data import Interactions, build, eval_set
-from trainer.evaluate import evaluate_click, evaluate_full
-from trainer.loop import TrainConfig, fit
-from trainer.models import build_model
-from trainer.models.base import Recommender
-from trainer.promotion import (
+from streamrec.core.errors import InvalidInput, StateConflict
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.api import VersionStatus
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.data import Interactions, build, eval_set
+from streamrec.trainer.evaluate import evaluate_click, evaluate_full
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import build_model
+from streamrec.trainer.models.base import Recommender
+from streamrec.trainer.promotion import (
     AUC,
     NDCG,
     HoldoutScores,
@@ -33,6 +32,7 @@ from trainer.promotion import (
     promotion_metric,
     score_on_holdout,
 )
+from tests.trainer.conftest import tiny_data
 
 HELD_OUT = 600
 

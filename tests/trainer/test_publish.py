@@ -16,23 +16,23 @@ import typer
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from core.datasets import InteractionData, synthetic
-from core.db import create_db_engine
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from schemas.events import ItemEvent, RatingEvent, SourcedEvent
-from schemas.models import TRAINABLE, ModelName
-from stores.candidates import Ranked, candidates_key, live_key, neighbours_key
-from stores.catalog import Archive
-from stores.model_registry import ModelRegistry
-from stores.schema import create_schema
-from stores.vectors import EdgeVectorStore
-from trainer.cli import register
-from trainer.data import build
-from trainer.doc2vec import Doc2VecConfig, Doc2VecModel
-from trainer.live import publish_version
-from trainer.models import build_model
-from trainer.publish import item_matrix, published_kind, vector_model
+from streamrec.core.datasets import InteractionData, synthetic
+from streamrec.core.db import create_db_engine
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from streamrec.schemas.models import TRAINABLE, ModelName
+from streamrec.stores.candidates import Ranked, candidates_key, live_key, neighbours_key
+from streamrec.stores.catalog import Archive
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.stores.schema import create_schema
+from streamrec.stores.vectors import EdgeVectorStore
+from streamrec.trainer.cli import register
+from streamrec.trainer.data import build
+from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
+from streamrec.trainer.live import publish_version
+from streamrec.trainer.models import build_model
+from streamrec.trainer.publish import item_matrix, published_kind, vector_model
 
 
 def small_data() -> InteractionData:

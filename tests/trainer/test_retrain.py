@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ConfigurationError
-from stores.candidates import Ranked, candidates_key, neighbours_key
-from stores.factory import Stores
+from streamrec.core.errors import ConfigurationError
+from streamrec.core.settings import Settings
+from streamrec.stores.candidates import Ranked, candidates_key, neighbours_key
+from streamrec.stores.factory import Stores
+from streamrec.trainer.publish import LiveVersion, drop_version_collections, serving_versions
+from streamrec.trainer.retrain import (
+    RetrainConfig,
+    RetrainTrigger,
+    parse_every_events,
+    parse_models,
+)
 from tests.conftest import FakeClock
-from trainer.publish import LiveVersion, drop_version_collections, serving_versions
-from trainer.retrain import RetrainConfig, RetrainTrigger, parse_models
 
 
 def config(**overrides: object) -> RetrainConfig:
@@ -37,6 +43,32 @@ def test_fires_on_the_count_and_not_before(clock: FakeClock) -> None:
     trigger.started(["mf"])
     assert trigger.due() == ["sasrec"]  # mf's count starts again from its round
     assert trigger.new("mf") == 0
+
+
+def test_a_model_with_its_own_count_fires_on_it_and_the_others_on_the_default(
+    clock: FakeClock,
+) -> None:
+    trigger = RetrainTrigger(config(every_events_by_model={"sasrec": 300}), clock)
+    trigger.observe(100)
+    assert trigger.due() == ["mf"]
+    trigger.started(["mf"])
+    trigger.observe(199)
+    assert trigger.due() == ["mf"]  # sasrec: 299 of its 300
+    trigger.started(["mf"])
+    trigger.observe(1)
+    assert trigger.due() == ["sasrec"]
+
+
+def test_per_model_counts_parse_from_settings_and_bad_ones_are_refused() -> None:
+    settings = Settings(
+        retrain_every_events=1000, retrain_every_events_by_model=" sasrec=6000, ncf=2000 "
+    )
+    parsed = RetrainConfig.from_settings(settings)
+    assert parsed.every_events_by_model == {"sasrec": 6000, "ncf": 2000}
+    assert parsed.threshold("sasrec") == 6000 and parsed.threshold("mf") == 1000
+    for bad in ("sasrec", "sasrec=0", "sasrec=x", "dqn=10"):
+        with pytest.raises(ConfigurationError, match="EVERY_EVENTS_BY_MODEL"):
+            parse_every_events(bad)
 
 
 def test_fires_on_the_time_with_enough_new_events_only(clock: FakeClock) -> None:

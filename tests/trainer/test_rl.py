@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from core.errors import InvalidInput
-from trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
-from trainer.rl import (
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
+from streamrec.trainer.rl import (
     DQNBatch,
     DQNLearner,
     ReplayBuffer,

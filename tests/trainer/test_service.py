@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from core.datasets import InteractionData
-from core.errors import InvalidInput
-from core.ids import IdKind, IdMapping, IdRegistry
-from schemas.events import RatingEvent, SourcedEvent
-from stores.catalog import Archive, Watermark
-from stores.model_registry import ModelRegistry, ModelVersion
-from trainer.data import recorded_watermark
-from trainer.service import (
+from streamrec.core.datasets import InteractionData
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdMapping, IdRegistry
+from streamrec.schemas.events import RatingEvent, SourcedEvent
+from streamrec.stores.catalog import Archive, Watermark
+from streamrec.stores.model_registry import ModelRegistry, ModelVersion
+from streamrec.trainer.data import recorded_watermark
+from streamrec.trainer.service import (
     Workspace,
     evaluate_version,
     is_offline,

@@ -9,15 +9,15 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.datasets import synthetic
-from core.errors import InvalidInput
-from core.ids import IdKind, IdRegistry
-from schemas.events import ClickEvent, ImpressionEvent, RatingEvent, SourcedEvent
-from stores.catalog import Archive
-from trainer.data import Interactions, build
-from trainer.models import Query, build_model
-from trainer.publish import item_matrix
-from trainer.user_vectors import (
+from streamrec.core.datasets import synthetic
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.schemas.events import ClickEvent, ImpressionEvent, RatingEvent, SourcedEvent
+from streamrec.stores.catalog import Archive
+from streamrec.trainer.data import Interactions, build
+from streamrec.trainer.models import Query, build_model
+from streamrec.trainer.publish import item_matrix
+from streamrec.trainer.user_vectors import (
     LoadedModel,
     all_user_vectors,
     merge_history,

@@ -12,16 +12,16 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from core.datasets import InteractionData
-from core.errors import InvalidInput
-from core.ids import IdRegistry
-from stores.model_registry import ModelRegistry
+from streamrec.core.datasets import InteractionData
+from streamrec.core.errors import InvalidInput
+from streamrec.core.ids import IdRegistry
+from streamrec.stores.model_registry import ModelRegistry
+from streamrec.trainer.data import Interactions, build, pad_sequences, sequences
+from streamrec.trainer.models import build_model
+from streamrec.trainer.models.base import Query, Recommender
+from streamrec.trainer.service import train_model
+from streamrec.trainer.warm_start import SIZE_FIELDS, warm_start_model
 from tests.trainer.conftest import tiny_data
-from trainer.data import Interactions, build, pad_sequences, sequences
-from trainer.models import build_model
-from trainer.models.base import Query, Recommender
-from trainer.service import train_model
-from trainer.warm_start import SIZE_FIELDS, warm_start_model
 
 MODELS = ("mf", "bpr", "ncf", "wide_deep", "sasrec")
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.datasets import InteractionData, Item, Rating, User, load_movielens
-from core.ids import IdKind, IdRegistry
-from trainer.data import Interactions, age_group, build, random_split
-from trainer.evaluate import evaluate_click
-from trainer.loop import TrainConfig, fit
-from trainer.models import build_model
-from trainer.models.base import Query
-from trainer.models.wide_deep import WideDeep
+from streamrec.core.datasets import InteractionData, Item, Rating, User, load_movielens
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.trainer.data import Interactions, age_group, build, random_split
+from streamrec.trainer.evaluate import evaluate_click
+from streamrec.trainer.loop import TrainConfig, fit
+from streamrec.trainer.models import build_model
+from streamrec.trainer.models.base import Query
+from streamrec.trainer.models.wide_deep import WideDeep
 
 SMALL = {"dim": 8, "hidden": (16, 8)}
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from core.errors import InvalidInput
-from trainer.data import Interactions
-from trainer.loop import TrainConfig
-from trainer.models.base import Query, Recommender
-from trainer.models.mf import MF, MFConfig
-from trainer.models.ncf import NCF, NCFConfig
-from trainer.models.sasrec import SASRec, SASRecConfig
-from trainer.models.wide_deep import WideDeep, WideDeepConfig
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Interactions
+from streamrec.trainer.loop import TrainConfig
+from streamrec.trainer.models.base import Query, Recommender
+from streamrec.trainer.models.mf import MF, MFConfig
+from streamrec.trainer.models.ncf import NCF, NCFConfig
+from streamrec.trainer.models.sasrec import SASRec, SASRecConfig
+from streamrec.trainer.models.wide_deep import WideDeep, WideDeepConfig
 
 
 @dataclass(frozen=True)

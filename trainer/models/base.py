@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Self, TypeVar
 import torch
 from torch import Tensor, nn
 
-from core.errors import InvalidInput
-from trainer.data import Batch, Interactions
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Batch, Interactions
 
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
@@ -166,7 +166,7 @@ class Recommender(nn.Module):
     @classmethod
     def load_artifacts(cls, directory: Path) -> Self:
         """Rebuild from ``config.json`` and ``weights.pt`` alone (weights_only: no pickle)."""
-        from trainer.models import config_class  # the registry maps class → config class
+        from streamrec.trainer.models import config_class  # the registry maps class → config class
 
         return load_checkpoint(cls, config_class(cls), directory)
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.errors import InvalidInput
-from trainer.models.base import load_checkpoint, mlp, save_checkpoint
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.models.base import load_checkpoint, mlp, save_checkpoint
 
 
 @dataclass(frozen=True)

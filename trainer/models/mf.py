@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import InvalidInput
-from trainer.data import Batch, Interactions
-from trainer.models.base import Query, Recommender
+from streamrec.core.errors import InvalidInput
+from streamrec.trainer.data import Batch, Interactions
+from streamrec.trainer.models.base import Query, Recommender
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.data import Batch
-from trainer.models.base import Query, Recommender, mlp
+from streamrec.trainer.data import Batch
+from streamrec.trainer.models.base import Query, Recommender, mlp
 
 
 @dataclass(frozen=True)
