@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Relative: a candidate goes live if its held-out score >= live score x (1 - tolerance).
     # Relative, not absolute, because NDCG@10 (~0.05-0.3) and AUC (~0.7-0.9) differ in scale.
     retrain_promotion_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    # ... less this many standard errors of the paired per-user difference (NDCG@10): a
+    # candidate within the held-out slice's noise of the live version is not rejected. 0: bare.
+    retrain_promotion_confidence: Annotated[float, Field(ge=0, le=10)] = 1.64
     # Rejected and retired versions kept per model; older ones lose row, files and collections.
     retrain_keep_versions: Annotated[int, Field(ge=0, le=10_000)] = 3
     # -- the learning loop (consumers/retrain.py, trainer/retrain.py) --

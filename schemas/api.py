@@ -274,11 +274,24 @@ class PromotionInfo(BaseModel):
     candidate_score: float | None = Field(description="null when it was not a number")
     live_score: float | None = Field(description="null when no version was live")
     live_version: int | None
-    tolerance: float = Field(description="Relative: promoted if >= live score x (1 - tolerance)")
+    tolerance: float = Field(
+        description="Relative: promoted if >= live score x (1 - tolerance) - confidence x "
+        "difference_se"
+    )
     decision: PromotionDecision
     reason: str
     heldout_events: int = Field(description="Held-out interactions both versions were scored on")
     decided_at: datetime | None
+    difference_se: float | None = Field(
+        default=None,
+        description="Standard error of the paired per-user difference (candidate - live) of "
+        "the metric; null without pairs (no live version, auc)",
+    )
+    confidence: float = Field(
+        default=0.0,
+        description="Standard errors of that difference a candidate may fall short of "
+        "live score x (1 - tolerance) by and still go live (0: the bare comparison)",
+    )
 
 
 class ModelVersionInfo(BaseModel):

@@ -113,6 +113,10 @@ class Promotion:
     reason: str
     heldout_events: int = 0
     decided_at: datetime | None = None
+    # The paired per-user difference's standard error and how many of them a candidate may
+    # fall short by (trainer.promotion); None / 0 for the bare comparison.
+    difference_se: float | None = None
+    confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decision not in ("promote", "reject"):
@@ -120,6 +124,7 @@ class Promotion:
         # JSON (and PostgreSQL) has no NaN: a score that is not a number is recorded as None.
         object.__setattr__(self, "candidate_score", _finite(self.candidate_score))
         object.__setattr__(self, "live_score", _finite(self.live_score))
+        object.__setattr__(self, "difference_se", _finite(self.difference_se))
         object.__setattr__(self, "decided_at", _utc(self.decided_at))
 
     @property
@@ -137,6 +142,8 @@ class Promotion:
             "reason": self.reason,
             "heldout_events": self.heldout_events,
             "decided_at": _iso(self.decided_at),
+            "difference_se": self.difference_se,
+            "confidence": self.confidence,
         }
 
     @classmethod
@@ -151,6 +158,8 @@ class Promotion:
             reason=str(raw.get("reason", "")),
             heldout_events=int(raw.get("heldout_events", 0)),
             decided_at=_parse_time(raw.get("decided_at")),
+            difference_se=raw.get("difference_se"),
+            confidence=float(raw.get("confidence", 0.0)),
         )
 
 
@@ -469,7 +478,7 @@ class ModelRegistry:
         return ModelVersion(
             name=row["name"],
             version=row["version"],
-            created_at=row["created_at"],
+            created_at=_aware(row["created_at"]),
             artifact_class=row["artifact_class"],
             metrics=dict(row["metrics"] or {}),
             config=dict(row["config"] or {}),
@@ -512,10 +521,12 @@ def _utc_now() -> datetime:
 
 
 def _utc(value: datetime | None) -> datetime | None:
+    return _aware(value) if value is not None else None
+
+
+def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything here is written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -125,8 +125,21 @@ def evaluate_full(
     model: Recommender, es: EvalSet, k: int = 10, exclude_seen: bool = True, chunk: int = 256
 ) -> dict[str, float]:
     """Rank every item; hide ``es.seen`` (never the targets) when ``exclude_seen``."""
+    per_user = full_ranking_per_user(model, es, k, exclude_seen, chunk)
+    return {
+        key: float(values.double().mean()) if len(values) else 0.0
+        for key, values in per_user.items()
+    }
+
+
+@torch.no_grad()
+def full_ranking_per_user(
+    model: Recommender, es: EvalSet, k: int = 10, exclude_seen: bool = True, chunk: int = 256
+) -> dict[str, Tensor]:
+    """``evaluate_full``'s metrics per user: (U,) tensors in ``es.users`` order (a paired
+    comparison of two versions needs them, not only their means)."""
     model.eval()
-    totals: dict[str, float] = {}
+    parts: dict[str, list[Tensor]] = {}
     for start in range(0, len(es.users), chunk):
         part = slice(start, start + chunk)
         scores = model.full_scores(_query(model, es.users[part], es.history[part]))  # (U, N)
@@ -135,8 +148,10 @@ def evaluate_full(
             hide = _rows_mask(es.seen[part], model.n_items) & ~positives
             scores = scores.masked_fill(hide, -torch.inf)
         n_pos = positives.sum(1)
-        _accumulate(totals, ranking_metrics(topk_hits(scores, positives, k), n_pos, k))
-    return _means(totals, len(es.users))
+        for key, values in ranking_metrics(topk_hits(scores, positives, k), n_pos, k).items():
+            parts.setdefault(key, []).append(values)
+    names = ranking_metrics(torch.zeros(0, k, dtype=torch.bool), torch.zeros(0), k)
+    return {key: torch.cat(parts[key]) if key in parts else torch.zeros(0) for key in names}
 
 
 @torch.no_grad()

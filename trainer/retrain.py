@@ -85,6 +85,7 @@ class RetrainConfig:
     tolerance: float  # relative (trainer.promotion)
     keep_versions: int
     every_events_by_model: Mapping[str, int] = field(default_factory=dict)  # overrides
+    confidence: float = 0.0  # standard errors of the paired difference (trainer.promotion)
 
     def threshold(self, model: str) -> int:
         """New interactions that make ``model`` due."""
@@ -102,6 +103,7 @@ class RetrainConfig:
             threads=settings.retrain_threads,
             nice=settings.retrain_nice,
             tolerance=settings.retrain_promotion_tolerance,
+            confidence=settings.retrain_promotion_confidence,
             keep_versions=settings.retrain_keep_versions,
             every_events_by_model=parse_every_events(settings.retrain_every_events_by_model),
         )
@@ -244,7 +246,7 @@ def train_candidate(settings: Settings, name: str, config: RetrainConfig) -> Can
 def conclude_round(stores: Stores, candidate: Candidate, config: RetrainConfig) -> RoundReport:
     """Decide on a candidate (in the process that owns the vector store): publish its vectors
     and make it live, or record it rejected; then retire old versions (files, collections)."""
-    promotion = decide(candidate.scores, config.tolerance)
+    promotion = decide(candidate.scores, config.tolerance, config.confidence)
     published = 0.0
     if promotion.promoted and published_kind(candidate.name) is not None:
         published = publish_version(

@@ -104,6 +104,8 @@ def _promotion_info(promotion: Promotion) -> PromotionInfo:
         tolerance=promotion.tolerance,
         decision=promotion.decision,
         reason=promotion.reason,
+        difference_se=promotion.difference_se,
+        confidence=promotion.confidence,
         heldout_events=promotion.heldout_events,
         decided_at=promotion.decided_at,
     )

@@ -142,6 +142,8 @@ async def test_list_shows_status_data_window_and_promotion(edge) -> None:  # typ
         "decision": "reject",
         "reason": "reject: the test says so",
         "heldout_events": 300,
+        "difference_se": None,
+        "confidence": 0.0,
     }
     assert live["promotion"]["decision"] == "promote"
 

@@ -158,6 +158,7 @@ def test_a_new_version_is_a_candidate_and_activation_keeps_one_live(
 ) -> None:
     first = models.register("mf", _dqn())
     assert (first.status, first.active, first.activated_at) == (CANDIDATE, False, None)
+    assert models.get("mf", 1).created_at.utcoffset() is not None  # SQLite's naive, read as UTC
     assert models.active("mf") is None  # a candidate does not serve
     live = models.activate("mf", 1)
     assert (live.status, live.active) == (LIVE, True)
@@ -211,7 +212,9 @@ def test_a_rejected_candidate_stays_registered_and_the_live_one_serves(
 ) -> None:
     models.register("mf", _dqn(), activate=True)
     models.register("mf", _dqn(1))
-    rejected = models.record_promotion("mf", 2, _promotion("reject", live_version=1))
+    rejected = models.record_promotion(
+        "mf", 2, _promotion("reject", live_version=1, difference_se=0.004, confidence=1.64)
+    )
     assert (rejected.status, rejected.active) == (REJECTED, False)
     assert models.active("mf").version == 1  # type: ignore[union-attr]
     record = models.get("mf", 2).promotion
@@ -219,6 +222,7 @@ def test_a_rejected_candidate_stays_registered_and_the_live_one_serves(
     assert (record.candidate_score, record.live_score, record.live_version) == (0.09, 0.1, 1)
     assert (record.metric, record.tolerance, record.heldout_events) == ("ndcg@10", 0.02, 500)
     assert record.reason == "reject for the test"
+    assert (record.difference_se, record.confidence) == (0.004, 1.64)  # read back from SQL
     assert models.get("mf", 2).path.is_dir()
 
 

@@ -17,7 +17,7 @@ from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.schemas.api import VersionStatus
 from streamrec.stores.model_registry import ModelRegistry
 from streamrec.trainer.data import Interactions, build, eval_set
-from streamrec.trainer.evaluate import evaluate_click, evaluate_full
+from streamrec.trainer.evaluate import evaluate_click, evaluate_full, full_ranking_per_user
 from streamrec.trainer.loop import TrainConfig, fit
 from streamrec.trainer.models import build_model
 from streamrec.trainer.models.base import Recommender
@@ -75,6 +75,45 @@ def test_the_reasons_say_what_was_compared() -> None:
         "ndcg@10 0.0712 against 0.0700 for live v3 (+1.7%) on 1,000 held-out events: within "
         "the 2.0% tolerance, the candidate goes live"
     )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "se", "confidence", "decision"),
+    [
+        (0.090, 0.010, 1.64, "promote"),  # 10% worse, but within 1.64 standard errors of 0.098
+        (0.090, 0.010, 0.0, "reject"),  # the bare comparison
+        (0.090, None, 1.64, "reject"),  # no pairs (auc, no live): the bare comparison
+        (0.0816, 0.010, 1.64, "promote"),  # exactly at 0.098 - 1.64 x 0.010
+        (0.081, 0.010, 1.64, "reject"),  # below it
+        (0.020, 0.010, 1.64, "reject"),  # a broken candidate: many standard errors short
+    ],
+)
+def test_a_candidate_within_the_noise_of_the_slice_is_not_rejected(
+    candidate: float, se: float | None, confidence: float, decision: str
+) -> None:
+    scores = HoldoutScores(NDCG, candidate, 0.100, 3, 300, difference_se=se)
+    record = decide(scores, 0.02, confidence)
+    assert record.decision == decision
+    assert (record.difference_se, record.confidence) == (se, confidence)
+
+
+def test_the_reason_names_the_standard_error_and_the_margin() -> None:
+    scores = HoldoutScores(NDCG, 0.0650, 0.0700, 3, 300, difference_se=0.0100)
+    assert decide(scores, 0.02, 1.64).reason == (
+        "ndcg@10 0.0650 against 0.0700 for live v3 (-7.1%, standard error of the paired "
+        "difference 0.0100) on 300 held-out events: within the 2.0% tolerance and 1.64 "
+        "standard errors, the candidate goes live"
+    )
+    assert decide(scores, 0.02, 0.2).reason.endswith(
+        "worse than the 2.0% tolerance and 0.2 standard errors allow (at least 0.0666); "
+        "live v3 keeps serving"
+    )
+
+
+@pytest.mark.parametrize("confidence", [-0.1, 10.5, True])
+def test_the_confidence_is_a_number_of_standard_errors(confidence: float) -> None:
+    with pytest.raises(InvalidInput, match="confidence"):
+        decide(_scores(0.1, 0.1), 0.02, confidence)
 
 
 def test_without_a_live_version_the_candidate_is_promoted() -> None:
@@ -137,7 +176,16 @@ def test_a_trained_model_scores_above_an_untrained_one_on_the_same_events(
     # The number is the evaluation module's NDCG@10 over the held-out users, each user's
     # older events as history, and the same again when asked twice.
     expected = evaluate_full(trained, eval_set(inter, split, "test"), 10, True)[NDCG]
-    assert scores.candidate == expected == score_on_holdout(trained, inter, split)
+    assert scores.candidate == pytest.approx(expected, rel=1e-12)
+    assert scores.candidate == score_on_holdout(trained, inter, split)
+    # The paired difference's standard error: per user, candidate minus live, over sqrt(U).
+    per_user = full_ranking_per_user(trained, eval_set(inter, split, "test"), 10)[NDCG]
+    other = full_ranking_per_user(untrained, eval_set(inter, split, "test"), 10)[NDCG]
+    difference = (per_user - other).double().numpy()
+    expected_se = np.std(difference, ddof=1) / np.sqrt(len(difference))
+    assert scores.difference_se == pytest.approx(expected_se, rel=1e-9) and expected_se > 0
+    alone = compare_on_holdout(trained, None, None, inter, split)
+    assert alone.difference_se is None and alone.candidate == scores.candidate
 
 
 def test_wide_and_deep_is_judged_on_auc(inter: Interactions) -> None:
@@ -149,6 +197,8 @@ def test_wide_and_deep_is_judged_on_auc(inter: Interactions) -> None:
     assert score == evaluate_click(model, inter, split.test, 4.0)[AUC]
     with pytest.raises(InvalidInput, match="not judged on auc"):
         compare_on_holdout(model, build_model("bpr", inter, dim=8), 1, inter, split)
+    versus = build_model("wide_deep", inter, seed=1, dim=8, hidden=(16, 8))
+    assert compare_on_holdout(model, versus, 1, inter, split).difference_se is None  # no pairs
 
 
 def test_a_live_version_trained_before_new_ids_is_scored_on_them(
