@@ -23,6 +23,7 @@ not when the command registers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -30,6 +31,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -38,7 +40,7 @@ from rich.table import Table
 
 from streamrec.apps.supervisor import ChildFailed, ChildSpec, RunningChild, Supervisor
 from streamrec.consumers.membership import parse_group_list, short_name
-from streamrec.core.addresses import EmbeddedAddresses
+from streamrec.core.addresses import EmbeddedAddresses, VectorHostAddress
 from streamrec.core.errors import StreamrecError
 from streamrec.core.logs import configure_logging
 from streamrec.core.settings import Settings
@@ -128,6 +130,21 @@ def _child_argv(role: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "streamrec.apps.up_children", role, *options]
 
 
+@dataclass(frozen=True)
+class VectorHostSocket:
+    """The loopback socket ``up`` binds for the consumers' vector host, and the run's token."""
+
+    socket: socket.socket
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def address(self) -> VectorHostAddress:
+        return VectorHostAddress(url=self.url, token=self.token, pid=os.getpid())
+
+
 def plan_children(
     settings: Settings,
     *,
@@ -137,12 +154,12 @@ def plan_children(
     api_workers: int,
     consumer_metrics_port: int,
     environ: dict[str, str],
-    vector_socket: socket.socket | None = None,
+    vector_host: VectorHostSocket | None = None,
 ) -> list[ChildSpec]:
     """The children of ``streamrec up``: services (when Kafka or Redis is embedded), consumers,
     then ``api_workers`` API workers; ``environ`` is the environment they all start from.
-    ``vector_socket``: where the consumers serve the Edge shards to the API workers (a
-    listening socket the caller keeps open for the run; needed when Qdrant is embedded)."""
+    ``vector_host``: where the consumers serve the Edge shards to the API workers (a listening
+    socket the caller keeps open for the run, and its token; needed when Qdrant is embedded)."""
     base = dict(environ)
     # Generated once here, so every API worker accepts the same keys.
     for name in ("ingest_api_key", "admin_api_key"):
@@ -165,15 +182,14 @@ def plan_children(
         # with a token of this run's own, on a socket bound here: the port can never be taken
         # by another process between the choice and the bind, and stays the same (connections
         # waiting in its backlog) while the consumers process restarts.
-        if vector_socket is None:
-            raise ValueError("embedded Qdrant: the consumers need a vector_socket to serve on")
-        vector_port, token = vector_socket.getsockname()[1], secrets.token_urlsafe(24)
-        pass_fds = (vector_socket.fileno(),)
-        consumer_options += ["--serve-vectors-fd", str(vector_socket.fileno())]
-        consumers_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
-        api_env["STREAMREC_VECTOR_HOST_URL"] = f"http://127.0.0.1:{vector_port}"
-        api_env["STREAMREC_VECTOR_HOST_TOKEN"] = token
-        vectors = f"vectors http://127.0.0.1:{vector_port}"
+        if vector_host is None:
+            raise ValueError("embedded Qdrant: the consumers need a vector_host to serve on")
+        pass_fds = (vector_host.socket.fileno(),)
+        consumer_options += ["--serve-vectors-fd", str(vector_host.socket.fileno())]
+        consumers_env["STREAMREC_VECTOR_HOST_TOKEN"] = vector_host.token
+        api_env["STREAMREC_VECTOR_HOST_URL"] = vector_host.url
+        api_env["STREAMREC_VECTOR_HOST_TOKEN"] = vector_host.token
+        vectors = f"vectors {vector_host.url}"
         consumers_address = f"{vectors}, {consumers_address}" if consumers_address else vectors
     services: tuple[str, ...] = ()
     children = []
@@ -395,8 +411,8 @@ def register(app: typer.Typer) -> None:
         metrics = settings.metrics_port if metrics_port is None else metrics_port
         from streamrec.stores.vectors.host import listen_socket  # uvicorn: only where `up` runs
 
-        vector_socket = (
-            listen_socket("127.0.0.1", 0)
+        vector_host = (
+            VectorHostSocket(listen_socket("127.0.0.1", 0), secrets.token_urlsafe(24))
             if settings.embedded_qdrant and not settings.vector_host_url
             else None
         )
@@ -408,26 +424,29 @@ def register(app: typer.Typer) -> None:
             api_workers=api_workers or default_api_workers(),
             consumer_metrics_port=metrics + 1 if metrics else 0,
             environ=dict(os.environ),
-            vector_socket=vector_socket,
+            vector_host=vector_host,
         )
         try:
-            asyncio.run(
-                supervise_up(
-                    settings,
-                    children,
-                    host=host,
-                    port=port,
-                    metrics_port=metrics,
-                    replay=data,
-                    rate=rate,
+            with contextlib.ExitStack() as stack:
+                if vector_host is not None:  # `streamrec vectors publish` writes through it
+                    stack.enter_context(vector_host.address().announced(settings.var_dir))
+                asyncio.run(
+                    supervise_up(
+                        settings,
+                        children,
+                        host=host,
+                        port=port,
+                        metrics_port=metrics,
+                        replay=data,
+                        rate=rate,
+                    )
                 )
-            )
         except ChildFailed as exc:
             log.error("streamrec up did not start: %s", exc)
             raise typer.Exit(1) from exc
         finally:
-            if vector_socket is not None:
-                vector_socket.close()
+            if vector_host is not None:
+                vector_host.socket.close()
 
 
 def _run_one_process(

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streamrec.core.addresses import through_running_vector_host
 from streamrec.core.errors import InvalidInput, StreamrecError
 from streamrec.core.settings import Settings
 from streamrec.schemas.models import TRAINABLE, VECTOR_MODELS, choices, resolve
@@ -314,7 +315,11 @@ def publish_cmd(
         kind = vector_model(model)
         if model != kind.name:
             console.print(f"{model} is the former name of {kind.name}: publishing {kind.name}")
-        settings = Settings(var_dir=var_dir) if var_dir is not None else Settings()
+        configured = Settings(var_dir=var_dir) if var_dir is not None else Settings()
+        # Beside a running `streamrec up` (embedded Qdrant), its consumers own the Edge shards.
+        settings = through_running_vector_host(configured)
+        if settings is not configured:
+            console.print(f"writing through the running streamrec up ({settings.vector_host_url})")
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),

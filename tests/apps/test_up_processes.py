@@ -18,7 +18,13 @@ import httpx
 import psutil
 import pytest
 
-from streamrec.core.addresses import EmbeddedAddresses
+from streamrec.core.addresses import (
+    EmbeddedAddresses,
+    VectorHostAddress,
+    through_running_vector_host,
+)
+from streamrec.core.settings import Settings
+from streamrec.stores.vectors import RemoteVectorStore, open_vector_store
 
 pytestmark = pytest.mark.kafka
 
@@ -164,6 +170,15 @@ def test_up_stops_every_process(start_up: Callable[[], Up], signum: signal.Signa
     for name in ("services", "consumers", "api-1", "api-2"):
         assert re.search(rf"{name}\s+pid \d+", banner), banner
 
+    # A command beside it (`streamrec vectors publish`) finds the consumers' vector host.
+    host = VectorHostAddress.read(up.var_dir)
+    assert host is not None and host.pid == up.process.pid
+    attached = through_running_vector_host(Settings(var_dir=up.var_dir, qdrant_url="embedded"))
+    assert attached.vector_host_url == host.url
+    with open_vector_store(attached) as store:
+        assert isinstance(store, RemoteVectorStore)
+        assert isinstance(store.list_collections(), list)  # answered by the consumers process
+
     up.process.send_signal(signum)
     up.process.wait(timeout=HANG_GUARD_SECONDS)
     # SIGINT/SIGTERM: the supervisor stops its children; SIGKILL: the kernel sends each one
@@ -172,6 +187,7 @@ def test_up_stops_every_process(start_up: Callable[[], Up], signum: signal.Signa
     if signum != signal.SIGKILL:
         assert up.process.returncode == 0, up.text()
     assert EmbeddedAddresses.read(up.var_dir) is None
+    assert VectorHostAddress.read(up.var_dir) is None
 
 
 def test_up_stops_during_a_replay(start_up: Callable[..., Up]) -> None:

@@ -9,6 +9,7 @@ import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import streamrec
 from streamrec.client import AsyncStreamrecClient, StreamrecClient
@@ -81,10 +82,15 @@ def test_import_streamrec_loads_nothing_of_the_server() -> None:
         "print(json.dumps(sorted(m for m in sys.modules "
         "if any(m == h or m.startswith(h + '.') for h in heavy))))"
     )
+    assert _printed_by(probe, ROOT) == []
+
+
+def _printed_by(probe: str, cwd: Path) -> Any:
+    """The JSON that ``probe`` prints, run by a fresh interpreter in ``cwd``."""
     done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True
     )
-    assert json.loads(done.stdout) == []
+    return json.loads(done.stdout)
 
 
 def test_py_typed_is_in_the_package_and_shipped_with_it() -> None:
@@ -103,9 +109,6 @@ def test_the_folders_install_under_streamrec_and_not_as_top_level_modules(tmp_pa
         "print(json.dumps({name: [getattr(importlib.util.find_spec(name), 'origin', None), "
         "importlib.util.find_spec('streamrec.' + name).origin] for name in folders}))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
-    )
-    for name, (bare, ours) in json.loads(done.stdout).items():
+    for name, (bare, ours) in _printed_by(probe, tmp_path).items():
         assert bare is None or not Path(bare).resolve().is_relative_to(ROOT), name
         assert Path(ours).resolve() == ROOT / name / "__init__.py"
