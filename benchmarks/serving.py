@@ -52,8 +52,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from running_up import RunningUp, free_port  # noqa: E402
+
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-STREAMREC = str(Path(sys.executable).with_name("streamrec"))
 ADMIN_KEY = "bench-admin-key-000000000000"
 INGEST_KEY = "bench-ingest-key-00000000000"
 PATHS = {
@@ -76,12 +77,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return {"p50": float("nan"), "p99": float("nan")}
     arr = np.asarray(values)
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the load generator (a process of its own: --load) ------------------------------------------
@@ -258,13 +253,10 @@ class Ingest:
 # -- the system under test ------------------------------------------------------------------------
 
 
-class Up:
-    """``streamrec up`` (processes) as a subprocess on a free port, its log in a file."""
+class Up(RunningUp):
+    """``streamrec up`` with ``api_workers`` API workers and ``groups``, quiet (WARNING)."""
 
     def __init__(self, var: Path, api_workers: int, groups: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.var = var
         self.groups = {f"streamrec-{g}" for g in groups.split(",")}
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
         env.update(
@@ -273,45 +265,8 @@ class Up:
             STREAMREC_INGEST_API_KEY=INGEST_KEY,
             STREAMREC_LOG_LEVEL="WARNING",
         )
-        self.log_path = var / "up.log"
-        self._log = self.log_path.open("ab")
-        argv = [STREAMREC, "up", "--port", str(self.port), "--metrics-port", "0"]
-        argv += ["--api-workers", str(api_workers), "--groups", groups]
-        self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout: float = 300.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.url, timeout=3) as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"streamrec up exited (log: {self.log_path})")
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass  # not listening yet
-                await asyncio.sleep(0.5)
-        raise SystemExit(f"streamrec up was not ready in {timeout:.0f} s ({self.log_path})")
-
-    def addresses(self) -> Any:
-        from streamrec.core.addresses import EmbeddedAddresses
-
-        found = EmbeddedAddresses.read(self.var)
-        if found is None:
-            raise SystemExit(f"no embedded services of this `up` in {self.var}")
-        return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        options = ["--metrics-port", "0", "--api-workers", str(api_workers), "--groups", groups]
+        super().__init__(var, env, options, var / "up.log")
 
 
 async def publish_all(bootstrap: str, events: list[Any], chunk: int = 2000) -> None:

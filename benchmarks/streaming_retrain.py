@@ -46,7 +46,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,8 +62,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from running_up import RunningUp  # noqa: E402
+
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-STREAMREC = str(Path(sys.executable).with_name("streamrec"))
 ADMIN_KEY = "bench-admin-key"
 INGEST_KEY = "bench-ingest-key"
 RATINGS_TOPIC = "streamrec.ratings"
@@ -82,10 +82,6 @@ TARGETS: dict[str, Any] = {
 
 
 # -- helpers --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
@@ -118,62 +114,16 @@ def base_env(var: Path) -> dict[str, str]:
     return env
 
 
-def parent_pid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class Up:
-    """``streamrec up`` (the supervisor and its processes, as a user runs it) as a subprocess on
-    a free port, its log in a file. A round's span comes from the loop's log line per round."""
+class Up(RunningUp):
+    """``streamrec up`` running ``groups``. A round's span comes from the loop's log line per
+    round (one training child serves every round)."""
 
     def __init__(self, var: Path, env: dict[str, str], groups: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [STREAMREC, "up", "--port", str(self.port), "--groups", groups],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.var = var
-
-    async def ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.url, timeout=3) as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"streamrec up exited ({self.log_path})")
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass  # not listening yet
-                await asyncio.sleep(0.5)
-        raise SystemExit(f"streamrec up did not become ready in {timeout:.0f} s ({self.log_path})")
+        super().__init__(var, env, ["--groups", groups], log_path)
 
     def bootstrap(self) -> tuple[str, str]:
-        from streamrec.core.addresses import EmbeddedAddresses
-
-        addresses = EmbeddedAddresses.read(self.var)
-        # written by up's services child (or by up itself with --one-process)
-        if addresses is None or self.process.pid not in (addresses.pid, parent_pid(addresses.pid)):
-            raise SystemExit(f"no address file of this `up` in {self.var}")
+        addresses = self.addresses()
         return addresses.kafka_bootstrap, addresses.kafka_log_id
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 class Http:

@@ -6,7 +6,7 @@ set, inside a dedicated schema (test_trainer) so other suites on ``public`` are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,8 @@ from sqlalchemy import Engine
 from streamrec.core.datasets import InteractionData, synthetic
 from streamrec.core.db import create_db_engine
 from streamrec.core.ids import IdRegistry
+from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from streamrec.stores.catalog import Archive
 from streamrec.stores.schema import create_schema
 from streamrec.trainer.data import Interactions, build
 from tests.conftest import PG_TEST_URL, postgres_schema_engine
@@ -49,6 +51,31 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def registry(sqlite_engine: Engine) -> IdRegistry:
     return IdRegistry(sqlite_engine)
+
+
+def small_data() -> InteractionData:
+    """20 users, 30 items, 200 ratings: the catalog of the publish and going-live tests."""
+    return synthetic(n_users=20, n_items=30, n_events=200, n_genres=3, seed=2)
+
+
+def fill_archive(
+    engine: Engine, data: InteractionData, ratings: Iterable[RatingEvent]
+) -> IdRegistry:
+    """Register ``data``'s ids, write its catalog and ``ratings`` into the archive."""
+    ids = IdRegistry(engine)
+    build(data, ids)
+    events = [
+        SourcedEvent(
+            ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres), year=i.year),
+            "streamrec.items",
+            0,
+            n,
+        )
+        for n, i in enumerate(data.items.values())
+    ]
+    events += [SourcedEvent(rating, "r", 0, n) for n, rating in enumerate(ratings)]
+    Archive(engine).write_batch(events)
+    return ids
 
 
 def tiny_data(seed: int = 1) -> InteractionData:

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from streamrec.core.datasets import InteractionData, synthetic
 from streamrec.core.errors import NotFound
-from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.core.ids import IdKind
 from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
 from streamrec.stores.catalog import Archive
 from streamrec.stores.model_registry import ModelRegistry
@@ -22,37 +21,16 @@ from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from streamrec.trainer.live import publish_version
 from streamrec.trainer.models import build_model
 from streamrec.trainer.publish import item_matrix
-
-
-def small_data() -> InteractionData:
-    return synthetic(n_users=20, n_items=30, n_events=200, n_genres=3, seed=2)
-
-
-def fill(engine: Engine, data: InteractionData) -> IdRegistry:
-    """Register ids, write the catalog and every rating of ``data`` into the archive."""
-    ids = IdRegistry(engine)
-    build(data, ids)
-    events = [
-        SourcedEvent(
-            ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres), year=i.year),
-            "streamrec.items",
-            0,
-            n,
-        )
-        for n, i in enumerate(data.items.values())
-    ]
-    events += [
-        SourcedEvent(RatingEvent(user_id=r.user_id, item_id=r.item_id, rating=r.rating), "r", 0, n)
-        for n, r in enumerate(data.ratings)
-    ]
-    Archive(engine).write_batch(events)
-    return ids
+from tests.trainer.conftest import fill_archive, small_data
 
 
 @pytest.fixture
 def world(engine: Engine, tmp_path: Path) -> Iterator[dict[str, Any]]:
     data = small_data()
-    ids = fill(engine, data)
+    ratings = [
+        RatingEvent(user_id=r.user_id, item_id=r.item_id, rating=r.rating) for r in data.ratings
+    ]
+    ids = fill_archive(engine, data, ratings)
     store = EdgeVectorStore(tmp_path / "qdrant")
     yield {
         "engine": engine,

@@ -13,17 +13,14 @@ import numpy as np
 import pytest
 import redis
 import typer
-from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from streamrec.core.datasets import InteractionData, synthetic
 from streamrec.core.db import create_db_engine
 from streamrec.core.errors import InvalidInput
-from streamrec.core.ids import IdKind, IdRegistry
-from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
+from streamrec.core.ids import IdKind
+from streamrec.schemas.events import RatingEvent
 from streamrec.schemas.models import TRAINABLE, ModelName
 from streamrec.stores.candidates import Ranked, candidates_key, live_key, neighbours_key
-from streamrec.stores.catalog import Archive
 from streamrec.stores.model_registry import ModelRegistry
 from streamrec.stores.schema import create_schema
 from streamrec.stores.vectors import EdgeVectorStore
@@ -33,28 +30,9 @@ from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from streamrec.trainer.live import publish_version
 from streamrec.trainer.models import build_model
 from streamrec.trainer.publish import item_matrix, published_kind, vector_model
+from tests.trainer.conftest import fill_archive, small_data
 
-
-def small_data() -> InteractionData:
-    return synthetic(n_users=20, n_items=30, n_events=200, n_genres=3, seed=2)
-
-
-def fill(engine: Engine, data: InteractionData) -> IdRegistry:
-    """Register ids, write the catalog and one rating of item i0 (its popularity)."""
-    ids = IdRegistry(engine)
-    build(data, ids)
-    events = [
-        SourcedEvent(
-            ItemEvent(item_id=i.item_id, title=i.title, genres=list(i.genres), year=i.year),
-            "streamrec.items",
-            0,
-            n,
-        )
-        for n, i in enumerate(data.items.values())
-    ]
-    events.append(SourcedEvent(RatingEvent(user_id="u0", item_id="i0", rating=4), "r", 0, 0))
-    Archive(engine).write_batch(events)
-    return ids
+ONE_RATING = [RatingEvent(user_id="u0", item_id="i0", rating=4)]  # item i0's popularity
 
 
 @pytest.fixture
@@ -62,7 +40,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     engine = create_db_engine(f"sqlite:///{tmp_path}/t.db")
     create_schema(engine)
     data = small_data()
-    ids = fill(engine, data)
+    ids = fill_archive(engine, data, ONE_RATING)
     store = EdgeVectorStore(tmp_path / "qdrant")
     yield {
         "engine": engine,
@@ -175,7 +153,7 @@ def test_cli_publishes_with_clear_errors(cli, tmp_path: Path) -> None:  # type: 
     var.mkdir(exist_ok=True)
     engine = create_db_engine(f"sqlite:///{var}/streamrec.db")
     create_schema(engine)
-    ids = fill(engine, small_data())
+    ids = fill_archive(engine, small_data(), ONE_RATING)
     inter = build(small_data(), ids)
     ModelRegistry(engine, var / "models").register(
         "mf", build_model("mf", inter, dim=4), activate=True
@@ -192,7 +170,7 @@ def _registered_mf(var: Path) -> None:
     var.mkdir(exist_ok=True)
     engine = create_db_engine(f"sqlite:///{var}/streamrec.db")
     create_schema(engine)
-    ids = fill(engine, small_data())
+    ids = fill_archive(engine, small_data(), ONE_RATING)
     ModelRegistry(engine, var / "models").register(
         "mf", build_model("mf", build(small_data(), ids), dim=4), activate=True
     )
