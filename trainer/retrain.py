@@ -38,7 +38,7 @@ from streamrec.trainer.publish import (
     published_kind,
     serving_versions,
 )
-from streamrec.trainer.service import ARCHIVE, TrainingData, load_data, train_model
+from streamrec.trainer.service import ALL_DATA, ARCHIVE, TrainingData, load_data, train_model
 
 
 def parse_models(value: str) -> tuple[str, ...]:
@@ -225,9 +225,14 @@ def train_candidate(settings: Settings, name: str, config: RetrainConfig) -> Can
         training = TrainingData(
             replace(data.raw, ratings=[data.raw.ratings[i] for i in split.train]), data.window
         )
+        # A warm round trains on every rating but the held-out slice, for config.epochs
+        # (service.ALL_DATA): each user's newest ratings are the ones that matter most to a stream,
+        # and the guard below judges the candidate on newer ones. A first version has nothing
+        # to start from: its own epochs, early-stopped on each user's last rating (loo-full).
         opts = {"seed": 0, "epochs": config.epochs if live is not None else None}
+        protocol = ALL_DATA if live is not None else "loo-full"
         version = train_model(
-            name, training, sql.ids, sql.models, "loo-full", opts, activate=False, warm_start=live
+            name, training, sql.ids, sql.models, protocol, opts, activate=False, warm_start=live
         )
         candidate = sql.models.load(name, version.version)
         live_net = sql.models.load(name, live.version) if live is not None else None

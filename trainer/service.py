@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
@@ -32,10 +33,10 @@ from streamrec.core.settings import Settings
 from streamrec.stores.catalog import Watermark
 from streamrec.stores.factory import open_offline_stores
 from streamrec.stores.model_registry import ModelRegistry, ModelVersion
-from streamrec.trainer.data import DataWindow, Interactions, build, read_archive
+from streamrec.trainer.data import DataWindow, Interactions, Split, build, read_archive
 from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from streamrec.trainer.evaluate import evaluate, make_validator, protocol_split
-from streamrec.trainer.loop import History, fit
+from streamrec.trainer.loop import History, Validator, fit
 from streamrec.trainer.models import build_model, train_config
 from streamrec.trainer.models.base import Recommender
 from streamrec.trainer.warm_start import WarmStart, warm_start_model
@@ -46,6 +47,11 @@ DOC2VEC = "doc2vec"
 ARCHIVE = "archive"  # the live data: the SQL interactions archive
 SYNTHETIC = "synthetic"
 OFFLINE_DIR = "offline"  # under the var dir, beside the live registry's models/
+# A training "protocol" with no split: every interaction given is trained on, for the configured
+# epochs (the one with the lowest training loss kept, as ``fit`` does without validation), with
+# no validation or test: the caller judges the version (the learning loop's warm rounds, whose
+# guard scores it on held-out newest events).
+ALL_DATA = "all"
 
 WarmFrom = ModelVersion | Recommender
 
@@ -221,12 +227,11 @@ def _train_torch(
     previous: WarmFrom | None,
 ) -> ModelVersion:
     inter = build(data.raw, ids)
-    split = protocol_split(inter, protocol, seed=opts["seed"], click=name == "wide_deep")
     net, began = _initial_model(name, inter, models, opts["seed"], previous)
     config = train_config(name, **opts)
-    if began is not None and began.warm:  # never end below the carried-over weights
-        config = replace(config, validate_start=True)
-    validate = make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
+    split, validate = _split_and_validator(name, net, inter, protocol, opts["seed"], exclude_seen)
+    if began is not None and began.warm and validate is not None:
+        config = replace(config, validate_start=True)  # never end below the carried-over weights
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -235,7 +240,11 @@ def _train_torch(
     )
     with Progress(*columns, transient=True, disable=not show_progress) as bar:
         history = fit(net, inter.subset(split.train), validate, config, bar)
-    test = evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
+    test = (
+        evaluate(net, inter, split, protocol, exclude_seen=exclude_seen)
+        if validate is not None
+        else {}
+    )
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "dataset": data.raw.name,
@@ -247,6 +256,17 @@ def _train_torch(
         metrics["warm_start"] = {**began.as_dict(), "start": _start_scores(history)}
     window = data.window.as_dict()
     return models.register(name, net, metrics, inter.n_users, inter.n_items, window, activate)
+
+
+def _split_and_validator(
+    name: str, net: Recommender, inter: Interactions, protocol: str, seed: int, exclude_seen: bool
+) -> tuple[Split, Validator | None]:
+    """The protocol's split and per-epoch validator; ``ALL_DATA``: everything, none."""
+    if protocol == ALL_DATA:
+        nothing = np.zeros(0, dtype=np.int64)
+        return Split(train=np.arange(len(inter), dtype=np.int64), valid=nothing, test=nothing), None
+    split = protocol_split(inter, protocol, seed=seed, click=name == "wide_deep")
+    return split, make_validator(net, inter, split, protocol, exclude_seen=exclude_seen)
 
 
 def _start_scores(history: History) -> dict[str, float] | None:

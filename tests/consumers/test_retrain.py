@@ -153,7 +153,13 @@ async def test_a_round_goes_live_for_every_user_and_the_next_is_warm_started(
     assert await asyncio.to_thread(new_since_live, stores, "mf") == len(more.ratings)
     second = await asyncio.to_thread(train_candidate, stores.settings, "mf", CONFIG)
     assert (second.version, second.warm_from, second.scores.live_version) == (2, 1, 1)
-    assert stores.models.get("mf", 2).metrics["warm_start"]["warm"]
+    metrics = stores.models.get("mf", 2).metrics
+    assert metrics["warm_start"]["warm"]
+    # A warm round trains on every rating but the held-out slice (no per-user validation
+    # hides each user's newest ones), for exactly the round's epochs; the guard judges it.
+    assert metrics["protocol"] == "all" and len(metrics["epochs"]) == CONFIG.epochs
+    assert metrics["test"] == {}  # nothing held out of it but the guard's slice
+    assert stores.models.get("mf", 1).metrics["protocol"] == "loo-full"  # the first version
 
 
 @pytest.mark.kafka
