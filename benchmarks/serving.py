@@ -25,6 +25,10 @@ users, published by a process of its own) running throughout:
 3. freshness: a click is published and the user's next recommendations polled (any worker)
    until they come from state computed after the click (`state_age_ms`), `--clicks` times.
 
+During each load, where the time goes: the CPU seconds (user + system) of each of `up`'s
+processes by role (API workers summed, consumers, services, the supervisor, the redis-server,
+training or index children as `other`) and of the whole machine, per answered request.
+
 And without ingest, the peer `http_empty`: uvicorn + FastAPI with the same number of worker
 processes answering the same route with a constant 10-item list.
 
@@ -44,11 +48,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -447,6 +453,49 @@ async def freshness(up: Up, users: list[str], items: list[str], clicks: int) -> 
     return out
 
 
+# -- where the time goes ------------------------------------------------------------------------
+
+
+def cpu_seconds(up: Up) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each role of ``up``: its children by role
+    (``api`` summed over the workers), the supervisor, the training and index children below
+    them (``other``), the embedded redis-server, and the whole machine (``machine``, every
+    core: the load generator and the ingest are the rest)."""
+    root = psutil.Process(up.process.pid)
+    found: dict[str, float] = defaultdict(float)
+    redis_socket = up.addresses().redis_url.removeprefix("unix://")
+    processes = [root, *root.children(recursive=True)]
+    processes += [p for p in psutil.process_iter(["cmdline"]) if redis_socket in str(p.cmdline())]
+    for proc in {p.pid: p for p in processes}.values():
+        try:
+            times, cmdline = proc.cpu_times(), proc.cmdline()
+        except psutil.Error:  # ended meanwhile
+            continue
+        found[_role(proc, root, cmdline, redis_socket)] += times.user + times.system
+    machine = psutil.cpu_times()
+    found["machine"] = machine.user + machine.system
+    return dict(found)
+
+
+def _role(proc: psutil.Process, root: psutil.Process, cmdline: list[str], redis: str) -> str:
+    if proc.pid == root.pid:
+        return "supervisor"
+    if any(redis in part for part in cmdline):
+        return "redis"
+    if "streamrec.apps.up_children" in cmdline:
+        return cmdline[cmdline.index("streamrec.apps.up_children") + 1]
+    return "other"
+
+
+def cpu_ms_per_request(
+    before: dict[str, float], after: dict[str, float], requests: float
+) -> dict[str, float]:
+    """CPU milliseconds per answered request, by role, between two ``cpu_seconds``."""
+    roles = sorted(set(before) | set(after))
+    spent = {r: after.get(r, 0.0) - before.get(r, 0.0) for r in roles}
+    return {r: round(1000 * spent[r] / max(requests, 1.0), 3) for r in roles}
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -461,9 +510,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         redis_url = up.addresses().redis_url
         bootstrap = up.addresses().kafka_bootstrap
         for name, query in PATHS.items():
+            before = cpu_seconds(up)
             with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
                 load = run_load(up.url, query, users, args.seconds, args.clients)
-            figures[f"http_{name}"] = {**load, "ingest_rate": round(ingest.result["rate"])}
+            cpu = cpu_ms_per_request(before, cpu_seconds(up), load["requests"])
+            figures[f"http_{name}"] = {
+                **load,
+                "ingest_rate": round(ingest.result["rate"]),
+                "cpu_ms_per_request": cpu,
+            }
             print(f"  {name}: {load['rps']:.0f} req/s, p99 {load['p99_ms']:.1f} ms", flush=True)
         with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
             options = {"--query": "mf", "--seconds": str(args.seconds)}
@@ -491,6 +546,12 @@ def report(figures: dict[str, Any]) -> None:
         )
     fresh = figures["freshness_ms"]
     print(f"event → changed recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms")
+    print("where the time goes: CPU ms per request, by process (ingest included)")
+    roles = sorted({r for k in PATHS for r in figures[f"http_{k}"].get("cpu_ms_per_request", {})})
+    print(f"{'path':<16}" + "".join(f"{r:>12}" for r in roles))
+    for key in PATHS:
+        cpu = figures[f"http_{key}"].get("cpu_ms_per_request", {})
+        print(f"http_{key:<11}" + "".join(f"{cpu.get(r, 0.0):>12.3f}" for r in roles))
     empty = figures["http_empty"]["rps"]
     for key in ("http_sasrec", "http_mf", "http_mf_dqn"):
         figures[key]["share_of_http_empty"] = round(figures[key]["rps"] / empty, 3)
