@@ -15,8 +15,10 @@ and a temporary ``STREAMREC_VAR_DIR``:
    ``POST /v1/models/{m}/versions/1/activate`` (item and user vectors published). ``--setup-dir``
    keeps that state, so later runs start from a copy of it.
 2. **replay**: ``up`` again, every group, the loop on its defaults (``--every-events``,
-   ``--every-seconds``, ``--loop-env KEY=VALUE`` override them; printed), and
-   ``STREAMREC_RETRAIN_KEEP_VERSIONS`` high so that version 1 stays servable. The other ratings
+   ``--every-seconds``, ``--loop-env KEY=VALUE`` override them; printed),
+   ``STREAMREC_RETRAIN_KEEP_VERSIONS`` high so that version 1 stays servable, and
+   ``STREAMREC_VECTORS_KEPT_VERSIONS`` naming version 1 of each model, so that pinned it serves
+   every user (new ones included) from fresh vectors, as the live version does. The other ratings
    (``--events-fraction`` of them) are published through Kafka in event-time order at
    ``--rate`` events/s. Before ``--samples`` positive ratings (rating >= 4, evenly spread over
    the replay) are published, this process asks the live system for that user's top 10
@@ -714,6 +716,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.every_seconds is not None:
         overrides["STREAMREC_RETRAIN_EVERY_SECONDS"] = str(args.every_seconds)
     overrides["STREAMREC_RETRAIN_MODELS"] = ",".join(models)
+    # Version 1 pinned serves every user as the live version does (their vectors and
+    # candidates kept fresh): the comparison is of the models, not of who has a vector.
+    overrides["STREAMREC_VECTORS_KEPT_VERSIONS"] = ",".join(f"{m}=1" for m in models)
     for item in args.loop_env:
         key, _, value = item.partition("=")
         overrides[key] = value

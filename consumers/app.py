@@ -177,7 +177,8 @@ def online_learner(stores: Stores) -> OnlineLearner:
 
 def vectors_updater(stores: Stores) -> VectorsUpdater:
     vectors = _group_module(ConsumerGroup.VECTORS)
-    cache = vectors.ModelCache(stores.models, stores.vectors)
+    kept = vectors.parse_kept_versions(stores.settings.vectors_kept_versions)
+    cache = vectors.ModelCache(stores.models, stores.vectors, kept=kept)
     updater: VectorsUpdater = vectors.VectorsUpdater(
         stores.features, stores.ids, cache, stores.vectors, candidates=stores.candidates
     )

@@ -52,7 +52,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,13 +61,13 @@ from streamrec.consumers.decode import DecodedBatch
 from streamrec.consumers.dlq import DeadLetterSink
 from streamrec.consumers.subscriber import subscribe_batches
 from streamrec.core.datasets import Item
-from streamrec.core.errors import NotFound, StreamrecError
+from streamrec.core.errors import ConfigurationError, NotFound, StreamrecError
 from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.core.metrics import Metrics
 from streamrec.core.settings import Settings
 from streamrec.core.unavailable import SERVICE_ERRORS
 from streamrec.schemas.events import ClickEvent, ItemEvent, RatingEvent, SourcedEvent
-from streamrec.schemas.models import MODELS, VECTOR_MODELS, ModelName
+from streamrec.schemas.models import MODELS, VECTOR_MODELS, ModelName, resolve_numbers
 from streamrec.schemas.topics import ConsumerGroup
 from streamrec.stores.candidates import CandidateStore, Ranked
 from streamrec.stores.features import FeatureStore
@@ -104,9 +104,20 @@ DISTANCE = {MODELS[n].collection: MODELS[n].distance for n in VECTOR_MODELS}
 CONTENT = MODELS[ModelName.DOC2VEC].collection  # Doc2Vec's collections: new items' vectors
 
 
+def parse_kept_versions(value: str) -> dict[str, int]:
+    """``STREAMREC_VECTORS_KEPT_VERSIONS`` ("mf=1,sasrec=1") as {collection key: version}."""
+    try:
+        found = resolve_numbers(value, VECTOR_MODELS, "STREAMREC_VECTORS_KEPT_VERSIONS")
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    return {MODELS[model].collection: version for model, version in found.items()}
+
+
 class ModelCache:
     """The live version of each model with vectors, loaded once and reloaded when its alias
-    moves; keyed by collection key (``FOLLOWED``)."""
+    moves; keyed by collection key (``FOLLOWED``). And ``kept`` versions (collection key →
+    version, ``STREAMREC_VECTORS_KEPT_VERSIONS``) whose users are kept fresh beside the live
+    ones', so that a pinned version (``?version=N``) serves every user as the live one does."""
 
     def __init__(
         self,
@@ -114,6 +125,7 @@ class ModelCache:
         vectors: VectorStore,
         refresh_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        kept: Mapping[str, int] | None = None,
     ) -> None:
         self._models = models
         self._vectors = vectors
@@ -122,6 +134,8 @@ class ModelCache:
         self._next_check = 0.0
         self._unreported: set[str] = set()  # reloaded by ``follow``, not yet told by current()
         self.loaded: dict[str, LoadedModel] = {}
+        self._kept_wanted = dict(kept or {})  # not loaded yet
+        self._kept: dict[tuple[str, int], LoadedModel] = {}
 
     def current(self) -> tuple[list[LoadedModel], set[str]]:
         """The loaded models and the names that changed since the last call (blocking: run it
@@ -134,6 +148,29 @@ class ModelCache:
 
     def refresh(self) -> set[str]:
         return {serving for serving in FOLLOWED if self._check(serving)}
+
+    def kept(self) -> list[LoadedModel]:
+        """The kept versions that are not live now (blocking: loads each once, in a thread)."""
+        for serving, version in list(self._kept_wanted.items()):
+            del self._kept_wanted[serving]
+            loaded = self._load(serving, version, kept=True)
+            if loaded is not None:
+                self._kept[(serving, version)] = loaded
+        live = {(m.serving, m.version) for m in self.loaded.values()}
+        return [m for key, m in self._kept.items() if key not in live]
+
+    def in_use(self) -> set[tuple[str, int]]:
+        """(collection key, version) of the live and the kept versions held."""
+        return {(m.serving, m.version) for m in self.loaded.values()} | set(self._kept)
+
+    def drop_kept(self, model: LoadedModel) -> None:
+        """A kept version whose collections are gone (retention, a delete) is followed no more."""
+        if self._kept.pop((model.serving, model.version), None) is not None:
+            log.warning(
+                "kept %s v%d is gone: its user vectors are no longer kept fresh",
+                model.serving,
+                model.version,
+            )
 
     def follow(self, serving: str) -> LoadedModel | None:
         """The version behind ``serving``'s alias right now (reloaded if it moved), for writes
@@ -157,7 +194,7 @@ class ModelCache:
         self.loaded[serving] = loaded
         return True
 
-    def _load(self, serving: str, version: int) -> LoadedModel | None:
+    def _load(self, serving: str, version: int, kept: bool = False) -> LoadedModel | None:
         try:
             loaded = load_model(self._models, FOLLOWED[serving], serving, version)
         except (StreamrecError, OSError) as exc:  # published but gone from the registry
@@ -165,7 +202,9 @@ class ModelCache:
             return None
         # Published versions have it already; kept for collections published before it was.
         self._vectors.create_collection(loaded.collection, loaded.dim, "dot", {}, exist_ok=True)
-        log.info("user vectors of %s now follow v%d", serving, version)
+        log.info(
+            "user vectors of %s %s v%d", serving, "also for kept" if kept else "now follow", version
+        )
         return loaded
 
 
@@ -188,9 +227,9 @@ class VectorsUpdater:
         self._history = history
         self._candidates = candidates
         self._active_users: OrderedDict[str, None] = OrderedDict()
-        # Collection key -> the live version's items for candidates (built on first need).
-        self._indexes: dict[str, CandidateIndex] = {}
-        self._index_versions: dict[str, int] = {}
+        # (collection key, version) -> that version's items for candidates (built on first
+        # need; the live and kept versions of one model each have theirs).
+        self._indexes: dict[tuple[str, int], CandidateIndex] = {}
         # The batch handler and the alias watcher share the cache and the indexes: one at a time.
         self._lock = asyncio.Lock()
         self._unpointed: set[str] = set()  # loaded versions the live pointer may not name yet
@@ -251,7 +290,10 @@ class VectorsUpdater:
                 items[event.item_id] = event  # log order per item: the last one wins
         self._remember(batch)
         written = await asyncio.to_thread(self._write_items, list(items.values())) if items else 0
-        return written + await self._write_users(await self._live_models(), batch)
+        models = await self._live_models()
+        if models:  # kept versions change nothing until something is live
+            models += await asyncio.to_thread(self._cache.kept)
+        return written + await self._write_users(models, batch)
 
     async def _write_users(
         self, models: list[LoadedModel], batch: dict[str, list[tuple[float, str]]]
@@ -358,9 +400,12 @@ class VectorsUpdater:
         """The items of ``model``'s live collection: its non-zero rows of registered items
         (what the publish wrote), and for content also the points written since (new items)
         or inferred at publish, read back from the collection once per version."""
-        held = self._indexes.get(model.serving)
-        if held is not None and self._index_versions[model.serving] == model.version:
+        held = self._indexes.get((model.serving, model.version))
+        if held is not None:
             return held
+        # One index per version in use (live and kept); those of versions gone are dropped.
+        for key in set(self._indexes) - self._cache.in_use():
+            del self._indexes[key]
         external = self._ids.external_ids(IdKind.ITEM)
         rows = np.arange(min(len(model.items), len(external)))
         rows = rows[np.any(model.items[rows] != 0.0, axis=1)]
@@ -376,8 +421,7 @@ class VectorsUpdater:
                     np.asarray([r.vector for r in found], np.float32),
                     [external[r.id] for r in found],
                 )
-        self._indexes[model.serving] = index
-        self._index_versions[model.serving] = model.version
+        self._indexes[(model.serving, model.version)] = index
         return index
 
     def _write_candidates(
@@ -498,6 +542,7 @@ class VectorsUpdater:
                 )
             except NotFound:  # the version was deleted meanwhile; the next refresh drops it
                 log.warning("users collection %s is gone; skipping", model.collection)
+                self._cache.drop_kept(model)
                 continue
             if self._candidates is not None:
                 self._write_candidates(

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # CPU budget of a round: torch threads and the niceness of the training process.
     retrain_threads: Annotated[int, Field(ge=1, le=256)] = 1
     retrain_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # Kept versions ("model=version,...", e.g. "mf=1,sasrec=1") whose user vectors and
+    # candidates the vectors group keeps fresh beside the live version's, so that ?version=N
+    # serves every user as the live one does (comparisons); each costs a live model's work.
+    vectors_kept_versions: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # -- consumer lag (core/lag.py): one cached reader per process, a status per group --
     # Kafka is read at most this often; a lag call in between answers from the last reading.

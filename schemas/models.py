@@ -134,3 +134,19 @@ def resolve(value: str, allowed: Iterable[ModelName], where: str) -> ModelName:
         reason = MODELS[found].instead or f"{where} does not take {found.value}"
         raise ValueError(f"{reason}; {where} takes {choices(names)}")
     return found
+
+
+def resolve_numbers(value: str, allowed: Iterable[ModelName], where: str) -> dict[ModelName, int]:
+    """``"sasrec=6000,ncf=2000"``: models (as ``resolve`` takes them) each with a positive
+    integer, comma-separated; ValueError naming ``where`` and the entry that is not."""
+    found: dict[ModelName, int] = {}
+    for entry in (e.strip() for e in value.split(",") if e.strip()):
+        name, _, number = entry.partition("=")
+        model = resolve(name.strip(), allowed, where)
+        if not number.strip().isdigit() or int(number) < 1:
+            raise ValueError(
+                f"{where}: {entry!r} is not model=number with a number of at least 1 "
+                "(for example sasrec=6000)"
+            )
+        found[model] = int(number)
+    return found

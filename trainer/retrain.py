@@ -27,7 +27,7 @@ import torch
 
 from streamrec.core.errors import ConfigurationError, InvalidInput
 from streamrec.core.settings import Settings
-from streamrec.schemas.models import RETRAINABLE, resolve
+from streamrec.schemas.models import RETRAINABLE, resolve, resolve_numbers
 from streamrec.stores.factory import Stores, open_sql_stores
 from streamrec.stores.model_registry import Promotion
 from streamrec.trainer.data import build, recorded_watermark
@@ -56,20 +56,11 @@ def parse_models(value: str) -> tuple[str, ...]:
 
 def parse_every_events(value: str) -> dict[str, int]:
     """``STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL`` ("sasrec=6000,ncf=2000") as {model: count}."""
-    counts: dict[str, int] = {}
-    for entry in (e.strip() for e in value.split(",") if e.strip()):
-        name, _, count = entry.partition("=")
-        try:
-            model = resolve(name.strip(), RETRAINABLE, "STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL")
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
-        if not count.strip().isdigit() or int(count) < 1:
-            raise ConfigurationError(
-                f"STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL: {entry!r} is not model=count "
-                "with a count of at least 1 (for example sasrec=6000)"
-            )
-        counts[model.value] = int(count)
-    return counts
+    try:
+        counts = resolve_numbers(value, RETRAINABLE, "STREAMREC_RETRAIN_EVERY_EVENTS_BY_MODEL")
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    return {model.value: count for model, count in counts.items()}
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from streamrec.consumers.app import build_consumer_broker
-from streamrec.consumers.vectors import ModelCache, VectorsUpdater
+from streamrec.consumers.vectors import ModelCache, VectorsUpdater, parse_kept_versions
 from streamrec.core.datasets import synthetic
 from streamrec.core.db import create_db_engine
+from streamrec.core.errors import ConfigurationError
 from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.core.metrics import Metrics
 from streamrec.producers.publisher import EventPublisher
@@ -185,6 +186,46 @@ async def test_a_users_event_rewrites_their_candidates_from_the_new_vector(
     exclude = list(stores.ids.lookup(IdKind.ITEM, items).values())
     hits = stores.vectors.query("items_mf", vector.vector, len(entry.items), exclude_ids=exclude)
     assert entry.items == [h.payload["item_id"] for h in hits]
+
+
+async def test_a_kept_version_serves_a_new_user_too(stores: Stores, caplog: Any) -> None:
+    """STREAMREC_VECTORS_KEPT_VERSIONS: version 1, no longer live, gets the vectors and
+    candidates of users it never saw, as the live version 2 does; once its collections are
+    gone it is followed no more."""
+    await asyncio.to_thread(_publish_mf, stores)  # v1
+    await asyncio.to_thread(_publish_mf, stores)  # v2, live; v1 kept for rollback
+    candidates = stores.candidates
+    cache = ModelCache(stores.models, stores.vectors, kept=parse_kept_versions("mf=1"))
+    updater = VectorsUpdater(
+        stores.features, stores.ids, cache, stores.vectors, candidates=candidates
+    )
+    user, items = "latecomer", sorted(CATALOG.items)[:2]
+    clicks = [
+        SourcedEvent(ClickEvent(user_id=user, item_id=i), "streamrec.clicks", 0, n)
+        for n, i in enumerate(items)
+    ]
+
+    assert await updater.handle(clicks) == 2  # one vector in each version
+
+    index = stores.ids.lookup(IdKind.USER, [user])[user]
+    for version in (1, 2):
+        assert stores.vectors.retrieve(f"users_mf__v{version}", [index])
+        entry, _ = await candidates.user_candidates("mf", version, user)
+        assert entry is not None and not set(items) & set(entry.items)
+
+    stores.vectors.delete_collection("users_mf__v1")  # retention removed it
+    with caplog.at_level("WARNING"):
+        assert await updater.handle(clicks) == 1  # the live version only, and no error
+        assert await updater.handle(clicks) == 1
+    gone = [r for r in caplog.records if "no longer kept fresh" in r.getMessage()]
+    assert len(gone) == 1  # said once
+
+
+def test_kept_versions_name_vector_models() -> None:
+    assert parse_kept_versions(" mf=1, doc2vec=3 ") == {"mf": 1, "content": 3}
+    for bad in ("dqn=1", "mf", "mf=0"):
+        with pytest.raises(ConfigurationError, match="STREAMREC_VECTORS_KEPT_VERSIONS"):
+            parse_kept_versions(bad)
 
 
 class PointerWatch(CandidateStore):
