@@ -16,6 +16,10 @@ touched, for every model whose item vectors are published; and content vectors f
   (Doc2Vec): always the fold-in.
 * Every model with vectors is followed (``schemas.models.VECTOR_MODELS``), by the key of its
   collections (the model's name; ``content`` for doc2vec).
+* Kept versions named in ``STREAMREC_VECTORS_KEPT_VERSIONS`` ("mf=1") are served the same
+  way beside the live ones (user vectors and candidates of the batch's users), so that a pinned
+  request (``?version=1``) serves users that version never saw; one whose collections are gone
+  is dropped with a warning.
 * Item events (``streamrec.items``): an item new to the live ``items_content`` version gets
   its vector inferred from its text (title, genres, text) by that version's Doc2Vec model and
   is upserted with its payload (title, genres, year, popularity 0) at once, so it can be
