@@ -34,7 +34,7 @@ touched, for every model whose item vectors are published; and content vectors f
 * The Redis live pointer ``sr:live:<model>`` follows the alias, and only over complete lists:
   when the group loads a live version (at start, and whenever it sees the alias move) whose
   version the pointer does not name yet (a swap made without Redis at hand: ``streamrec
-  vectors publish`` with embedded Redis, ``vectors rollback``), it first backfills that
+  vectors publish`` with embedded Redis, ``VectorStore.rollback_alias``), it first backfills that
   version's lists from what is stored (``_backfill``): every user's top-C candidates from the
   user vectors of ``users_<model>__v<N>`` (read in chunks of ``BACKFILL_CHUNK`` registry
   indices, the point ids), written with HSETNX so an entry written meanwhile from a fresher
