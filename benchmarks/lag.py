@@ -27,23 +27,21 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec.core.addresses import EmbeddedAddresses  # noqa: E402
+from running_up import STREAMREC, RunningUp  # noqa: E402
+
 from streamrec.core.lag import LagReader, consumer_lag  # noqa: E402
 
-STREAMREC = str(Path(sys.executable).with_name("streamrec"))
 REFRESH_SECONDS = 5.0
 TARGETS = {"lag_p99_ms": 20.0, "staleness_max_s": REFRESH_SECONDS + 1.0}
 
@@ -122,55 +120,33 @@ async def _readings(bootstrap: list[str], seconds: float) -> list[float]:
     return latencies[1:]  # the first one connects
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _wait_ready(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.5)
-    raise SystemExit(f"streamrec up did not become ready at {url} in {timeout:.0f} s")
-
-
 async def main(args: argparse.Namespace) -> dict:
     var = Path(tempfile.mkdtemp(prefix="streamrec-lag-bench-"))
     env = {**os.environ, "STREAMREC_VAR_DIR": str(var)}
     for name in ("KAFKA_BOOTSTRAP", "REDIS_URL", "QDRANT_URL", "DATABASE_URL"):
         env.pop(f"STREAMREC_{name}", None)  # everything embedded
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    up = subprocess.Popen([STREAMREC, "up", "--port", str(port)], env=env, **quiet)
+    up = RunningUp(var, env, [], var / "up.log")
     replay = None
     try:
-        await _wait_ready(url)
+        await up.ready(timeout=120.0)
         events = int(args.rate * args.seconds * 4)  # lasts the three phases
         replay = subprocess.Popen(
             [STREAMREC, "replay", "synthetic", "--rate", str(args.rate), "--events", str(events)],
             env=env,
-            **quiet,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         await asyncio.sleep(2.0)  # the replay under way
-        addresses = EmbeddedAddresses.read(var)
-        assert addresses is not None
-        lag_ms, floor_ms, staleness = await _http(port, args.seconds, args.clients)
-        uncached_ms = await _uncached([addresses.kafka_bootstrap], args.seconds)
-        reading_ms = await _readings([addresses.kafka_bootstrap], args.seconds)
+        bootstrap = [up.addresses().kafka_bootstrap]
+        lag_ms, floor_ms, staleness = await _http(up.port, args.seconds, args.clients)
+        uncached_ms = await _uncached(bootstrap, args.seconds)
+        reading_ms = await _readings(bootstrap, args.seconds)
         replay_running = replay.poll() is None
     finally:
-        for process in (replay, up):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=60)
+        if replay is not None and replay.poll() is None:
+            replay.terminate()
+            replay.wait(timeout=60)
+        up.stop(timeout=60)
     figures = {
         "lag_ms": percentiles(lag_ms),
         "healthz_ms": percentiles(floor_ms),
