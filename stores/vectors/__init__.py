@@ -15,7 +15,7 @@ Storage is opened by URL scheme, one module per backend:
   ``STREAMREC_VECTOR_HOST_URL`` is set (imported on first use, like ``host``: the CLI does
   not pay for uvicorn and httpx).
 
-Import the public names from ``stores.vectors``; the submodules are the implementation.
+Import the public names from ``streamrec.stores.vectors``; the submodules are the implementation.
 """
 
 from __future__ import annotations
