@@ -72,6 +72,37 @@ class RunningUp:
             raise SystemExit(f"no embedded services of this `up` in {self.var}")
         return found
 
+    async def wait_consumed(
+        self, database_url: str, ratings: int, groups: set[str], timeout: float
+    ) -> None:
+        """Until the archive holds ``ratings`` ratings and none of ``groups`` (full names, e.g.
+        ``streamrec-features``) lags in a lag reading taken after that; a group ``up`` does not
+        run lags by everything, so name only groups it runs."""
+        from streamrec.core.db import create_db_engine
+        from streamrec.stores.catalog import Archive
+
+        engine = create_db_engine(database_url)
+        deadline = time.monotonic() + timeout
+        archive = Archive(engine)
+        try:
+            while archive.count_between(types=["rating"]) < ratings:
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"the archive did not reach {ratings} ratings in {timeout:.0f} s"
+                    )
+                await asyncio.sleep(1.0)
+            since = time.time()
+            async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+                while time.monotonic() < deadline:
+                    report = (await http.get("/v1/ops/lag")).json()
+                    wanted = [g for g in report["groups"] if g["group"] in groups]
+                    if report["measured_at"] > since and all(g["total_lag"] == 0 for g in wanted):
+                        return
+                    await asyncio.sleep(1.0)
+        finally:
+            engine.dispose()
+        raise SystemExit(f"the consumer groups still lag after {timeout:.0f} s")
+
     def stop(self, timeout: float = 90.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()

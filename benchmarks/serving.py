@@ -283,34 +283,6 @@ async def publish_all(bootstrap: str, events: list[Any], chunk: int = 2000) -> N
             await publisher.publish_many(events[start : start + chunk])
 
 
-async def wait_consumed(up: Up, database_url: str, ratings: int, timeout: float = 900) -> None:
-    """Until the archive holds ``ratings`` ratings and no group ``up`` runs lags in a later
-    reading (a group it does not run lags by everything: no member commits its offsets)."""
-    import httpx
-
-    from streamrec.core.db import create_db_engine
-    from streamrec.stores.catalog import Archive
-
-    engine = create_db_engine(database_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while Archive(engine).count_between(types=["rating"]) < ratings:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the archive did not reach {ratings} ratings in {timeout:.0f} s")
-            await asyncio.sleep(1.0)
-        since = time.time()
-        async with httpx.AsyncClient(base_url=up.url, timeout=10) as http:
-            while time.monotonic() < deadline:
-                report = (await http.get("/v1/ops/lag")).json()
-                running = [g for g in report["groups"] if g["group"] in up.groups]
-                if report["measured_at"] > since and all(g["total_lag"] == 0 for g in running):
-                    return
-                await asyncio.sleep(1.0)
-    finally:
-        engine.dispose()
-    raise SystemExit(f"the consumer groups still lag after {timeout:.0f} s")
-
-
 def train(settings: Any, name: str, epochs: int) -> int:
     """A version of ``name`` trained on the archive (not live yet); its number."""
     import torch
@@ -365,7 +337,8 @@ async def setup(up: Up, args: argparse.Namespace) -> tuple[list[str], list[str],
     started = time.perf_counter()
     await publish_all(bootstrap, events)
     settings = Settings(_env_file=None, var_dir=up.var)
-    await wait_consumed(up, settings.database_url, sum(isinstance(e, RatingEvent) for e in events))
+    ratings = sum(isinstance(e, RatingEvent) for e in events)
+    await up.wait_consumed(settings.database_url, ratings, up.groups, timeout=900)
     timings: dict[str, float] = {"ingest_s": time.perf_counter() - started}
     for name in ("doc2vec", "mf", "sasrec"):
         t0 = time.perf_counter()

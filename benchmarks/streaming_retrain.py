@@ -176,37 +176,6 @@ async def publish_all(bootstrap: str, events: list[Any], chunk: int = 1000) -> N
             await publisher.publish_many(events[start : start + chunk])
 
 
-async def wait_caught_up(up: Up, database_url: str, ratings: int, timeout: float) -> None:
-    """Until the archive holds ``ratings`` ratings and the features, archive and vectors groups
-    have no lag in a reading taken after that."""
-    from streamrec.core.db import create_db_engine
-    from streamrec.stores.catalog import Archive
-
-    engine = create_db_engine(database_url)
-    deadline = time.monotonic() + timeout
-    archive = Archive(engine)
-    try:
-        while archive.count_between(types=["rating"]) < ratings:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the archive did not reach {ratings} ratings in {timeout:.0f} s")
-            await asyncio.sleep(1.0)
-        since = time.time()
-        async with httpx.AsyncClient(base_url=up.url, timeout=5) as http:
-            while time.monotonic() < deadline:
-                report = (await http.get("/v1/ops/lag")).json()
-                wanted = [
-                    g
-                    for g in report["groups"]
-                    if g["group"].rsplit("-", 1)[-1] in ("features", "archive", "vectors")
-                ]
-                if report["measured_at"] > since and all(g["total_lag"] == 0 for g in wanted):
-                    return
-                await asyncio.sleep(1.0)
-        raise SystemExit(f"consumers still lagging after {timeout:.0f} s")
-    finally:
-        engine.dispose()
-
-
 async def first_versions(
     var: Path, events: list[Any], n_items: int, n_first: int, models: Sequence[str], log_path: Path
 ) -> dict[str, Any]:
@@ -223,7 +192,8 @@ async def first_versions(
         started = time.perf_counter()
         await publish_all(bootstrap, events[: n_items + n_first])
         settings = Settings(_env_file=None, var_dir=var)  # type: ignore[call-arg]
-        await wait_caught_up(up, settings.database_url, n_first, timeout=600)
+        groups = {f"streamrec-{g}" for g in ("features", "archive", "vectors")}
+        await up.wait_consumed(settings.database_url, n_first, groups, timeout=600)
         timings["ingest_s"] = round(time.perf_counter() - started, 1)
         config = RetrainConfig.from_settings(settings)
         import torch
