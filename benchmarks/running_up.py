@@ -91,16 +91,25 @@ class RunningUp:
                         f"the archive did not reach {ratings} ratings in {timeout:.0f} s"
                     )
                 await asyncio.sleep(1.0)
-            since = time.time()
-            async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
-                while time.monotonic() < deadline:
-                    report = (await http.get("/v1/ops/lag")).json()
-                    wanted = [g for g in report["groups"] if g["group"] in groups]
-                    if report["measured_at"] > since and all(g["total_lag"] == 0 for g in wanted):
-                        return
-                    await asyncio.sleep(1.0)
+            await self.drain(groups, deadline - time.monotonic())
         finally:
             engine.dispose()
+
+    async def group_lag(self, groups: set[str]) -> tuple[float, dict[str, int]]:
+        """A lag reading (``measured_at``, total lag per group of ``groups``)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+            report = (await http.get("/v1/ops/lag")).json()
+        lags = {g["group"]: g["total_lag"] for g in report["groups"] if g["group"] in groups}
+        return report["measured_at"], lags
+
+    async def drain(self, groups: set[str], timeout: float) -> float:
+        """Until none of ``groups`` lags in a reading taken after the call; seconds waited."""
+        started, since = time.monotonic(), time.time()
+        while time.monotonic() - started < timeout:
+            measured_at, lags = await self.group_lag(groups)
+            if measured_at > since and not any(lags.values()):
+                return time.monotonic() - started
+            await asyncio.sleep(0.5)
         raise SystemExit(f"the consumer groups still lag after {timeout:.0f} s")
 
     def stop(self, timeout: float = 90.0) -> None:

@@ -429,6 +429,14 @@ async def freshness(up: Up, users: list[str], items: list[str], clicks: int) -> 
 # -- where the time goes ------------------------------------------------------------------------
 
 
+async def backlog(up: Up) -> dict[str, Any]:
+    """Right after a phase: each group's lag (events not yet consumed when the load stopped:
+    did the consumers keep up?), then the seconds until every group caught up, so that the next
+    phase starts from no backlog."""
+    _, lags = await up.group_lag(up.groups)
+    return {"lag_after": lags, "drain_s": round(await up.drain(up.groups, timeout=600), 1)}
+
+
 def cpu_seconds(up: Up) -> dict[str, float]:
     """CPU seconds (user + system) so far of each role of ``up``: its children by role
     (``api`` summed over the workers), the supervisor, the training and index children below
@@ -438,7 +446,10 @@ def cpu_seconds(up: Up) -> dict[str, float]:
     found: dict[str, float] = defaultdict(float)
     redis_socket = up.addresses().redis_url.removeprefix("unix://")
     processes = [root, *root.children(recursive=True)]
-    processes += [p for p in psutil.process_iter(["cmdline"]) if redis_socket in str(p.cmdline())]
+    # ``info`` holds None for a process that ended or turned zombie meanwhile (no exception).
+    processes += [
+        p for p in psutil.process_iter(["cmdline"]) if redis_socket in str(p.info["cmdline"])
+    ]
     for proc in {p.pid: p for p in processes}.values():
         try:
             times, cmdline = proc.cpu_times(), proc.cmdline()
@@ -491,6 +502,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 **load,
                 "ingest_rate": round(ingest.result["rate"]),
                 "cpu_ms_per_request": cpu,
+                **await backlog(up),
             }
             print(f"  {name}: {load['rps']:.0f} req/s, p99 {load['p99_ms']:.1f} ms", flush=True)
         with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
@@ -498,9 +510,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             options |= {"--clients": str(args.clients), "--users": ",".join(users)}
             raw = _run_self("--raw-redis", redis_url, *_flat(options))
         figures["raw_redis_mf"] = {**raw, "ingest_rate": round(ingest.result["rate"])}
+        figures["raw_redis_mf"].update(await backlog(up))
         with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
             fresh = await freshness(up, users, items, args.clicks)
-        figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh)}
+        figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh), **await backlog(up)}
         figures["http_empty"] = http_empty(var, args.api_workers, users, args.seconds, args.clients)
     finally:
         up.stop()
@@ -525,6 +538,11 @@ def report(figures: dict[str, Any]) -> None:
     for key in PATHS:
         cpu = figures[f"http_{key}"].get("cpu_ms_per_request", {})
         print(f"http_{key:<11}" + "".join(f"{cpu.get(r, 0.0):>12.3f}" for r in roles))
+    print("did the consumers keep up? lag per group when the phase ended, seconds to catch up")
+    for key in (*(f"http_{k}" for k in PATHS), "raw_redis_mf", "freshness_ms"):
+        lags = figures[key].get("lag_after", {})
+        behind = ", ".join(f"{g.removeprefix('streamrec-')} {n}" for g, n in sorted(lags.items()))
+        print(f"{key:<16}{behind}; caught up in {figures[key].get('drain_s', 0.0):.1f} s")
     empty = figures["http_empty"]["rps"]
     for key in ("http_sasrec", "http_mf", "http_mf_dqn"):
         figures[key]["share_of_http_empty"] = round(figures[key]["rps"] / empty, 3)

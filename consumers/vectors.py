@@ -433,17 +433,11 @@ class VectorsUpdater:
         model: LoadedModel,
         users: list[str],
         user_vectors: np.ndarray,
-        histories: list[list[str]],
+        seen: list[set[str]],
         updated_ms: int,
     ) -> None:
-        """The users' top-C items of the live version, their seen items left out: the
-        feature store's seen set, plus this batch's items (the features group may not have
-        applied them yet)."""
+        """The users' top-C items of the live version, their ``seen`` items left out."""
         assert self._candidates is not None
-        seen = [
-            found | set(history)
-            for found, history in zip(self._candidates.seen_many(users), histories, strict=True)
-        ]
         ranked = self._index(model).top(user_vectors, self._candidates.per_user, seen)
         self._candidates.write_candidates(
             model.serving,
@@ -453,6 +447,16 @@ class VectorsUpdater:
                 for user, found in zip(users, ranked, strict=True)
             },
         )
+
+    def _seen(self, users: list[str], histories: list[list[str]]) -> list[set[str]]:
+        """What to leave out of each user's candidates: the feature store's seen set, plus the
+        batch's items (the features group may not have applied them yet). Read once per batch
+        for every model."""
+        assert self._candidates is not None
+        return [
+            found | set(history)
+            for found, history in zip(self._candidates.seen_many(users), histories, strict=True)
+        ]
 
     def _write_items(self, events: list[ItemEvent]) -> int:
         """Upsert the items into the live content collection (see the module doc)."""
@@ -532,6 +536,7 @@ class VectorsUpdater:
         item_idx = self._ids.lookup(IdKind.ITEM, {i for h in histories for i in h})
         indices = [user_idx[u] for u in users]
         now_ms = int(time.time() * 1000)
+        seen = self._seen(users, histories) if self._candidates is not None else []
         written = 0
         for model in models:
             limit = model.history_length(self._history)
@@ -550,7 +555,7 @@ class VectorsUpdater:
                 continue
             if self._candidates is not None:
                 self._write_candidates(
-                    model, [users[p] for p in keep], vecs, [histories[p] for p in keep], now_ms
+                    model, [users[p] for p in keep], vecs, [seen[p] for p in keep], now_ms
                 )
             written += len(keep)
         return written

@@ -28,10 +28,11 @@ blocking job; the vectors group computes in a worker thread). A writer without a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -66,20 +67,21 @@ class Ranked:
     scores: list[float]
     updated_ms: int | None = None
 
-    def encode(self) -> str:
+    def encode(self) -> bytes:
+        # orjson and a vectorised rounding: a tenth of the stdlib's cost, and the vectors group
+        # encodes a list per user and model of every batch (the edge decodes one per request).
         body: dict[str, object] = {
             "i": self.items,
-            "s": [round(float(s), _SCORE_DECIMALS) for s in self.scores],
+            "s": np.round(np.asarray(self.scores, dtype=np.float64), _SCORE_DECIMALS).tolist(),
         }
         if self.updated_ms is not None:
             body["u"] = self.updated_ms
-        return json.dumps(body, separators=(",", ":"))
+        return orjson.dumps(body)
 
     @classmethod
-    def decode(cls, raw: str) -> Ranked:
-        body = json.loads(raw)
-        updated = body.get("u")
-        return cls(list(body["i"]), [float(s) for s in body["s"]], updated)
+    def decode(cls, raw: str | bytes) -> Ranked:
+        body = orjson.loads(raw)
+        return cls(body["i"], body["s"], body.get("u"))
 
 
 def sync_client(url: str, settings: Settings) -> redis.Redis:

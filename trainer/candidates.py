@@ -32,6 +32,7 @@ class CandidateIndex:
         self._cosine = distance == "cosine"
         self._rows: list[int] = [int(r) for r in rows]
         self._ids: list[str] = list(item_ids)
+        self._id_array = np.asarray(self._ids, dtype=object)  # ids of many positions at once
         self._matrix = self._prepare(np.asarray(vectors, dtype=np.float32))
         self._position = {row: p for p, row in enumerate(self._rows)}
         self._by_id = {item: p for p, item in enumerate(self._ids)}
@@ -66,6 +67,7 @@ class CandidateIndex:
             self._ids.append(item_ids[p])
             self._position[int(rows[p])] = start + offset
             self._by_id[item_ids[p]] = start + offset
+        self._id_array = np.asarray(self._ids, dtype=object)
 
     def top(
         self,
@@ -118,12 +120,13 @@ class CandidateIndex:
             part = np.broadcast_to(np.arange(width), (len(scores), width))
         picked = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-picked, axis=1, kind="stable")
+        positions = np.take_along_axis(part, order, axis=1)
+        values = np.take_along_axis(picked, order, axis=1).astype(np.float64)
+        ids = self._id_array[positions]
+        if np.isfinite(values).all():  # the usual case: no row ran out of candidates
+            return [Ranked(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
         ranked: list[Ranked] = []
-        for row_part, row_picked, row_order in zip(part, picked, order, strict=True):
-            ids = row_part[row_order]
-            values = row_picked[row_order]
-            keep = np.isfinite(values)  # excluded items (and itself) scored -inf
-            ranked.append(
-                Ranked([self._ids[i] for i in ids[keep]], values[keep].astype(float).tolist())
-            )
+        for row_ids, row_values in zip(ids, values, strict=True):
+            keep = np.isfinite(row_values)  # excluded items (and itself) scored -inf
+            ranked.append(Ranked(row_ids[keep].tolist(), row_values[keep].tolist()))
         return ranked

@@ -188,7 +188,9 @@ class FeedbackJoiner:
         if slate is not None:
             _credit(slate, fb)
             return
-        self._early.setdefault(fb.user_id, []).append(fb)  # its slate may be on its way
+        waiting = self._early.setdefault(fb.user_id, [])
+        self._drop_expired(waiting, self._watermark - self._window)
+        waiting.append(fb)  # its slate may be on its way
         self._early.move_to_end(fb.user_id)
         self._n_early += 1
         while self._n_early > self._max_open:
@@ -239,14 +241,29 @@ class FeedbackJoiner:
         return done
 
     def _expire_early(self, horizon: float) -> None:
-        for user_id, waiting in list(self._early.items()):
-            kept = [fb for fb in waiting if fb.ts >= horizon]
-            self.skipped["feedback_without_slate"] += len(waiting) - len(kept)
-            self._n_early -= len(waiting) - len(kept)
-            if kept:
-                self._early[user_id] = kept
-            else:
-                del self._early[user_id]
+        """Drop waiting feedback older than ``horizon``, in amortised constant time per entry:
+        users come least recently added first, so the scan stops at the first user with
+        feedback still in the window (entries behind it go when their user's turn comes, or
+        when that user's list is next added to: ``_drop_expired``)."""
+        while self._early:
+            user_id, waiting = next(iter(self._early.items()))
+            if max(fb.ts for fb in waiting) >= horizon:
+                break
+            del self._early[user_id]
+            self._count_expired(len(waiting))
+
+    def _drop_expired(self, waiting: list[Feedback], horizon: float) -> None:
+        """The expired head of one user's waiting list (kept in arrival order)."""
+        expired = 0
+        while expired < len(waiting) and waiting[expired].ts < horizon:
+            expired += 1
+        if expired:
+            del waiting[:expired]
+            self._count_expired(expired)
+
+    def _count_expired(self, n: int) -> None:
+        self.skipped["feedback_without_slate"] += n
+        self._n_early -= n
 
     def _close(self, request_id: str) -> list[Transition]:
         slate = self._open.pop(request_id)

@@ -26,7 +26,7 @@ from streamrec.core.ids import IdRegistry
 from streamrec.schemas.events import PolicyLog
 from streamrec.stores.model_registry import ModelRegistry
 from streamrec.trainer.doc2vec import Doc2VecModel
-from streamrec.trainer.models.dueling_dqn import DuelingDQN
+from streamrec.trainer.models.dueling_dqn import DuelingDQN, FrozenDuelingDQN
 from streamrec.trainer.rl import (
     Exploration,
     content_vectors,
@@ -143,7 +143,7 @@ class _Pair:
 
     dqn_version: int
     doc2vec_version: int
-    dqn: DuelingDQN
+    dqn: FrozenDuelingDQN
     table: np.ndarray
 
     def q_values(self, state: np.ndarray, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -170,6 +170,15 @@ class RLServer:
         # threads interleaving would draw from each other's stream and break "same text, same
         # vector", so inference runs one request at a time.
         self._infer_lock = threading.Lock()
+        self._frozen: tuple[int, FrozenDuelingDQN] | None = None  # (dqn version, its copy)
+
+    def _frozen_dqn(self, loaded: Loaded) -> FrozenDuelingDQN:
+        """The numpy copy of the active dqn that slates are scored with, made once per version
+        (two threads may both make it for a new version: the same copy, harmless)."""
+        held = self._frozen
+        if held is None or held[0] != loaded.version:
+            held = self._frozen = (loaded.version, loaded.model.frozen())
+        return held[1]
 
     def q_values(
         self, user_embedding: Sequence[float], item_embeddings: Sequence[Sequence[float]]
@@ -246,7 +255,7 @@ class RLServer:
                 [1.0] * len(slate),
             )
         _check_pair(dqn, d2v, table.shape[1])
-        pair = _Pair(dqn.version, d2v.version, dqn.model, table)
+        pair = _Pair(dqn.version, d2v.version, self._frozen_dqn(dqn), table)
         vectors = content_vectors(self._ids, table, candidates)
         drawn: list[tuple[str, float | None]] = []
         propensities: list[float] = []
@@ -266,7 +275,7 @@ class RLServer:
         dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
         table = d2v_loaded.model.item_vectors()  # (n_items, D), row = id-registry index
         _check_pair(dqn_loaded, d2v_loaded, table.shape[1])
-        return _Pair(dqn_loaded.version, d2v_loaded.version, dqn_loaded.model, table)
+        return _Pair(dqn_loaded.version, d2v_loaded.version, self._frozen_dqn(dqn_loaded), table)
 
     def embed(self, texts: Sequence[str]) -> tuple[int, np.ndarray]:
         """(doc2vec version, (len(texts), D) vectors); row i equals the single inference."""

@@ -108,6 +108,24 @@ def test_wrong_shapes_name_the_expected_shape(call, expected: str) -> None:  # t
         call(_model())
 
 
+@pytest.mark.parametrize("adv_hidden", [(8,), (), (8, 4)])
+def test_the_frozen_copy_scores_as_the_network_and_ignores_later_training(
+    adv_hidden: tuple[int, ...],
+) -> None:
+    model = _model(seed=3, adv_hidden=adv_hidden, dropout=0.5)
+    rng = np.random.default_rng(1)
+    state, items = rng.normal(size=6).astype(np.float32), rng.normal(size=(7, 5))
+    frozen = model.frozen()
+    expected = model.q_values(state, items)
+    np.testing.assert_allclose(frozen.q_values(state, items), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the network trains on: the copy keeps the weights it was made of
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    np.testing.assert_allclose(frozen.q_values(state, items), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidInput, match=r"\(6,\) state and \(C, 5\) items"):
+        frozen.q_values(state, items[:, :4])
+
+
 def test_config_rejects_settings_that_cannot_work() -> None:
     with pytest.raises(InvalidInput, match="gamma"):
         DuelingDQNConfig(gamma=1.0)

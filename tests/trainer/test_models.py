@@ -139,6 +139,24 @@ def test_sasrec_user_vector_ignores_padding_width(tiny: Interactions) -> None:
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_sasrec_serving_vectors_equal_the_full_forward(tiny: Interactions, n_layers: int) -> None:
+    """Inference computes the top block for the last position only: the same vectors."""
+    model = build_model("sasrec", tiny, **(FAST["sasrec"] | {"n_layers": n_layers})).eval()
+    generator = torch.Generator().manual_seed(n_layers)
+    seqs = torch.randint(1, tiny.n_items + 1, (6, 20), generator=generator)
+    for row, width in enumerate([0, 1, 3, 19]):  # left-padded: the newest item comes last
+        seqs[row, : 20 - width] = 0
+    query = Query(torch.zeros(6, dtype=torch.long), seqs)
+    with torch.no_grad():
+        served = model.user_vectors(query)
+        aligned, lengths = model.right_align(seqs)
+        full = model.hidden(aligned)[torch.arange(6), (lengths - 1).clamp(min=0)]
+    assert served.shape == (6, model.config.dim)
+    assert torch.allclose(served, full, atol=1e-5)
+    assert not served[0].any()  # no items: no vector
+
+
 def _sequences_data(repeat: bool, seed: int = 0) -> InteractionData:
     """60 users x 30 events over 80 items: each user either picks from a personal pool of 4
     items again and again (``repeat``) or never picks the same item twice."""

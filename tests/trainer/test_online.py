@@ -149,6 +149,20 @@ def test_feedback_outside_the_window_or_the_slate_earns_nothing() -> None:
     assert joiner.skipped["feedback_without_slate"] == 5
 
 
+def test_waiting_feedback_expires_by_user_oldest_first_and_when_its_user_adds_more() -> None:
+    joiner = _joiner()
+    joiner.observe([_click("i1", at=0, user="a"), _click("i1", at=1, user="b")])
+    # a's next click drops a's expired one (the head of its list) as it is added.
+    joiner.observe([_click("i2", at=WINDOW + 0.5, user="a")])
+    assert joiner.skipped["feedback_without_slate"] == 1
+    # The scan from the least recently added user (b) stops at a, whose click is fresh.
+    joiner.observe([_click("i3", at=WINDOW + 2, user="c")])
+    assert joiner.skipped["feedback_without_slate"] == 2
+    # a's fresh click still finds its slate: waiting feedback older than the window never does.
+    joiner.observe([_impression("r1", ["i2"], at=WINDOW, x=0.0, user="a")])
+    assert [t.reward for t in joiner.flush()] == [1.0]
+
+
 def test_slates_without_a_usable_policy_log_are_skipped_with_a_reason() -> None:
     joiner = _joiner()
     plain = ImpressionEvent(user_id="u", request_id="p", item_ids=["i1"], model="mf", ts=T0)

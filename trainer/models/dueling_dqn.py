@@ -122,12 +122,69 @@ class DuelingDQN(nn.Module):
             return self(state_t[None], items_t[None])[0].numpy()  # (C,)
 
     # -- artifacts (same contract as trainer.models.base.Recommender) ------------------------
+    def frozen(self) -> FrozenDuelingDQN:
+        """A copy of the weights for serving: ``q_values`` in numpy (see ``FrozenDuelingDQN``)."""
+        with torch.no_grad():
+            return FrozenDuelingDQN(
+                self.config,
+                _dense_layers(self.trunk),
+                _dense_layers(self.value)[0],
+                _dense_layers(self.item_proj)[0],
+                _dense_layers(self.adv),
+            )
+
     def save_artifacts(self, directory: Path) -> dict[str, Any]:
         return save_checkpoint(self, self.config, directory)
 
     @classmethod
     def load_artifacts(cls, directory: Path) -> Self:
         return load_checkpoint(cls, DuelingDQNConfig, directory)
+
+
+Dense = tuple[np.ndarray, np.ndarray]  # (in, out) weight (transposed) and (out,) bias
+
+
+@dataclass(frozen=True)
+class FrozenDuelingDQN:
+    """``DuelingDQN.q_values`` in numpy, over a copy of the weights: what the edge scores a
+    slate with on every ``rerank=dqn`` request. For one state and 50 candidates torch spends
+    ~0.3 ms, mostly per-operator overhead, and numpy a fraction of it; the result is the same
+    up to float rounding. Dropout is the identity here, as in eval mode."""
+
+    config: DuelingDQNConfig
+    trunk: tuple[Dense, ...]  # ReLU after every layer
+    value: Dense
+    item_proj: Dense
+    adv: tuple[Dense, ...]  # ReLU after every layer but the last
+
+    def q_values(self, state: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(C,) Q-values of C item vectors (C, item_dim) for one (state_dim,) state."""
+        s, d = self.config.state_dim, self.config.item_dim
+        if state.shape != (s,) or items.ndim != 2 or items.shape[1] != d or not len(items):
+            raise InvalidInput(
+                f"expected a ({s},) state and (C, {d}) items, got {state.shape} and {items.shape}"
+            )
+        h = state.astype(np.float32)[None]  # (1, H0)
+        for weight, bias in self.trunk:
+            h = np.maximum(h @ weight + bias, 0.0)  # (1, H)
+        v = h @ self.value[0] + self.value[1]  # (1, 1)
+        e = items.astype(np.float32) @ self.item_proj[0] + self.item_proj[1]  # (C, H)
+        x = np.concatenate([np.broadcast_to(h, e.shape), e, h * e], axis=1)  # (C, 3H)
+        for layer, (weight, bias) in enumerate(self.adv):
+            x = x @ weight + bias
+            if layer < len(self.adv) - 1:
+                x = np.maximum(x, 0.0)
+        a = x[:, 0]  # (C,)
+        return (v[0] + a - a.mean()).astype(np.float32)  # (C,)
+
+
+def _dense_layers(module: nn.Module) -> tuple[Dense, ...]:
+    """The module's Linear layers in forward order, as numpy copies."""
+    return tuple(
+        (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+        for m in module.modules()
+        if isinstance(m, nn.Linear)
+    )
 
 
 def _as_tensor(value: Any, message: str) -> Tensor:
@@ -143,6 +200,9 @@ def _as_tensor(value: Any, message: str) -> Tensor:
 @contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     was_training = module.training
+    if not was_training:  # a loaded snapshot already is: no walk over the submodules
+        yield
+        return
     module.eval()
     try:
         yield
