@@ -155,11 +155,13 @@ def plan_children(
     consumer_metrics_port: int,
     environ: dict[str, str],
     vector_host: VectorHostSocket | None = None,
+    consumer_processes: int = 1,
 ) -> list[ChildSpec]:
     """The children of ``streamrec up``: services (when Kafka or Redis is embedded), consumers,
     then ``api_workers`` API workers; ``environ`` is the environment they all start from.
     ``vector_host``: where the consumers serve the Edge shards to the API workers (a listening
-    socket the caller keeps open for the run, and its token; needed when Qdrant is embedded)."""
+    socket the caller keeps open for the run, and its token; needed when Qdrant is embedded).
+    ``consumer_processes``: the groups spread over that many processes (``split_groups``)."""
     base = dict(environ)
     # Generated once here, so every API worker accepts the same keys.
     for name in ("ingest_api_key", "admin_api_key"):
@@ -169,8 +171,7 @@ def plan_children(
     consumers_env = dict(base)
     consumers_env.pop("STREAMREC_VECTOR_HOST_URL", None)  # it opens the shards itself
     api_env = dict(base)
-    consumer_options = ["--groups", ",".join(short_name(g) for g in groups) or "none"]
-    consumer_options += ["--metrics-port", str(consumer_metrics_port)]
+    consumer_options = ["--metrics-port", str(consumer_metrics_port)]
     consumers_address = (
         _url(settings.metrics_host, consumer_metrics_port) + "/metrics"
         if consumer_metrics_port
@@ -209,11 +210,12 @@ def plan_children(
                 role=f"embedded {' and '.join(embedded)}",
             )
         )
-    names = ", ".join(short_name(g) for g in groups) or "no group"
+    first, *others = split_groups(groups, consumer_processes)
+    names = ", ".join(short_name(g) for g in first) or "no group"
     children.append(
         ChildSpec(
             "consumers",
-            _child_argv("consumers", *consumer_options),
+            _child_argv("consumers", *_with_groups(consumer_options, first)),
             consumers_env,
             stage=1,
             depends_on=services,
@@ -222,6 +224,23 @@ def plan_children(
             role=f"consumers ({names}) + training jobs",
         )
     )
+    for n, share in enumerate(others, start=2):
+        # Their vector store is the first one's (as the API workers'): they open no shard.
+        metrics_port = consumer_metrics_port + n - 1 if consumer_metrics_port else 0
+        options = ["--metrics-port", str(metrics_port), "--without-training-jobs"]
+        children.append(
+            ChildSpec(
+                f"consumers-{n}",
+                _child_argv("consumers", *_with_groups(options, share)),
+                api_env,
+                stage=1,
+                depends_on=services,
+                address=_url(settings.metrics_host, metrics_port) + "/metrics"
+                if metrics_port
+                else "",
+                role=f"consumers ({', '.join(short_name(g) for g in share)})",
+            )
+        )
     for n in range(1, api_workers + 1):
         children.append(
             ChildSpec(
@@ -235,6 +254,31 @@ def plan_children(
             )
         )
     return children
+
+
+# Groups that write the vector store (user vectors; a retrain publishes versions): with embedded
+# Qdrant only the process that opened the Edge shards can, so they stay in the first process.
+WRITES_VECTORS = frozenset({ConsumerGroup.VECTORS, ConsumerGroup.RETRAIN})
+
+
+def split_groups(groups: Sequence[ConsumerGroup], processes: int) -> list[list[ConsumerGroup]]:
+    """``groups`` over at most ``processes`` consumer processes: the first (which also runs the
+    training jobs and serves the vector store) takes the groups that write vectors; the others
+    are dealt round-robin over the rest, or join the first when there is one process. A
+    process never runs an empty share, except the first when no group runs at all."""
+    if processes <= 1:
+        return [list(groups)]
+    first = [g for g in groups if g in WRITES_VECTORS]
+    rest = [g for g in groups if g not in WRITES_VECTORS]
+    extra = min(processes - 1, len(rest))
+    if not first and extra:  # nothing writes vectors: the first process takes a share too
+        first, rest, extra = [rest[0]], rest[1:], min(processes - 1, len(rest) - 1)
+    shares = [rest[n::extra] for n in range(extra)] if extra else []
+    return [first, *shares]
+
+
+def _with_groups(options: list[str], groups: Sequence[ConsumerGroup]) -> list[str]:
+    return ["--groups", ",".join(short_name(g) for g in groups) or "none", *options]
 
 
 def _processes_banner(
@@ -360,13 +404,25 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(min=1, help="API worker processes on the port (default: one per core)."),
         ] = None,
+        consumer_processes: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=len(ConsumerGroup),
+                help="Consumer processes the groups are spread over: each process is one core "
+                "at most (one event loop, one GIL). The first runs the vectors and retrain "
+                "groups (they write the Edge shards it owns) and the training jobs; the others "
+                "share the rest.",
+            ),
+        ] = 1,
         metrics_port: Annotated[
             int | None,
             typer.Option(
                 min=0,
                 max=65535,
                 help="The supervisor's /metrics (child restarts) on this port, the consumers' "
-                "on the next (0: off; default STREAMREC_METRICS_PORT, 9108).",
+                "on the next ones, one per consumer process (0: off; default "
+                "STREAMREC_METRICS_PORT, 9108).",
             ),
         ] = None,
         one_process: Annotated[
@@ -425,6 +481,7 @@ def register(app: typer.Typer) -> None:
             consumer_metrics_port=metrics + 1 if metrics else 0,
             environ=dict(os.environ),
             vector_host=vector_host,
+            consumer_processes=consumer_processes,
         )
         try:
             with contextlib.ExitStack() as stack:

@@ -6,8 +6,10 @@ supervisor (``apps/up.py``, ``apps/supervisor.py``); each says it is ready with 
   Redis socket and the Kafka log's id), which every other process attaches through. The log is
   in this process's memory: if it dies the log is gone, and the supervisor starts it again
   (a new, empty log with a new id), then every child attached to it.
-* ``consumers``: every consumer group asked for and the training-jobs worker, attached to the
-  services. The only process that opens the Qdrant Edge shards: it serves its vector store to
+* ``consumers``: every consumer group asked for and the training-jobs worker (unless
+  ``--without-training-jobs``: ``up --consumer-processes N`` starts more consumers processes,
+  each with its share of the groups), attached to the services. The first one is the only
+  process that opens the Qdrant Edge shards: it serves its vector store to
   the API workers (``stores/vectors/host.py``) on a listening socket the supervisor bound and
   hands down (``--serve-vectors-fd``), with the token from ``STREAMREC_VECTOR_HOST_TOKEN``.
 * ``api``: one API worker, attached to the services, on a socket bound with ``SO_REUSEPORT``
@@ -77,8 +79,10 @@ async def run_consumers(
     groups: Sequence[ConsumerGroup],
     vectors_fd: int | None,
     metrics_port: int,
+    training_jobs: bool = True,
 ) -> None:
-    """The consumer groups, the training-jobs worker and the vector host until SIGTERM."""
+    """The consumer groups, the training-jobs worker (unless ``training_jobs`` is False) and
+    the vector host until SIGTERM."""
     # Deferred: FastStream, PyTorch and the stores cost seconds, which `--help` need not pay.
     from streamrec.api.app import Shutdown, ShutdownBudget
     from streamrec.apps.training_jobs import TrainingWorker
@@ -121,13 +125,14 @@ async def run_consumers(
         lag.start_background()
         metrics.export_lag(lambda: lag.latest)
         stack.enter_context(serving_metrics(metrics.registry, settings.metrics_host, metrics_port))
-        worker = TrainingWorker(
-            stores.training_jobs,
-            Workspace(stores.engine, stores.ids, stores.models, offline=False),
-            settings.var_dir,
-        )
-        worker.start()
-        shutdown.on_exit("the training worker", worker.stop)
+        if training_jobs:
+            worker = TrainingWorker(
+                stores.training_jobs,
+                Workspace(stores.engine, stores.ids, stores.models, offline=False),
+                settings.var_dir,
+            )
+            worker.start()
+            shutdown.on_exit("the training worker", worker.stop)
         if groups:
             broker = build_consumer_broker(stores, metrics, groups)
             shutdown.on_exit("the consumers", broker.stop)
@@ -170,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve the vector store on this inherited listening socket",
     )
     consumers.add_argument("--metrics-port", type=int, default=0)
+    consumers.add_argument(
+        "--without-training-jobs",
+        action="store_true",
+        help="leave the training jobs to another consumers process",
+    )
     api = roles.add_parser("api")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, required=True)
@@ -185,7 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_services(settings))
         elif args.role == "consumers":
             groups = parse_group_list(args.groups, DEFAULT_GROUPS)
-            asyncio.run(run_consumers(settings, groups, args.serve_vectors_fd, args.metrics_port))
+            asyncio.run(
+                run_consumers(
+                    settings,
+                    groups,
+                    args.serve_vectors_fd,
+                    args.metrics_port,
+                    training_jobs=not args.without_training_jobs,
+                )
+            )
         else:
             run_api(settings, args.host, args.port)
     except Exception as exc:

@@ -2,6 +2,7 @@
 against its peers in the same run.
 
     python benchmarks/serving.py [--seconds 10] [--clients 32] [--api-workers 2]
+        [--consumer-processes 1]
                                  [--ingest-rate 1000] [--clicks 40] [--epochs 2]
 
 Setup (not measured): `streamrec up` as a subprocess on the embedded defaults (every consumer
@@ -260,9 +261,10 @@ class Ingest:
 
 
 class Up(RunningUp):
-    """``streamrec up`` with ``api_workers`` API workers and ``groups``, quiet (WARNING)."""
+    """``streamrec up`` with ``api_workers`` API workers and ``groups`` over
+    ``consumer_processes`` processes, quiet (WARNING)."""
 
-    def __init__(self, var: Path, api_workers: int, groups: str) -> None:
+    def __init__(self, var: Path, api_workers: int, groups: str, consumer_processes: int) -> None:
         self.groups = {f"streamrec-{g}" for g in groups.split(",")}
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
         env.update(
@@ -272,6 +274,7 @@ class Up(RunningUp):
             STREAMREC_LOG_LEVEL="WARNING",
         )
         options = ["--metrics-port", "0", "--api-workers", str(api_workers), "--groups", groups]
+        options += ["--consumer-processes", str(consumer_processes)]
         super().__init__(var, env, options, var / "up.log")
 
 
@@ -485,11 +488,16 @@ def cpu_ms_per_request(
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     var = Path(tempfile.mkdtemp(prefix="streamrec-serving-", dir=args.tmp_dir))
-    up = Up(var, args.api_workers, args.groups)
+    up = Up(var, args.api_workers, args.groups, args.consumer_processes)
     figures: dict[str, Any] = {"api_workers": args.api_workers, "clients": args.clients}
+    figures["consumer_processes"] = args.consumer_processes
     try:
         await up.ready()
-        print(f"setup: streamrec up with {args.api_workers} API workers ({var})", flush=True)
+        print(
+            f"setup: streamrec up with {args.api_workers} API workers and "
+            f"{args.consumer_processes} consumer processes ({var})",
+            flush=True,
+        )
         users, items, figures["setup"] = await setup(up, args)
         redis_url = up.addresses().redis_url
         bootstrap = up.addresses().kafka_bootstrap
@@ -569,6 +577,12 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--api-workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--consumer-processes",
+        type=int,
+        default=1,
+        help="`up --consumer-processes`: the consumer groups over this many processes",
+    )
     parser.add_argument("--ingest-rate", type=float, default=1000.0)
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2)

@@ -282,3 +282,46 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_consumer_groups_spread_over_processes_and_each_comes_back(
+    start_up: Callable[..., Up],
+) -> None:
+    up = start_up("--consumer-processes", "2")
+    children = up.children()
+    assert set(children) == {"services", "consumers", "consumers#2", "api", "api#2"}
+    assert re.search(r"consumers-2\s+pid \d+", up.text()), up.text()
+    second = _second_consumers(up)
+    assert "features,archive,online-rl" in psutil.Process(second).cmdline()
+
+    # The features group runs in the second process: a rating reaches every worker.
+    workers = up.api_pids()
+    _post_rating(up, "carol")
+    _visible_from(up, "carol", workers)
+
+    # Killed, the second process alone is started again, and its groups go on.
+    first = next(pid for pid in up.children().values() if pid != second and _is_consumers(pid))
+    os.kill(second, signal.SIGKILL)
+    until(lambda: up.restarts("consumers-2") == 1, "the consumers-2 restart counted")
+    until(lambda: _second_consumers(up) not in (None, second), "a new consumers-2")
+    _post_rating(up, "dave")
+    _visible_from(up, "dave", workers)
+    assert up.restarts("consumers") == 0 and _is_consumers(first)
+
+
+def _is_consumers(pid: int) -> bool:
+    try:
+        return "consumers" in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+
+
+def _second_consumers(up: Up) -> int | None:
+    """The consumers process without the training jobs (``consumers-2``)."""
+    for pid in up.children().values():
+        try:
+            if "--without-training-jobs" in psutil.Process(pid).cmdline():
+                return pid
+        except psutil.Error:  # just died
+            continue
+    return None
