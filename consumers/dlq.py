@@ -99,8 +99,14 @@ async def read_dead_letters(
     tps = [TopicPartition(t, p) for t, p in await topic_partitions(bootstrap, [Topic.DLQ.value])]
     if not tps:
         return []
+    # Positions are set by hand (seek to the start offsets): an assigned partition without one
+    # is reset by ``auto_offset_reset``, and with the default (latest) that reset could land
+    # after ``seek_to_beginning`` and skip every letter (tests/consumers/test_dlq.py flaked).
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
@@ -111,7 +117,8 @@ async def read_dead_letters(
         letters: list[StoredDeadLetter] = []
         if on_progress is not None:
             on_progress("reading", 0, total)
-        await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            consumer.seek(tp, begin[tp])
         pending = {tp for tp in tps if end[tp] > begin[tp]}
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=500)

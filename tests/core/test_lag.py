@@ -157,8 +157,12 @@ async def produce(bootstrap: list[str], per_partition: Sequence[int]) -> None:
 
 
 async def commit(bootstrap: list[str], offsets: dict[int, int]) -> None:
-    """Commit offsets for GROUP as its consumer does (OffsetCommit), after reading up to them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    """Commit offsets for GROUP as its consumer does (OffsetCommit), after reading up to them.
+    No auto-commit: on stop it would commit the position it initialised from the previously
+    committed offset, now and then after this commit, moving it back (a flaky STALL)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         consumer.assign([TopicPartition(TOPIC, p) for p in offsets])
