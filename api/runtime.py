@@ -15,6 +15,7 @@ from streamrec.api.serving import CandidateServer, ItemMetaCache, VectorServer
 from streamrec.core.metrics import Metrics
 from streamrec.core.services import Services
 from streamrec.core.settings import Settings
+from streamrec.core.threads import single_threaded_blas
 from streamrec.producers.publisher import EventPublisher
 from streamrec.stores.catalog import Archive
 from streamrec.stores.factory import Stores
@@ -47,6 +48,7 @@ class Runtime:
         # The API's networks are tiny (a DQN over ~100 candidates): one thread each is
         # fastest, and N API workers with a thread pool per core each would fight for cores.
         torch.set_num_threads(1)
+        single_threaded_blas()
         active = ActiveModels(stores.models, settings.model_reload_seconds)
         exploration = Exploration(
             settings.rl_exploration, settings.rl_epsilon, settings.rl_temperature

@@ -67,7 +67,7 @@ from streamrec.stores.candidates import CandidateStore  # noqa: E402
 from streamrec.stores.factory import Stores, open_stores  # noqa: E402
 from streamrec.stores.features import FeatureStore  # noqa: E402
 from streamrec.stores.vectors import EdgeVectorStore  # noqa: E402
-from streamrec.trainer.candidates import CandidateIndex  # noqa: E402
+from streamrec.trainer.candidates import CandidateIndex, SeenRows  # noqa: E402
 from streamrec.trainer.live import publish_version  # noqa: E402
 from streamrec.trainer.service import ARCHIVE, load_data, train_model  # noqa: E402
 from streamrec.trainer.user_vectors import (  # noqa: E402
@@ -84,7 +84,7 @@ STAGES = {  # what is timed: (owner, attribute) -> stage
     (EdgeVectorStore, "upsert"): "user vectors into Edge",
     (CandidateIndex, "top"): "top-C over the catalog",
     (CandidateStore, "write_candidates"): "encode + HSET candidates",
-    (CandidateStore, "seen_many"): "seen sets (Redis)",
+    (SeenRows, "rows_many"): "seen items (log tails, indices)",
     (FeatureStore, "recent_items_many"): "recent items (Redis)",
 }
 
@@ -210,8 +210,8 @@ async def grow_history(
         await apply_features(
             stores, log.source(ingest_batch(rng, users, items, min(10_000, n - lo)))
         )
-    seen = await asyncio.to_thread(stores.candidates.seen_many, users)
-    return round(float(np.mean([len(s) for s in seen])), 1)
+    seen = await asyncio.to_thread(stores.candidates.seen_after, users, [0] * len(users))
+    return round(float(np.mean([len(tail.items) for tail in seen])), 1)
 
 
 async def measure(

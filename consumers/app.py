@@ -21,6 +21,7 @@ from streamrec.consumers import archive, features
 from streamrec.consumers.dlq import DeadLetterSink
 from streamrec.core.errors import ServiceUnavailable
 from streamrec.core.metrics import Metrics
+from streamrec.core.threads import single_threaded_blas
 from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
 from streamrec.stores.factory import Stores
 
@@ -94,8 +95,11 @@ def build_consumer_broker(
     ``stores``: the process's stores (``stores.factory.open_stores``); the caller opens and
     closes them (Qdrant Edge opens a shard in one process only, so ``up`` passes the API's).
     ``learner``: the online-RL group's learner, when the caller wants to watch it (the
-    simulator); one is built from the settings otherwise.
+    simulator); one is built from the settings otherwise. The process's BLAS computes on the
+    calling thread from here on (``core.threads``): the groups multiply small matrices from
+    worker threads, on cores they share with the API workers.
     """
+    single_threaded_blas()
     broker = ConsumerBroker(
         stores.services.kafka_bootstrap,
         client_id="streamrec-consumers",

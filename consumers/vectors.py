@@ -30,7 +30,8 @@ touched, for every model whose item vectors are published; and content vectors f
   vectors are written, those users' top-C candidates of the live version are rewritten from
   the same vectors against the version's items held here (``trainer.candidates``: batched
   matrix products, no engine query per user), their seen items (the feature store's, plus the
-  batch's) left out; a new content item gets its top-K neighbours written.
+  batch's) left out: held here as registry indices (``SeenRows``), of which each batch reads
+  only what the seen log gained since; a new content item gets its top-K neighbours written.
 * The Redis live pointer ``sr:live:<model>`` follows the alias, and only over complete lists:
   when the group loads a live version (at start, and whenever it sees the alias move) whose
   version the pointer does not name yet (a swap made without Redis at hand: ``streamrec
@@ -83,7 +84,7 @@ from streamrec.stores.vectors import (
     items_alias,
     parse_version,
 )
-from streamrec.trainer.candidates import CandidateIndex
+from streamrec.trainer.candidates import CandidateIndex, SeenRows
 from streamrec.trainer.doc2vec import item_text, tokenize
 from streamrec.trainer.user_vectors import (
     DEFAULT_HISTORY,
@@ -230,6 +231,7 @@ class VectorsUpdater:
         self._vectors = vectors
         self._history = history
         self._candidates = candidates
+        self._seen_rows = SeenRows(candidates, ids) if candidates is not None else None
         self._active_users: OrderedDict[str, None] = OrderedDict()
         # (collection key, version) -> that version's items for candidates (built on first
         # need; the live and kept versions of one model each have theirs).
@@ -380,10 +382,10 @@ class VectorsUpdater:
     def _backfill_users(
         self, model: LoadedModel, index: CandidateIndex, users: list[str], records: list[Record]
     ) -> None:
-        assert self._candidates is not None
+        assert self._candidates is not None and self._seen_rows is not None
         names = [users[r.id] for r in records]
         vectors = np.asarray([r.vector for r in records], np.float32)
-        ranked = index.top(vectors, self._candidates.per_user, self._candidates.seen_many(names))
+        ranked = index.top(vectors, self._candidates.per_user, self._seen_rows.rows_many(names))
         self._candidates.write_candidates(
             model.serving,
             model.version,
@@ -433,7 +435,7 @@ class VectorsUpdater:
         model: LoadedModel,
         users: list[str],
         user_vectors: np.ndarray,
-        seen: list[set[str]],
+        seen: list[np.ndarray],
         updated_ms: int,
     ) -> None:
         """The users' top-C items of the live version, their ``seen`` items left out."""
@@ -448,14 +450,16 @@ class VectorsUpdater:
             },
         )
 
-    def _seen(self, users: list[str], histories: list[list[str]]) -> list[set[str]]:
-        """What to leave out of each user's candidates: the feature store's seen set, plus the
-        batch's items (the features group may not have applied them yet). Read once per batch
-        for every model."""
-        assert self._candidates is not None
+    def _seen(
+        self, users: list[str], histories: list[list[str]], item_idx: Mapping[str, int]
+    ) -> list[np.ndarray]:
+        """What to leave out of each user's candidates, as registry indices: the feature
+        store's seen set, plus the batch's items (the features group may not have applied them
+        yet). Read once per batch for every model."""
+        assert self._seen_rows is not None
         return [
-            found | set(history)
-            for found, history in zip(self._candidates.seen_many(users), histories, strict=True)
+            np.concatenate([held, np.asarray([item_idx[i] for i in h if i in item_idx], np.int64)])
+            for held, h in zip(self._seen_rows.rows_many(users), histories, strict=True)
         ]
 
     def _write_items(self, events: list[ItemEvent]) -> int:
@@ -536,7 +540,7 @@ class VectorsUpdater:
         item_idx = self._ids.lookup(IdKind.ITEM, {i for h in histories for i in h})
         indices = [user_idx[u] for u in users]
         now_ms = int(time.time() * 1000)
-        seen = self._seen(users, histories) if self._candidates is not None else []
+        seen = self._seen(users, histories, item_idx) if self._candidates is not None else []
         written = 0
         for model in models:
             limit = model.history_length(self._history)

@@ -27,8 +27,13 @@
 -- ARGV[6]  its time to live, in seconds
 --
 -- Keys are derived from ids exactly as stores/features.py builds them: a type marker, then the
--- id inside braces (`sr:u:{alice}`, `sr:seq:{alice}`, `sr:seen:{alice}`, `sr:i:{m1}`,
--- `sr:pend:{m1}`), so no id can name another key, and a user's keys share a Redis Cluster slot.
+-- id inside braces (`sr:u:{alice}`, `sr:seq:{alice}`, `sr:seen:{alice}`, `sr:seenlog:{alice}`,
+-- `sr:i:{m1}`, `sr:pend:{m1}`), so no id can name another key, and a user's keys share a Redis
+-- Cluster slot.
+--
+-- The seen set and the seen log hold the same items: an item is appended to the log when it
+-- joins the set, so a reader that holds the log's first n entries reads only what came after
+-- (the vectors group's incremental read, trainer/candidates.py).
 --
 -- Genre affinity does not depend on whether an item's catalog event came before or after its
 -- ratings (topics are fetched apart): a rating or click of an item the catalog has not named
@@ -44,6 +49,7 @@ local variants = pre .. ':variants'
 local function user_hash(id) return pre .. ':u:{' .. id .. '}' end
 local function user_seq(id) return pre .. ':seq:{' .. id .. '}' end
 local function user_seen(id) return pre .. ':seen:{' .. id .. '}' end
+local function user_seen_log(id) return pre .. ':seenlog:{' .. id .. '}' end
 local function item_hash(id) return pre .. ':i:{' .. id .. '}' end
 local function item_pending(id) return pre .. ':pend:{' .. id .. '}' end
 
@@ -88,6 +94,7 @@ for _, u in ipairs(p.users) do
   expect(user_hash(u[1]), 'hash')
   expect(user_seq(u[1]), 'zset')
   expect(user_seen(u[1]), 'set')
+  expect(user_seen_log(u[1]), 'list')
   for _, pair in ipairs(u[6]) do
     expect(item_hash(pair[1]), 'hash')
     expect(item_pending(pair[1]), 'hash')
@@ -159,6 +166,29 @@ local function add_numbers(key, delta, fields)
   return sums
 end
 
+-- Add a user's items to the seen set, and those new to it to the seen log in the same order.
+local function add_seen(user, members)
+  local set, log = user_seen(user), user_seen_log(user)
+  if redis.call('EXISTS', log) == 0 then  -- a set from before the log existed: seed it once
+    local held = redis.call('SMEMBERS', set)
+    for start = 1, #held, 4000 do  -- unpack has a stack limit: add in slices
+      redis.call('RPUSH', log, unpack(held, start, math.min(start + 3999, #held)))
+    end
+  end
+  local known = redis.call('SMISMEMBER', set, unpack(members))
+  local fresh, taken = {}, {}
+  for i, member in ipairs(members) do
+    if known[i] == 0 and not taken[member] then
+      taken[member] = true
+      fresh[#fresh + 1] = member
+    end
+  end
+  if #fresh > 0 then
+    redis.call('SADD', set, unpack(fresh))
+    redis.call('RPUSH', log, unpack(fresh))
+  end
+end
+
 for _, u in ipairs(p.users) do
   -- Every numeric field of the user (counters, rating sum, genre affinities "g:<genre>").
   local delta = {ratings = 0, clicks = 0}
@@ -189,7 +219,7 @@ for _, u in ipairs(p.users) do
     redis.call('ZADD', user_seq(u[1]), 'GT', unpack(scored))
     -- The set holds distinct items, never more than the user's events: trim only past the cap.
     if total > cap then redis.call('ZREMRANGEBYRANK', user_seq(u[1]), 0, -cap - 1) end
-    redis.call('SADD', user_seen(u[1]), unpack(members))
+    add_seen(u[1], members)
   end
 end
 

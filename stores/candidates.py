@@ -38,7 +38,13 @@ import redis.asyncio as aioredis
 
 from streamrec.core.errors import ConfigurationError
 from streamrec.core.settings import Settings
-from streamrec.stores.features import PREFIX, stats_of, user_key, user_seen_key
+from streamrec.stores.features import (
+    PREFIX,
+    stats_of,
+    user_key,
+    user_seen_key,
+    user_seen_log_key,
+)
 
 WRITE_CHUNK = 500  # hash fields per HSET: bounded request size whatever the user count
 # Writes are bulk (a publish writes every user's entry): more than the request path's bound.
@@ -82,6 +88,20 @@ class Ranked:
     def decode(cls, raw: str | bytes) -> Ranked:
         body = orjson.loads(raw)
         return cls(body["i"], body["s"], body.get("u"))
+
+
+@dataclass(frozen=True)
+class SeenTail:
+    """A user's seen items from position ``start`` of the seen log on (0: the whole log)."""
+
+    items: list[str]
+    start: int
+
+    @property
+    def end(self) -> int:
+        """Where the next read starts (the log may have grown between two reads of a pipeline:
+        what was read counts, not a length read beside it)."""
+        return self.start + len(self.items)
 
 
 def sync_client(url: str, settings: Settings) -> redis.Redis:
@@ -165,12 +185,22 @@ class CandidateStore:
 
     # -- writes (blocking: publish and the vectors group call them from threads) ---------------
 
-    def seen_many(self, user_ids: Sequence[str]) -> list[set[str]]:
-        """The users' seen sets (the feature store's), to leave out of their candidates."""
+    def seen_after(self, user_ids: Sequence[str], starts: Sequence[int]) -> list[SeenTail]:
+        """Per user, the seen items after the first ``starts[u]`` of the seen log (the order
+        they joined the seen set): a reader holding the first n items reads only the rest. A
+        log shorter than its start (the state was rebuilt meanwhile) is read whole."""
         with self._sync.pipeline(transaction=False) as pipe:
-            for user in user_ids:
-                pipe.smembers(user_seen_key(user))
-            return [set(found) for found in pipe.execute()]
+            for user, start in zip(user_ids, starts, strict=True):
+                pipe.llen(user_seen_log_key(user))
+                pipe.lrange(user_seen_log_key(user), start, -1)
+            found = pipe.execute()
+        tails = [SeenTail(found[2 * u + 1], start) for u, start in enumerate(starts)]
+        short = [u for u, start in enumerate(starts) if found[2 * u] < start]
+        if short:
+            whole = self.seen_after([user_ids[u] for u in short], [0] * len(short))
+            for u, tail in zip(short, whole, strict=True):
+                tails[u] = tail
+        return tails
 
     def write_candidates(
         self,

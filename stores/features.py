@@ -21,7 +21,7 @@ on the WATCH and the batch is re-read and re-applied from scratch.
 
 Key layout (all under ``sr:``). Every per-id key is a type marker followed by the id in braces,
 so no id, whatever its characters, can name another key (``196:seen`` is ``sr:u:{196:seen}``,
-never ``sr:u:{196}``'s seen set), and a user's three keys share a Redis Cluster hash slot:
+never ``sr:u:{196}``'s seen set), and a user's four keys share a Redis Cluster hash slot:
 
 =========================  ======  ===================================================
 ``sr:u:{user}``            hash    ratings, rating_sum, clicks, impressions, last_ts,
@@ -30,6 +30,8 @@ never ``sr:u:{196}``'s seen set), and a user's three keys share a Redis Cluster 
 ``sr:seq:{user}``          zset    recent distinct items scored by event time, capped
                                    (event time, not arrival: topics are fetched apart)
 ``sr:seen:{user}``         set     every item the user rated or clicked
+``sr:seenlog:{user}``      list    the same items in the order they joined the set, so a
+                                   reader holding the first n reads only the rest
 ``sr:i:{item}``            hash    title, genres ("|"-joined), year, ratings, rating_sum,
                                    clicks, impressions
 ``sr:pend:{item}``         hash    user -> genre-affinity weight of ratings and clicks of an
@@ -105,6 +107,10 @@ def stats_of(user_hash: Mapping[str, str]) -> dict[str, str]:
 
 def user_seen_key(user_id: str) -> str:
     return f"{PREFIX}:seen:{{{user_id}}}"
+
+
+def user_seen_log_key(user_id: str) -> str:
+    return f"{PREFIX}:seenlog:{{{user_id}}}"
 
 
 def item_key(item_id: str) -> str:
@@ -500,7 +506,12 @@ def _event_keys(event: Event) -> list[str]:
     """The per-id keys the apply script checks for this event (see apply_features.lua)."""
     if isinstance(event, ItemEvent):
         return [item_key(event.item_id), item_pending_key(event.item_id)]
-    user = [user_key(event.user_id), user_seq_key(event.user_id), user_seen_key(event.user_id)]
+    user = [
+        user_key(event.user_id),
+        user_seq_key(event.user_id),
+        user_seen_key(event.user_id),
+        user_seen_log_key(event.user_id),
+    ]
     if isinstance(event, ImpressionEvent):
         return user + [item_key(item) for item in event.item_ids]
     return [*user, item_key(event.item_id), item_pending_key(event.item_id)]

@@ -6,17 +6,67 @@ the dot product of unit vectors (Qdrant normalizes vectors of cosine collections
 the query at search). ``CandidateIndex`` does the same with batched matrix products and
 ``argpartition`` (linear in the catalog per user, no sort of the whole row), so its lists are
 the engine's ``query`` results up to float rounding (ties may come in another order).
+
+What a user's list leaves out (the feature store's seen set) comes as registry indices
+(``SeenRows``): masked per block of queries with one numpy assignment, not one Python lookup per
+seen item and model. ``SeenRows`` keeps each user's seen items as indices in the process and reads
+only what was added since from the seen log (``CandidateStore.seen_after``): a user who has seen
+500 items costs the vectors group a read of the one or two new ones per batch, not 500 strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
-from streamrec.stores.candidates import Ranked
+from streamrec.core.ids import IdKind, IdRegistry
+from streamrec.stores.candidates import CandidateStore, Ranked
 
 QUERY_BLOCK = 256  # query rows per matrix product: bounds memory to 256 x catalog floats
+SEEN_USERS = 100_000  # users whose seen indices a process keeps (least recently used go)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+class SeenRows:
+    """Users' seen items (the feature store's seen sets) as item registry indices, kept per
+    process for the ``capacity`` most recently asked users and brought up to date from the seen
+    log on every ask: what was seen before is held, what was added since is read.
+
+    Items are registered as they are read (``IdRegistry.assign``): a seen item is live data, and
+    an index for it now means it is left out of any version that gains it later.
+    """
+
+    def __init__(
+        self, candidates: CandidateStore, ids: IdRegistry, capacity: int = SEEN_USERS
+    ) -> None:
+        self._candidates = candidates
+        self._ids = ids
+        self._capacity = capacity
+        self._held: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()  # (log read, rows)
+
+    def rows_many(self, users: Sequence[str]) -> list[np.ndarray]:
+        """Each user's seen items as registry indices, as the seen log holds them now."""
+        held = [self._held.get(user, (0, _NO_ROWS)) for user in users]
+        tails = self._candidates.seen_after(users, [read for read, _ in held])
+        index = self._ids.assign(IdKind.ITEM, [item for tail in tails for item in tail.items])
+        found: list[np.ndarray] = []
+        for user, (read, rows), tail in zip(users, held, tails, strict=True):
+            if tail.start != read:  # the log was rebuilt: what was held no longer counts
+                rows = _NO_ROWS
+            if tail.items:
+                fresh = np.fromiter((index[item] for item in tail.items), np.int64, len(tail.items))
+                rows = np.concatenate([rows, fresh])
+            self._keep(user, tail.end, rows)
+            found.append(rows)
+        return found
+
+    def _keep(self, user: str, read: int, rows: np.ndarray) -> None:
+        self._held[user] = (read, rows)
+        self._held.move_to_end(user)
+        while len(self._held) > self._capacity:
+            self._held.popitem(last=False)
 
 
 class CandidateIndex:
@@ -35,10 +85,16 @@ class CandidateIndex:
         self._id_array = np.asarray(self._ids, dtype=object)  # ids of many positions at once
         self._matrix = self._prepare(np.asarray(vectors, dtype=np.float32))
         self._position = {row: p for p, row in enumerate(self._rows)}
-        self._by_id = {item: p for p, item in enumerate(self._ids)}
+        self._row_position = self._positions_by_row()
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def _positions_by_row(self) -> np.ndarray:
+        """Registry index -> position here, -1 for an index not held: masks in one lookup."""
+        lookup = np.full(max(self._rows, default=-1) + 1, -1, dtype=np.int64)
+        lookup[self._rows] = np.arange(len(self._rows))
+        return lookup
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -66,31 +122,41 @@ class CandidateIndex:
             self._rows.append(int(rows[p]))
             self._ids.append(item_ids[p])
             self._position[int(rows[p])] = start + offset
-            self._by_id[item_ids[p]] = start + offset
         self._id_array = np.asarray(self._ids, dtype=object)
+        self._row_position = self._positions_by_row()
 
     def top(
         self,
         queries: np.ndarray,
         n: int,
-        exclude: Sequence[Collection[str]] | None = None,
+        exclude: Sequence[np.ndarray] | None = None,
     ) -> list[Ranked]:
-        """Per query vector, the ``n`` best items, best first, leaving out the external ids in
-        ``exclude[q]`` (a user's seen items)."""
+        """Per query vector, the ``n`` best items, best first, leaving out the items at the
+        registry indices ``exclude[q]`` (a user's seen items, ``SeenRows``)."""
         queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
         if self._cosine:
             norms = np.linalg.norm(queries, axis=1, keepdims=True)
             queries = queries / np.where(norms > 0, norms, 1.0)
-        by_id = self._by_id
         found: list[Ranked] = []
         for lo in range(0, len(queries), QUERY_BLOCK):
             scores = queries[lo : lo + QUERY_BLOCK] @ self._matrix.T
             if exclude is not None:
-                for q in range(len(scores)):
-                    masked = [by_id[i] for i in exclude[lo + q] if i in by_id]
-                    scores[q, masked] = -np.inf
+                self._mask(scores, exclude[lo : lo + len(scores)])
             found += self._best(scores, n)
         return found
+
+    def _mask(self, scores: np.ndarray, exclude: Sequence[np.ndarray]) -> None:
+        """Score -inf at each query's excluded registry indices that this version holds."""
+        sizes = [len(rows) for rows in exclude]
+        if not sum(sizes):
+            return
+        query = np.repeat(np.arange(len(exclude)), sizes)
+        rows = np.concatenate([np.asarray(r, dtype=np.int64) for r in exclude])
+        inside = (rows >= 0) & (rows < len(self._row_position))
+        position = np.full(len(rows), -1, dtype=np.int64)
+        position[inside] = self._row_position[rows[inside]]
+        held = position >= 0
+        scores[query[held], position[held]] = -np.inf
 
     def neighbours(self, rows: Sequence[int] | None, n: int) -> dict[str, Ranked]:
         """External id -> its ``n`` nearest other items, for the items at registry indices

@@ -51,7 +51,7 @@ from streamrec.stores.vectors import (
     item_version_name,
     items_alias,
 )
-from streamrec.trainer.candidates import CandidateIndex
+from streamrec.trainer.candidates import CandidateIndex, SeenRows
 from streamrec.trainer.doc2vec import Doc2VecModel, item_text, tokenize
 from streamrec.trainer.publish import (
     PayloadSource,
@@ -234,7 +234,8 @@ def _write_users(
     if candidates is not None and index is not None:
         # Read after the plan: it registers archive users the registry did not know yet.
         users = ids.external_ids(IdKind.USER)
-        batches = _with_candidates(batches, users, index, candidates, model, now_ms)
+        seen = SeenRows(candidates, ids, capacity=0)  # each user is asked once: keep none
+        batches = _with_candidates(batches, users, index, candidates, seen, model, now_ms)
     result = bulk_upsert(vectors, model.collection, batches, batch_size=chunk, optimize=False)
     return result.points
 
@@ -244,6 +245,7 @@ def _with_candidates(
     users: list[str],
     index: CandidateIndex,
     candidates: CandidateStore,
+    seen_rows: SeenRows,
     model: LoadedModel,
     updated_ms: int,
 ) -> Iterator[VectorBatch]:
@@ -252,7 +254,7 @@ def _with_candidates(
     for user_rows, user_vectors, payloads in batches:
         names = [users[int(u)] for u in user_rows]
         if names:
-            seen = candidates.seen_many(names)
+            seen = seen_rows.rows_many(names)
             ranked = index.top(np.asarray(user_vectors), candidates.per_user, seen)
             candidates.write_candidates(
                 model.serving,

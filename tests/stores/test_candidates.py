@@ -4,8 +4,15 @@ and retention that never removes the live version's hashes."""
 from __future__ import annotations
 
 from streamrec.schemas.events import ClickEvent, RatingEvent, SourcedEvent
-from streamrec.stores.candidates import Ranked, candidates_key, live_key, neighbours_key
+from streamrec.stores.candidates import (
+    Ranked,
+    SeenTail,
+    candidates_key,
+    live_key,
+    neighbours_key,
+)
 from streamrec.stores.factory import Stores
+from streamrec.stores.features import user_seen_key, user_seen_log_key
 
 
 def test_an_entry_survives_its_encoding() -> None:
@@ -35,7 +42,40 @@ async def test_written_entries_are_read_per_version_with_the_seen_set(stores: St
     assert await store.live_version("mf") is None
     store.set_live("mf", 2)
     assert await store.live_version("mf") == 2 and store.live_version_sync("mf") == 2
-    assert store.seen_many(["u1", "nobody"]) == [{"b"}, set()]
+    assert store.seen_after(["u1", "nobody"], [0, 0]) == [SeenTail(["b"], 0), SeenTail([], 0)]
+
+
+def _clicks(user: str, items: list[str], first_offset: int) -> list[SourcedEvent]:
+    return [
+        SourcedEvent(
+            ClickEvent(user_id=user, item_id=item), "streamrec.clicks", 0, first_offset + n
+        )
+        for n, item in enumerate(items)
+    ]
+
+
+async def test_the_seen_log_is_read_from_where_a_reader_stopped(stores: Stores) -> None:
+    store, features = stores.candidates, stores.features
+    await features.apply_batch("test", _clicks("u1", ["a", "b", "a"], 0))
+    first = store.seen_after(["u1"], [0])[0]
+    assert first == SeenTail(["a", "b"], 0) and first.end == 2  # each item once, in order
+    await features.apply_batch("test", _clicks("u1", ["b", "c", "d", "c"], 3))
+    assert store.seen_after(["u1"], [first.end]) == [SeenTail(["c", "d"], 2)]
+    assert store.seen_after(["u1"], [4]) == [SeenTail([], 4)]
+    assert await features.seen_items("u1") == {"a", "b", "c", "d"}
+
+
+async def test_a_shorter_log_is_read_whole_and_a_set_without_a_log_seeds_it(
+    stores: Stores,
+) -> None:
+    store, redis = stores.candidates, stores.services.redis
+    await redis.sadd(user_seen_key("old"), "x", "y")  # state written before the log existed
+    await stores.features.apply_batch("test", _clicks("old", ["y", "z"], 0))
+    tail = store.seen_after(["old"], [0])[0]
+    assert sorted(tail.items[:2]) == ["x", "y"] and tail.items[2:] == ["z"]
+    await redis.delete(user_seen_key("old"), user_seen_log_key("old"))  # a rebuild from scratch
+    await stores.features.apply_batch("test", _clicks("old", ["w"], 2))
+    assert store.seen_after(["old"], [tail.end]) == [SeenTail(["w"], 0)]  # from the start
 
 
 async def test_dropping_a_version_unlinks_its_hashes_and_never_the_live_ones(

@@ -1,0 +1,20 @@
+"""How many threads numpy's BLAS may use in a serving process.
+
+numpy's OpenBLAS starts a thread per core and has each call of a matrix product split over
+them, spinning while it waits. The API workers and the consumer groups multiply small matrices
+(a DQN over 50 candidates, a block of users against the catalog) from several threads at once
+on cores they share with each other: there the split only adds waiting. Measured on 2 cores,
+four threads each multiplying a (50, 192) by a (192, 64) matrix: 133 µs of CPU per product
+with OpenBLAS's default of 2 threads, 14 µs with 1; under `benchmarks/serving.py` the
+``rerank=dqn`` path spent 55% of an API worker's samples in that one product.
+"""
+
+from __future__ import annotations
+
+from threadpoolctl import threadpool_limits
+
+
+def single_threaded_blas() -> None:
+    """Every BLAS library loaded in this process computes on the calling thread (for the rest
+    of the process: serving processes call it once at start)."""
+    threadpool_limits(limits=1, user_api="blas")
