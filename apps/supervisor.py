@@ -339,9 +339,19 @@ class Supervisor:
 
     async def _stop_children(self, children: Sequence[_Child]) -> None:
         running = [c for c in children if self._pid(c) is not None]
+        if not running:
+            return
+        # Said as it happens: a stop takes seconds per stage, and Ctrl-C should be answered.
+        log.info("stopping %s", ", ".join(c.spec.name for c in running))
+        started = time.monotonic()
         for child in running:
             self._signal(child, signal.SIGTERM, group=False)
         await asyncio.gather(*(self._reap(child) for child in running))
+        log.info(
+            "stopped %s in %.1f s",
+            ", ".join(c.spec.name for c in running),
+            time.monotonic() - started,
+        )
 
     async def _reap(self, child: _Child) -> None:
         process = child.process

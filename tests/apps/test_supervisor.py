@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -92,7 +93,7 @@ async def supervised(tmp_path: Path) -> AsyncIterator[Callable[..., Supervisor]]
 
 
 async def test_starts_in_stage_order_and_stops_in_reverse(
-    tmp_path: Path, supervised: Callable[..., Supervisor]
+    tmp_path: Path, supervised: Callable[..., Supervisor], caplog: pytest.LogCaptureFixture
 ) -> None:
     log = tmp_path / "log"
     supervisor = supervised(
@@ -106,8 +107,18 @@ async def test_starts_in_stage_order_and_stops_in_reverse(
     assert [c.name for c in supervisor.running()] == ["services", "consumers", "api"]
     assert all(pids.values())
 
+    caplog.set_level(logging.INFO, logger="streamrec.apps.supervisor")
     await supervisor.stop()
     assert lines(log)[3:] == [("stop", "api"), ("stop", "consumers"), ("stop", "services")]
+    said = [r.message for r in caplog.records if r.name == "streamrec.apps.supervisor"]
+    assert [m.split(" in ")[0] for m in said] == [
+        "stopping api",
+        "stopped api",
+        "stopping consumers",
+        "stopped consumers",
+        "stopping services",
+        "stopped services",
+    ]
     assert not any(psutil.pid_exists(pid) for pid in pids.values() if pid)
     assert all(c.pid is None for c in supervisor.running())
 
