@@ -35,7 +35,10 @@ class SeenRows:
     log on every ask: what was seen before is held, what was added since is read.
 
     Items are registered as they are read (``IdRegistry.assign``): a seen item is live data, and
-    an index for it now means it is left out of any version that gains it later.
+    an index for it now means it is left out of any version that gains it later. A log rebuilt
+    shorter than what is held is read again whole; one rebuilt as long or longer (``streamrec
+    rebuild`` while this process runs) is read on from the held position, so such a process is
+    restarted after a rebuild (the edge's request-time filter keeps served lists exact).
     """
 
     def __init__(
