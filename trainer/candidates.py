@@ -87,7 +87,6 @@ class CandidateIndex:
         self._ids: list[str] = list(item_ids)
         self._id_array = np.asarray(self._ids, dtype=object)  # ids of many positions at once
         self._matrix = self._prepare(np.asarray(vectors, dtype=np.float32))
-        self._position = {row: p for p, row in enumerate(self._rows)}
         self._row_position = self._positions_by_row()
 
     def __len__(self) -> int:
@@ -98,6 +97,11 @@ class CandidateIndex:
         lookup = np.full(max(self._rows, default=-1) + 1, -1, dtype=np.int64)
         lookup[self._rows] = np.arange(len(self._rows))
         return lookup
+
+    def _position_of(self, row: int) -> int | None:
+        """The position of registry index ``row`` here, None when not held."""
+        held = int(self._row_position[row]) if 0 <= row < len(self._row_position) else -1
+        return held if held >= 0 else None
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -112,19 +116,16 @@ class CandidateIndex:
         prepared = self._prepare(np.asarray(vectors, dtype=np.float32))
         fresh: list[int] = []
         for p, row in enumerate(rows):
-            held = self._position.get(int(row))
+            held = self._position_of(int(row))
             if held is not None:
                 self._matrix[held] = prepared[p]
             else:
                 fresh.append(p)
         if not fresh:
             return
-        start = len(self._rows)
         self._matrix = np.concatenate([self._matrix, prepared[fresh]])
-        for offset, p in enumerate(fresh):
-            self._rows.append(int(rows[p]))
-            self._ids.append(item_ids[p])
-            self._position[int(rows[p])] = start + offset
+        self._rows += [int(rows[p]) for p in fresh]
+        self._ids += [item_ids[p] for p in fresh]
         self._id_array = np.asarray(self._ids, dtype=object)
         self._row_position = self._positions_by_row()
 
@@ -167,7 +168,7 @@ class CandidateIndex:
         positions = (
             list(range(len(self._rows)))
             if rows is None
-            else [self._position[int(r)] for r in rows if int(r) in self._position]
+            else [p for p in map(self._position_of, map(int, rows)) if p is not None]
         )
         found: dict[str, Ranked] = {}
         for lo in range(0, len(positions), QUERY_BLOCK):
