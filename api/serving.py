@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamrec.core.errors import NotFound
 from streamrec.core.ids import IdKind, IdRegistry
-from streamrec.schemas.api import FallbackReason
-from streamrec.stores.candidates import CandidateStore, Ranked
+from streamrec.schemas.api import FallbackReason, RecommendedItem
+from streamrec.stores.candidates import CandidateStore, Ranked, RequestState
 from streamrec.stores.features import FeatureStore
 from streamrec.stores.vectors import (
     Hit,
@@ -226,17 +226,18 @@ class CandidateServer:
         return version
 
     async def request_state(
-        self, user_id: str, model: str | None, version: int | None = None
-    ) -> tuple[dict[str, str], Precomputed | None]:
-        """The user's counters and times, and for a vector ``model`` the user's candidates in
-        the live version (or the pinned one) with the seen set: one Redis round trip."""
+        self, user_id: str, model: str | None, version: int | None = None, recent: int = 0
+    ) -> tuple[RequestState, Precomputed | None]:
+        """The user's counters and times (and ``recent`` newest items), and for a vector
+        ``model`` the user's candidates in the live version (or the pinned one) with the seen
+        set: one Redis round trip."""
         served = None
         if model is not None:
             served = version if version is not None else await self.live_version(model)
-        stats, ranked, seen = await self._store.request_state(user_id, model, served)
-        if served is None or ranked is None:
-            return stats, None
-        return stats, Precomputed(served, ranked, seen)
+        state = await self._store.request_state(user_id, model, served, recent)
+        if served is None or state.ranked is None:
+            return state, None
+        return state, Precomputed(served, state.ranked, state.seen)
 
     async def similar(self, model: str, item_id: str, k: int) -> tuple[int, Ranked] | None:
         """(live version, the item's neighbours), or None when none are stored or ``k`` is
@@ -253,6 +254,24 @@ class CandidateServer:
 
 
 ItemMeta = dict[str, str]  # title, genres ("|"-joined), year, as stored in Redis
+Scored = tuple[str, float]  # (item id, score) of a ranked list, best first
+
+
+def genres_of(meta: Mapping[str, str]) -> list[str]:
+    return [g for g in meta["genres"].split("|") if g]
+
+
+def hits_scored(hits: Sequence[Hit]) -> tuple[list[Scored], dict[str, ItemMeta]]:
+    """A vector query's hits as (item, score) pairs, and the titles and genres their payloads
+    carry (the response shows those, not the cache's)."""
+    scored: list[Scored] = []
+    meta: dict[str, ItemMeta] = {}
+    for hit in hits:
+        item = str(hit.payload.get("item_id", hit.id))
+        scored.append((item, hit.score))
+        genres = hit.payload.get("genres") or []
+        meta[item] = {"title": hit.payload.get("title") or "", "genres": "|".join(genres)}
+    return scored, meta
 
 
 class ItemMetaCache:
@@ -292,3 +311,33 @@ class ItemMetaCache:
                 if meta["title"] or meta["genres"]:
                     self._entries[item] = (expires, meta)
         return found
+
+    async def in_genres(self, ranked: Sequence[Scored], wanted: Sequence[str]) -> list[Scored]:
+        """The entries of ``ranked`` with at least one of the ``wanted`` genres, in order."""
+        meta = await self.get([item for item, _ in ranked])
+        wanted_set = set(wanted)
+        return [entry for entry in ranked if wanted_set.intersection(genres_of(meta[entry[0]]))]
+
+    async def response_items(
+        self,
+        ranked: Sequence[Scored],
+        known: Mapping[str, ItemMeta] | None = None,
+        q_values: Mapping[str, float] | None = None,
+    ) -> list[RecommendedItem]:
+        """``ranked`` as response items: titles and genres from ``known`` (a vector query's
+        payloads) or else from the cache, a Q-value where ``q_values`` has one. Built for the
+        listed items only: a re-ranker chooses k from many more candidates."""
+        known = known or {}
+        missing = [item for item, _ in ranked if item not in known]
+        meta = {**known, **await self.get(missing)} if missing else known
+        q_values = q_values or {}
+        return [
+            RecommendedItem(
+                item_id=item,
+                score=score,
+                title=meta[item]["title"],
+                genres=genres_of(meta[item]),
+                q_value=q_values.get(item),
+            )
+            for item, score in ranked
+        ]

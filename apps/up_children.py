@@ -36,6 +36,7 @@ from streamrec.apps.supervisor import mark_ready, report_failure
 from streamrec.consumers.membership import parse_group_list
 from streamrec.core.logs import configure_logging
 from streamrec.core.settings import Settings
+from streamrec.core.threads import at_least_niceness
 from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
 
 log = logging.getLogger("streamrec.up")
@@ -95,6 +96,7 @@ async def run_consumers(
     from streamrec.trainer.service import Workspace
 
     stop = _stop_on_signals()
+    at_least_niceness(settings.consumers_nice)  # the API workers on the same cores come first
     async with AsyncExitStack() as stack:
         shutdown = Shutdown(stack, ShutdownBudget(settings.shutdown_timeout_seconds))
         hold = None

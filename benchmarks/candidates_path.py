@@ -34,6 +34,7 @@ from streamrec.core.metrics import Metrics
 from streamrec.core.settings import Settings
 from streamrec.schemas.events import ItemEvent, RatingEvent, SourcedEvent
 from streamrec.schemas.models import ModelName
+from streamrec.stores.candidates import RequestState
 from streamrec.stores.factory import open_stores
 from streamrec.trainer.data import build
 from streamrec.trainer.models import build_model
@@ -46,8 +47,8 @@ class NoCandidates:
     def __init__(self, runtime: Runtime) -> None:
         self._features = runtime.features
 
-    async def request_state(self, user_id: str, *args: Any) -> tuple[dict[str, str], None]:
-        return await self._features.user_stats(user_id), None
+    async def request_state(self, user_id: str, *args: Any) -> tuple[RequestState, None]:
+        return RequestState(await self._features.user_stats(user_id)), None
 
 
 async def _setup(runtime: Runtime, dim: int) -> list[str]:
@@ -86,7 +87,7 @@ async def _round(runtime: Runtime, users: list[str], calls: int) -> float:
     picked = random.choices(users, k=calls)
     started = time.perf_counter()
     for user in picked:
-        stats, found = await runtime.candidates.request_state(user, "mf")
+        state, found = await runtime.candidates.request_state(user, "mf")
         served = await _base(
             runtime,
             features,
@@ -95,11 +96,11 @@ async def _round(runtime: Runtime, users: list[str], calls: int) -> float:
             10,
             exclude_seen=True,
             wanted=None,
-            stats=stats,
+            stats=state.stats,
             version=None,
             found=found,
         )
-        assert served.model == ModelName.MF and len(served.items) == 10
+        assert served.model == ModelName.MF and len(served.ranked) == 10
     return (time.perf_counter() - started) / calls * 1e6
 
 

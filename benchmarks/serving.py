@@ -2,8 +2,8 @@
 against its peers in the same run.
 
     python benchmarks/serving.py [--seconds 10] [--clients 32] [--api-workers 2]
-        [--consumer-processes 1]
-                                 [--ingest-rate 1000] [--clicks 40] [--epochs 2]
+        [--consumer-processes 1] [--consumers-nice 10] [--ingest-rate 1000] [--clicks 40]
+        [--epochs 2]
 
 Setup (not measured): `streamrec up` as a subprocess on the embedded defaults (every consumer
 group but the retrain loop, whose rounds would train throughout the load: its own benchmark is
@@ -267,9 +267,16 @@ class Ingest:
 
 class Up(RunningUp):
     """``streamrec up`` with ``api_workers`` API workers and ``groups`` over
-    ``consumer_processes`` processes, quiet (WARNING)."""
+    ``consumer_processes`` processes at niceness ``consumers_nice``, quiet (WARNING)."""
 
-    def __init__(self, var: Path, api_workers: int, groups: str, consumer_processes: int) -> None:
+    def __init__(
+        self,
+        var: Path,
+        api_workers: int,
+        groups: str,
+        consumer_processes: int,
+        consumers_nice: int = 10,
+    ) -> None:
         self.groups = {f"streamrec-{g}" for g in groups.split(",")}
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
         env.update(
@@ -277,6 +284,7 @@ class Up(RunningUp):
             STREAMREC_ADMIN_API_KEY=ADMIN_KEY,
             STREAMREC_INGEST_API_KEY=INGEST_KEY,
             STREAMREC_LOG_LEVEL="WARNING",
+            STREAMREC_CONSUMERS_NICE=str(consumers_nice),
         )
         options = ["--metrics-port", "0", "--api-workers", str(api_workers), "--groups", groups]
         options += ["--consumer-processes", str(consumer_processes)]
@@ -493,14 +501,16 @@ def cpu_ms_per_request(
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     var = Path(tempfile.mkdtemp(prefix="streamrec-serving-", dir=args.tmp_dir))
-    up = Up(var, args.api_workers, args.groups, args.consumer_processes)
+    up = Up(var, args.api_workers, args.groups, args.consumer_processes, args.consumers_nice)
     figures: dict[str, Any] = {"api_workers": args.api_workers, "clients": args.clients}
     figures["consumer_processes"] = args.consumer_processes
+    figures["consumers_nice"] = args.consumers_nice
     try:
         await up.ready()
         print(
             f"setup: streamrec up with {args.api_workers} API workers and "
-            f"{args.consumer_processes} consumer processes ({var})",
+            f"{args.consumer_processes} consumer processes at niceness {args.consumers_nice} "
+            f"({var})",
             flush=True,
         )
         users, items, figures["setup"] = await setup(up, args)
@@ -591,6 +601,12 @@ def cli() -> None:
         type=int,
         default=1,
         help="`up --consumer-processes`: the consumer groups over this many processes",
+    )
+    parser.add_argument(
+        "--consumers-nice",
+        type=int,
+        default=10,
+        help="STREAMREC_CONSUMERS_NICE: the consumers processes' niceness (API workers: 0)",
     )
     parser.add_argument("--ingest-rate", type=float, default=1000.0)
     parser.add_argument("--clicks", type=int, default=40)

@@ -24,6 +24,7 @@ from streamrec.core.addresses import kafka_bootstrap_for
 from streamrec.core.errors import ServiceUnavailable, StreamrecError
 from streamrec.core.logs import configure_logging
 from streamrec.core.settings import Settings
+from streamrec.core.threads import at_least_niceness
 from streamrec.schemas.api import LagReport, LagStatus
 from streamrec.schemas.topics import ConsumerGroup
 
@@ -137,6 +138,7 @@ async def _consume(settings: Settings, groups: list[ConsumerGroup]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    at_least_niceness(settings.consumers_nice)  # API workers on the same cores come first
     async with contextlib.AsyncExitStack() as stack:
         hold: GroupHold | None = None
         if settings.embedded_kafka:

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     # CPU budget of a round: torch threads and the niceness of the training process.
     retrain_threads: Annotated[int, Field(ge=1, le=256)] = 1
     retrain_nice: Annotated[int, Field(ge=0, le=19)] = 10
+    # The niceness consumers processes run at (`up`'s and `streamrec consume`): API workers on
+    # the same cores come first and the groups take what they leave, so a burst of requests
+    # shows in consumer lag, not in request p99 (0: equals). On a host of their own it changes
+    # nothing. Measured in README "Where the serving time goes".
+    consumers_nice: Annotated[int, Field(ge=0, le=19)] = 10
     # Kept versions ("model=version,...", e.g. "mf=1,sasrec=1") whose user vectors and
     # candidates the vectors group keeps fresh beside the live version's, so that ?version=N
     # serves every user as the live one does (comparisons); each costs a live model's work.

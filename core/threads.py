@@ -1,4 +1,5 @@
-"""How many threads numpy's BLAS may use in a serving process.
+"""How a serving process uses the CPU: how many threads numpy's BLAS may use, and how nice a
+consumers process is to the API workers beside it.
 
 numpy's OpenBLAS starts a thread per core and has each call of a matrix product split over
 them, spinning while it waits. The API workers and the consumer groups multiply small matrices
@@ -11,6 +12,8 @@ with OpenBLAS's default of 2 threads, 14 µs with 1; under `benchmarks/serving.p
 
 from __future__ import annotations
 
+import os
+
 from threadpoolctl import threadpool_limits
 
 
@@ -18,3 +21,15 @@ def single_threaded_blas() -> None:
     """Every BLAS library loaded in this process computes on the calling thread (for the rest
     of the process: serving processes call it once at start)."""
     threadpool_limits(limits=1, user_api="blas")
+
+
+def at_least_niceness(niceness: int) -> int:
+    """Run this process (every thread of it, and the children it starts from here on) at
+    ``niceness`` or nicer, never less nice than it already is; the niceness it now has.
+
+    Consumers processes (``STREAMREC_CONSUMERS_NICE``) that share cores with API workers: the
+    scheduler then gives a request that is ready before a batch, and the consumers the cores
+    the API leaves idle; their lag absorbs a burst of requests instead of the requests' p99.
+    """
+    current = os.nice(0)
+    return os.nice(niceness - current) if niceness > current else current

@@ -29,7 +29,7 @@ blocking job; the vectors group computes in a worker thread). A writer without a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -44,6 +44,7 @@ from streamrec.stores.features import (
     user_key,
     user_seen_key,
     user_seen_log_key,
+    user_seq_key,
 )
 
 WRITE_CHUNK = 500  # hash fields per HSET: bounded request size whatever the user count
@@ -88,6 +89,16 @@ class Ranked:
     def decode(cls, raw: str | bytes) -> Ranked:
         body = orjson.loads(raw)
         return cls(body["i"], body["s"], body.get("u"))
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """What a recommendation request reads of one user (``CandidateStore.request_state``)."""
+
+    stats: dict[str, str]  # counters and times (``FeatureStore.user_stats``); {}: unknown user
+    ranked: Ranked | None = None  # candidates in the version asked for; None: not computed
+    seen: set[str] = field(default_factory=set)  # the seen set now (read with candidates)
+    recent: list[str] = field(default_factory=list)  # newest distinct items first, if asked
 
 
 @dataclass(frozen=True)
@@ -159,25 +170,34 @@ class CandidateStore:
     ) -> tuple[Ranked | None, set[str]]:
         """The user's candidates in ``version`` (None when not computed) and the user's seen
         set as it is now (the feature store's): ``request_state`` without the counters."""
-        _, ranked, seen = await self.request_state(user_id, model, version)
-        return ranked, seen
+        state = await self.request_state(user_id, model, version)
+        return state.ranked, state.seen
 
     async def request_state(
-        self, user_id: str, model: str | None = None, version: int | None = None
-    ) -> tuple[dict[str, str], Ranked | None, set[str]]:
+        self, user_id: str, model: str | None = None, version: int | None = None, recent: int = 0
+    ) -> RequestState:
         """What a recommendation request reads, in one round trip: the user's counters and
-        times (``FeatureStore.user_stats``), and with ``model`` and ``version`` the user's
-        candidates in that version (None when not computed) and seen set as it is now."""
+        times (``FeatureStore.user_stats``); with ``model`` and ``version`` the user's
+        candidates in that version (None when not computed) and seen set as it is now; with
+        ``recent`` the user's ``recent`` newest distinct items (``FeatureStore.recent_items``,
+        the state a re-ranker scores with)."""
+        with_candidates = False
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(user_key(user_id))
             if model is not None and version is not None:
+                with_candidates = True
                 pipe.hget(candidates_key(model, version), user_id)
                 pipe.smembers(user_seen_key(user_id))
+            if recent > 0:
+                pipe.zrevrange(user_seq_key(user_id), 0, recent - 1)
             found = await pipe.execute()
-        if len(found) == 1:
-            return stats_of(found[0]), None, set()
-        user_hash, raw, seen = found
-        return stats_of(user_hash), (Ranked.decode(raw) if raw is not None else None), set(seen)
+        stats = stats_of(found[0])
+        newest = found[-1] if recent > 0 else []
+        if not with_candidates:
+            return RequestState(stats, recent=newest)
+        raw, seen = found[1], found[2]
+        ranked = Ranked.decode(raw) if raw is not None else None
+        return RequestState(stats, ranked, set(seen), newest)
 
     async def item_neighbours(self, model: str, version: int, item_id: str) -> Ranked | None:
         raw = await self._redis.hget(neighbours_key(model, version), item_id)

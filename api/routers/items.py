@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 
 from streamrec.api.deps import RuntimeDep
 from streamrec.api.responses import error_responses
-from streamrec.api.routers.users import _from_hits, _from_ranked
+from streamrec.api.serving import hits_scored
 from streamrec.schemas.api import SimilarItems, VectorModel
 from streamrec.schemas.models import MODELS, ModelName
 
@@ -47,10 +47,11 @@ async def similar(
     if found is not None:
         version, ranked = found
         nearest = list(zip(ranked.items, ranked.scores, strict=True))[:k]
-        items = _from_ranked(nearest, await runtime.item_meta.get([i for i, _ in nearest]))
+        items = await runtime.item_meta.response_items(nearest)
     else:
         answer = await asyncio.to_thread(runtime.serving.similar, collection, item_id, k)
-        version, items = answer.version, _from_hits(answer.hits)
+        nearest, meta = hits_scored(answer.hits)
+        version, items = answer.version, await runtime.item_meta.response_items(nearest, meta)
     return SimilarItems(
         request_id=uuid.uuid4().hex,
         item_id=item_id,

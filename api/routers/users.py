@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -29,14 +29,20 @@ from pydantic import StringConstraints
 from streamrec.api.deps import FeaturesDep, RuntimeDep
 from streamrec.api.responses import error_responses
 from streamrec.api.runtime import Runtime
-from streamrec.api.serving import ItemMetaCache, NoVector, Precomputed
+from streamrec.api.serving import (
+    ItemMeta,
+    ItemMetaCache,
+    NoVector,
+    Precomputed,
+    Scored,
+    hits_scored,
+)
 from streamrec.core.errors import ConfigurationError, NotFound
 from streamrec.schemas.api import (
     FallbackReason,
     HistoryItem,
     RecommendationModel,
     Recommendations,
-    RecommendedItem,
     RerankedBy,
     RerankPolicy,
     UserHistory,
@@ -44,7 +50,6 @@ from streamrec.schemas.api import (
 from streamrec.schemas.events import ImpressionEvent, PolicyLog
 from streamrec.schemas.models import MODELS, ModelName
 from streamrec.stores.features import FeatureStore
-from streamrec.stores.vectors import Hit
 from streamrec.trainer.rl import STATE_RECENT_ITEMS
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -57,10 +62,6 @@ UserId = Annotated[str, "external user id"]
 GenreFilter = Annotated[
     str, StringConstraints(max_length=1000, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")
 ]
-
-
-def _genres(raw: str) -> list[str]:
-    return [g for g in raw.split("|") if g]
 
 
 def _state_age_ms(stats: Mapping[str, str]) -> int | None:
@@ -80,40 +81,13 @@ async def _popular(
     user_id: str | None,
     k: int,
     genres: list[str] | None,
-) -> list[RecommendedItem]:
+) -> list[Scored]:
     # A genre filter on popularity: read a deeper slice and keep the matching items.
     depth = k if not genres else 8 * k
     ranked = await features.popular(depth, exclude_seen_of=user_id)
-    items = _from_ranked(ranked, await item_meta.get([item for item, _ in ranked]))
     if genres:
-        items = [i for i in items if set(i.genres) & set(genres)]
-    return items[:k]
-
-
-def _from_hits(hits: list[Hit]) -> list[RecommendedItem]:
-    return [
-        RecommendedItem(
-            item_id=str(h.payload.get("item_id", h.id)),
-            score=h.score,
-            title=h.payload.get("title") or "",
-            genres=h.payload.get("genres") or [],
-        )
-        for h in hits
-    ]
-
-
-def _from_ranked(
-    ranked: list[tuple[str, float]], meta: Mapping[str, Mapping[str, str]]
-) -> list[RecommendedItem]:
-    return [
-        RecommendedItem(
-            item_id=item,
-            score=score,
-            title=meta[item]["title"],
-            genres=_genres(meta[item]["genres"]),
-        )
-        for item, score in ranked
-    ]
+        ranked = await item_meta.in_genres(ranked, genres)
+    return ranked[:k]
 
 
 async def _from_candidates(
@@ -123,7 +97,7 @@ async def _from_candidates(
     found: Precomputed,
     n: int,
     wanted: list[str] | None,
-) -> list[RecommendedItem]:
+) -> list[Scored]:
     """The first ``n`` candidates neither seen now nor outside ``wanted``, then popular items
     (same filters) when fewer are left (see the module doc)."""
     unseen = [
@@ -131,30 +105,30 @@ async def _from_candidates(
         for item, score in zip(found.ranked.items, found.ranked.scores, strict=True)
         if item not in found.seen
     ]
-    if not wanted:  # without a genre filter only the first n are shown: read their titles only
-        unseen = unseen[:n]
-    items = _from_ranked(unseen, await runtime.item_meta.get([item for item, _ in unseen]))
     if wanted:
-        items = [i for i in items if set(i.genres) & set(wanted)][:n]
-    if len(items) < n:
-        chosen = {i.item_id for i in items}
-        popular = await _popular(features, runtime.item_meta, user_id, n + len(chosen), wanted)
-        items += [i for i in popular if i.item_id not in chosen][: n - len(items)]
-    return items
+        unseen = await runtime.item_meta.in_genres(unseen, wanted)
+    chosen = unseen[:n]
+    if len(chosen) < n:
+        taken = {item for item, _ in chosen}
+        popular = await _popular(features, runtime.item_meta, user_id, n + len(taken), wanted)
+        chosen += [entry for entry in popular if entry[0] not in taken][: n - len(chosen)]
+    return chosen
 
 
 @dataclass(frozen=True)
 class _Served:
     model: RecommendationModel
     version: int | None
-    items: list[RecommendedItem]
+    ranked: list[Scored]
     age_ms: int | None
     fallback_reason: FallbackReason | None = None
+    meta: Mapping[str, ItemMeta] = field(default_factory=dict)  # a vector query's payloads
 
 
 @dataclass(frozen=True)
 class _Reranked:
-    items: list[RecommendedItem]
+    ranked: list[Scored]
+    q_values: Mapping[str, float] = field(default_factory=dict)
     by: RerankedBy | None = None
     note: str | None = None  # why the base order stands
     log: PolicyLog | None = None  # what the policy saw and did, for the impression
@@ -191,57 +165,58 @@ async def _base(
     if model != ModelName.POPULAR:
         collection = MODELS[model].collection  # the model's name; content for doc2vec
         if found is not None:
-            items = await _from_candidates(runtime, features, user_id, found, n, wanted)
+            ranked = await _from_candidates(runtime, features, user_id, found, n, wanted)
             if found.ranked.updated_ms is not None:  # the user vector's age, as below
                 age = max(0, int(time.time() * 1000) - found.ranked.updated_ms)
-            return _Served(model, found.version, items, age)
+            return _Served(model, found.version, ranked, age)
         seen = await features.seen_items(user_id) if exclude_seen else set()
         answer = await runtime.serving.arecommend(collection, user_id, n, seen, wanted, version)
         if not isinstance(answer, NoVector):
             if answer.updated_ms is not None:
                 age = max(0, int(time.time() * 1000) - answer.updated_ms)
-            return _Served(model, answer.version, _from_hits(answer.hits), age)
+            ranked, meta = hits_scored(answer.hits)
+            return _Served(model, answer.version, ranked, age, meta=meta)
         reason = answer.reason
         if reason == FallbackReason.NO_USER_VECTOR and not _has_history(stats):
             reason = FallbackReason.NO_HISTORY
-    items = await _popular(
+    ranked = await _popular(
         features, runtime.item_meta, user_id if exclude_seen else None, n, wanted
     )
-    return _Served(ModelName.POPULAR, None, items, age, reason)
+    return _Served(ModelName.POPULAR, None, ranked, age, reason)
 
 
 async def _rerank_dqn(
     runtime: Runtime,
-    features: FeatureStore,
-    user_id: str,
     stats: Mapping[str, str],
-    items: list[RecommendedItem],
+    recent: list[str],
+    ranked: list[Scored],
     k: int,
 ) -> _Reranked:
-    """A slate of ``k`` drawn from ``items`` by the active DQN's Q-values (with the configured
-    exploration); the base order when no policy can serve, since recommendations must not
-    depend on the policy being deployed. Whenever Doc2Vec is active the slate carries a policy
-    log (the state, the exploration and its propensities) for the online learner."""
-    if not items:  # e.g. no events yet: a slate (and its policy log) needs at least one item
-        return _Reranked(items, note="the base model returned no candidates to re-rank")
-    recent = await features.recent_items(user_id, STATE_RECENT_ITEMS)
+    """A slate of ``k`` drawn from ``ranked`` by the active DQN's Q-values (with the configured
+    exploration) for the user whose counters and ``recent`` items are given; the base order
+    when no policy can serve, since recommendations must not depend on the policy being
+    deployed. Whenever Doc2Vec is active the slate carries a policy log (the state, the
+    exploration and its propensities) for the online learner."""
+    if not ranked:  # e.g. no events yet: a slate (and its policy log) needs at least one item
+        return _Reranked(ranked, note="the base model returned no candidates to re-rank")
     try:
-        ranked = await asyncio.to_thread(
-            runtime.rl.rerank, [i.item_id for i in items], recent, stats, k
+        drawn = await asyncio.to_thread(
+            runtime.rl.rerank, [item for item, _ in ranked], recent, stats, k
         )
     except NotFound as exc:
-        return _Reranked(items[:k], note=str(exc))
+        return _Reranked(ranked[:k], note=str(exc))
     except ConfigurationError as exc:  # a mismatched dqn/doc2vec pair: an operator must act
         log.warning("rerank=dqn skipped: %s", exc)
-        return _Reranked(items[:k], note=str(exc))
-    by_id = {i.item_id: i for i in items}
-    reordered = [by_id[i].model_copy(update={"q_value": q}) for i, q in ranked.items]
-    policy_log = ranked.policy_log()
-    if ranked.dqn_version is None:
+        return _Reranked(ranked[:k], note=str(exc))
+    score = dict(ranked)
+    reordered = [(item, score[item]) for item, _ in drawn.items]
+    q_values = {item: q for item, q in drawn.items if q is not None}
+    policy_log = drawn.policy_log()
+    if drawn.dqn_version is None:
         note = "no dqn version is active yet: the base order is served (and logged for learning)"
-        return _Reranked(reordered, note=note, log=policy_log)
-    by = RerankedBy(version=ranked.dqn_version, exploration=ranked.exploration.method)
-    return _Reranked(reordered, by, log=policy_log)
+        return _Reranked(reordered, q_values, note=note, log=policy_log)
+    by = RerankedBy(version=drawn.dqn_version, exploration=drawn.exploration.method)
+    return _Reranked(reordered, q_values, by, log=policy_log)
 
 
 @router.get(
@@ -293,7 +268,9 @@ async def recommend(
         )
     # Candidates hold unseen items only: exclude_seen=false takes the vector query.
     precomputed = MODELS[model].collection if model != ModelName.POPULAR and exclude_seen else None
-    stats, found = await runtime.candidates.request_state(user_id, precomputed, version)
+    recent = STATE_RECENT_ITEMS if rerank else 0  # the re-ranker's user state, same round trip
+    state, found = await runtime.candidates.request_state(user_id, precomputed, version, recent)
+    stats = state.stats
     depth = rerank_depth(k) if rerank else k
     base = await _base(
         runtime,
@@ -308,11 +285,13 @@ async def recommend(
         found=found,
     )
     reranked = (
-        await _rerank_dqn(runtime, features, user_id, stats, base.items, k)
+        await _rerank_dqn(runtime, stats, state.recent, base.ranked, k)
         if rerank
-        else _Reranked(base.items)
+        else _Reranked(base.ranked)
     )
-    items = reranked.items[:k]
+    items = await runtime.item_meta.response_items(
+        reranked.ranked[:k], base.meta, reranked.q_values
+    )
     request_id = uuid.uuid4().hex
     if items:
         # The re-ranker goes into the model name, so logged impressions (archive, per-variant

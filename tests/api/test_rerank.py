@@ -4,6 +4,7 @@ the active DQN's Q-values, and the base order (flagged) when no policy is active
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from streamrec.api.routers.users import rerank_depth
 from streamrec.api.serving import VectorAnswer
 from streamrec.core.ids import IdKind
-from streamrec.schemas.events import Event, ImpressionEvent
+from streamrec.schemas.events import Event, ImpressionEvent, RatingEvent, SourcedEvent
 from streamrec.stores.vectors import Hit
 from streamrec.trainer.rl import Exploration, user_state
 from tests.api.test_rl import (  # noqa: F401  (edge: the app fixture)
@@ -131,6 +132,37 @@ async def test_rerank_returns_the_top_k_of_the_reranked_list(
     expected = _expected_q(runtime, dqn, d2v)[:3]
     assert [i["item_id"] for i in body["items"]] == [i for i, _ in expected]
     assert rerank_depth(100) == 200 and rerank_depth(200) == 200
+
+
+async def test_the_policy_state_is_the_users_recent_items_and_counters(
+    served: tuple[Any, httpx.AsyncClient, FakeVectors], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state read in the request's one Redis round trip: the newest items first."""
+    runtime, client, _ = served
+    _, d2v = _deploy(runtime)
+    rated = ["m0", "m3", "m6"]  # rated in this order: the state reads m6, m3, m0
+    events = [
+        SourcedEvent(
+            RatingEvent(
+                user_id="u1", item_id=item, rating=4, ts=datetime(2026, 1, 1, n, tzinfo=UTC)
+            ),
+            "streamrec.ratings",
+            0,
+            n,
+        )
+        for n, item in enumerate(rated)
+    ]
+    await runtime.features.apply_batch("test", events)
+    published = _capture(runtime, monkeypatch)
+    await _get(client, k=3, rerank="dqn")
+
+    index = runtime.services.ids.lookup(IdKind.ITEM, rated)
+    history = d2v.item_vectors()[[index[i] for i in reversed(rated)]]  # newest first
+    expected = user_state(history, await runtime.features.user_stats("u1"), DIM)
+    log = published[0].policy  # type: ignore[union-attr]
+    assert log is not None
+    np.testing.assert_allclose(log.state, expected, atol=1e-5)
+    assert not np.allclose(expected, user_state(np.zeros((0, DIM)), {}, DIM))  # not a blank
 
 
 async def test_without_an_active_dqn_the_base_order_is_served(

@@ -575,8 +575,9 @@ async def test_the_live_pointer_is_remembered_for_its_ttl_then_read_again(stores
     assert await server.live_version("mf") is None
     stores.candidates.set_live("mf", 1)
     now[0] += 1.0
-    stats, found = await server.request_state("u1", "mf")
-    assert stats == {} and found is not None and (found.version, found.ranked.items) == (1, ["a"])
+    state, found = await server.request_state("u1", "mf")
+    assert state.stats == {} and found is not None
+    assert (found.version, found.ranked.items) == (1, ["a"])
 
     stores.candidates.set_live("mf", 2)
     now[0] += 0.5  # within the ttl: the version remembered still serves (its lists complete)

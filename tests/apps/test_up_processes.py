@@ -121,7 +121,8 @@ def serving(up: Up) -> bool:
 def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def start(*options: str) -> Up:
+    def start(*options: str, **settings: str) -> Up:
+        """``streamrec up`` with ``options``; ``settings``: more STREAMREC_* variables."""
         port, metrics_port = free_port(), free_port()
         var_dir = tmp_path / "var"
         env = {
@@ -130,6 +131,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
             "STREAMREC_INGEST_API_KEY": INGEST_KEY,
             "STREAMREC_ADMIN_API_KEY": "test-admin-key",
             "STREAMREC_RETRAIN_MODELS": "",  # no training round in the middle of the test
+            **{f"STREAMREC_{name.upper()}": value for name, value in settings.items()},
         }
         output = tmp_path / "up.log"
         command = [str(STREAMREC), "up", "--port", str(port), "--api-workers", "2"]
@@ -287,12 +289,15 @@ def _alive(pid: int) -> bool:
 def test_consumer_groups_spread_over_processes_and_each_comes_back(
     start_up: Callable[..., Up],
 ) -> None:
-    up = start_up("--consumer-processes", "2")
+    up = start_up("--consumer-processes", "2", consumers_nice="7")
     children = up.children()
     assert set(children) == {"services", "consumers", "consumers#2", "api", "api#2"}
     assert re.search(r"consumers-2\s+pid \d+", up.text()), up.text()
     second = _second_consumers(up)
     assert "features,archive,online-rl" in psutil.Process(second).cmdline()
+    # STREAMREC_CONSUMERS_NICE: the consumers processes yield the cores to the API workers.
+    niceness = {role: psutil.Process(pid).nice() for role, pid in children.items()}
+    assert niceness == {"services": 0, "consumers": 7, "consumers#2": 7, "api": 0, "api#2": 0}
 
     # The features group runs in the second process: a rating reaches every worker.
     workers = up.api_pids()
@@ -307,6 +312,7 @@ def test_consumer_groups_spread_over_processes_and_each_comes_back(
     _post_rating(up, "dave")
     _visible_from(up, "dave", workers)
     assert up.restarts("consumers") == 0 and _is_consumers(first)
+    assert psutil.Process(_second_consumers(up)).nice() == 7  # a restarted one too
 
 
 def _is_consumers(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from streamrec.schemas.events import ClickEvent, RatingEvent, SourcedEvent
 from streamrec.stores.candidates import (
     Ranked,
+    RequestState,
     SeenTail,
     candidates_key,
     live_key,
@@ -111,9 +112,13 @@ async def test_a_request_reads_counters_candidates_and_seen_set_in_one_round_tri
     await stores.features.apply_batch("test", [SourcedEvent(rating, "streamrec.ratings", 0, 0)])
     expected_stats = await stores.features.user_stats("u1")
 
-    stats, ranked, seen = await store.request_state("u1", "mf", 4)
-    assert stats == expected_stats and stats["ratings"] == "1"
-    assert ranked == Ranked(["a", "b"], [2.0, 1.0], 5) and seen == {"b"}
+    state = await store.request_state("u1", "mf", 4)
+    assert state.stats == expected_stats and state.stats["ratings"] == "1"
+    assert state.ranked == Ranked(["a", "b"], [2.0, 1.0], 5) and state.seen == {"b"}
+    assert state.recent == []  # not asked for
+    # A re-ranker's state rides along: the newest distinct items, newest first.
+    assert (await store.request_state("u1", "mf", 4, recent=5)).recent == ["b"]
     # Without a model (popular): the counters alone; an unknown user: empty everything.
-    assert await store.request_state("u1") == (expected_stats, None, set())
-    assert await store.request_state("nobody", "mf", 4) == ({}, None, set())
+    assert await store.request_state("u1") == RequestState(expected_stats)
+    assert await store.request_state("u1", recent=5) == RequestState(expected_stats, recent=["b"])
+    assert await store.request_state("nobody", "mf", 4, recent=5) == RequestState({})
