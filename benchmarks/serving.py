@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -276,6 +277,7 @@ class Up(RunningUp):
         groups: str,
         consumer_processes: int,
         consumers_nice: int = 10,
+        settings: Sequence[str] = (),
     ) -> None:
         self.groups = {f"streamrec-{g}" for g in groups.split(",")}
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -286,6 +288,7 @@ class Up(RunningUp):
             STREAMREC_LOG_LEVEL="WARNING",
             STREAMREC_CONSUMERS_NICE=str(consumers_nice),
         )
+        env.update(setting.split("=", 1) for setting in settings)
         options = ["--metrics-port", "0", "--api-workers", str(api_workers), "--groups", groups]
         options += ["--consumer-processes", str(consumer_processes)]
         super().__init__(var, env, options, var / "up.log")
@@ -496,15 +499,31 @@ def cpu_ms_per_request(
     return {r: round(1000 * spent[r] / max(requests, 1.0), 3) for r in roles}
 
 
+def cores_used(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores each role kept busy on average between two ``cpu_seconds`` ``seconds`` apart."""
+    roles = sorted(set(before) | set(after))
+    return {r: round((after.get(r, 0.0) - before.get(r, 0.0)) / seconds, 3) for r in roles}
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     var = Path(tempfile.mkdtemp(prefix="streamrec-serving-", dir=args.tmp_dir))
-    up = Up(var, args.api_workers, args.groups, args.consumer_processes, args.consumers_nice)
+    up = Up(
+        var,
+        args.api_workers,
+        args.groups,
+        args.consumer_processes,
+        args.consumers_nice,
+        args.setting,
+    )
     figures: dict[str, Any] = {"api_workers": args.api_workers, "clients": args.clients}
     figures["consumer_processes"] = args.consumer_processes
     figures["consumers_nice"] = args.consumers_nice
+    figures["settings"] = args.setting
     try:
         await up.ready()
         print(
@@ -534,9 +553,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             raw = _run_self("--raw-redis", redis_url, *_flat(options))
         figures["raw_redis_mf"] = {**raw, "ingest_rate": round(ingest.result["rate"])}
         figures["raw_redis_mf"].update(await backlog(up))
+        before, started = cpu_seconds(up), time.perf_counter()
         with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
             fresh = await freshness(up, users, items, args.clicks)
-        figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh), **await backlog(up)}
+        cores = cores_used(before, cpu_seconds(up), time.perf_counter() - started)
+        figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh), "cores_used": cores}
+        figures["freshness_ms"]["ingest_rate"] = round(ingest.result["rate"])
+        figures["freshness_ms"].update(await backlog(up))
         figures["freshness_ms"]["beyond_10s"] = sum(f == float("inf") for f in fresh)
         figures["http_empty"] = http_empty(var, args.api_workers, users, args.seconds, args.clients)
     finally:
@@ -559,6 +582,8 @@ def report(figures: dict[str, Any]) -> None:
         f"event → changed recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms, "
         f"{fresh.get('beyond_10s', 0)} of {fresh['n']} clicks not seen fresh within 10 s"
     )
+    cores = ", ".join(f"{r} {n:.2f}" for r, n in fresh.get("cores_used", {}).items())
+    print(f"cores busy during it, by process: {cores}")
     print("where the time goes: CPU ms per request, by process (ingest included)")
     roles = sorted({r for k in PATHS for r in figures[f"http_{k}"].get("cpu_ms_per_request", {})})
     print(f"{'path':<16}" + "".join(f"{r:>12}" for r in roles))
@@ -599,14 +624,22 @@ def cli() -> None:
     parser.add_argument(
         "--consumer-processes",
         type=int,
-        default=1,
-        help="`up --consumer-processes`: the consumer groups over this many processes",
+        default=min(2, len(os.sched_getaffinity(0))),
+        help="`up --consumer-processes`: the consumer groups over this many processes "
+        "(default: up's, 2 given two cores or more)",
     )
     parser.add_argument(
         "--consumers-nice",
         type=int,
         default=10,
         help="STREAMREC_CONSUMERS_NICE: the consumers processes' niceness (API workers: 0)",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="STREAMREC_NAME=VALUE",
+        help="A setting for `up` (repeat for more): what the run's own settings leave alone",
     )
     parser.add_argument("--ingest-rate", type=float, default=1000.0)
     parser.add_argument("--clicks", type=int, default=40)

@@ -542,7 +542,9 @@ class VectorsUpdater:
         now_ms = int(time.time() * 1000)
         seen = self._seen(users, histories, item_idx) if self._candidates is not None else []
         written = 0
-        for model in models:
+        # A sequence model's forward is the batch's costliest step (SASRec: most of it): the
+        # other models' users get their fresh lists without waiting for it.
+        for model in sorted(models, key=lambda m: m.sequential):
             limit = model.history_length(self._history)
             mapped = model_histories(model, histories, item_idx, limit)
             keep, vecs = query_vectors(model, indices, mapped)

@@ -12,7 +12,9 @@ with OpenBLAS's default of 2 threads, 14 µs with 1; under `benchmarks/serving.p
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
@@ -32,4 +34,20 @@ def at_least_niceness(niceness: int) -> int:
     the API leaves idle; their lag absorbs a burst of requests instead of the requests' p99.
     """
     current = os.nice(0)
-    return os.nice(niceness - current) if niceness > current else current
+    if niceness <= current:
+        return current
+    target = os.nice(niceness - current)
+    # On Linux a niceness belongs to a thread: os.nice changed the calling one (and the threads
+    # it starts from now on) only. Threads started before, native ones included (two in a
+    # consumers process, started while its libraries loaded), get it here.
+    for thread in _thread_ids():
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            if os.getpriority(os.PRIO_PROCESS, thread) < target:
+                os.setpriority(os.PRIO_PROCESS, thread, target)
+    return target
+
+
+def _thread_ids() -> list[int]:
+    """This process's thread ids (Linux); none where threads have no niceness of their own."""
+    tasks = Path("/proc/self/task")
+    return [int(entry.name) for entry in tasks.iterdir()] if tasks.is_dir() else []

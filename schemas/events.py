@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from streamrec.schemas.numbers import NotBool
+from streamrec.schemas.numbers import ListedNumber, NotBool
 from streamrec.schemas.topics import Topic
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -237,12 +237,12 @@ class PolicyLog(BaseModel):
     content_version: Annotated[int, NotBool] = Field(
         ge=1, description="The doc2vec version behind `state`"
     )
-    state: Annotated[list[Annotated[float, NotBool]], Field(min_length=1, max_length=MAX_STATE_DIM)]
+    state: Annotated[list[ListedNumber], Field(min_length=1, max_length=MAX_STATE_DIM)]
     exploration: ExplorationMethod = "greedy"
     epsilon: Annotated[float, Field(ge=0.0, le=1.0), NotBool] | None = None
     temperature: Annotated[float, Field(gt=0.0), NotBool] | None = None
     propensities: Annotated[
-        list[Annotated[float, Field(ge=0.0, le=1.0), NotBool]], Field(min_length=1, max_length=1000)
+        list[Annotated[ListedNumber, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=1000)
     ] = Field(description="Per shown item: the probability the policy put it at its position")
 
 

@@ -40,11 +40,11 @@ from streamrec.core.errors import ConfigurationError
 from streamrec.core.settings import Settings
 from streamrec.stores.features import (
     PREFIX,
+    read_recent_items,
     stats_of,
     user_key,
     user_seen_key,
     user_seen_log_key,
-    user_seq_key,
 )
 
 WRITE_CHUNK = 500  # hash fields per HSET: bounded request size whatever the user count
@@ -189,7 +189,7 @@ class CandidateStore:
                 pipe.hget(candidates_key(model, version), user_id)
                 pipe.smembers(user_seen_key(user_id))
             if recent > 0:
-                pipe.zrevrange(user_seq_key(user_id), 0, recent - 1)
+                read_recent_items(pipe, user_id, recent)
             found = await pipe.execute()
         stats = stats_of(found[0])
         newest = found[-1] if recent > 0 else []

@@ -64,6 +64,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -98,6 +99,14 @@ def user_key(user_id: str) -> str:
 
 def user_seq_key(user_id: str) -> str:
     return f"{PREFIX}:seq:{{{user_id}}}"
+
+
+def read_recent_items(
+    client: aioredis.Redis | aioredis.client.Pipeline, user_id: str, n: int
+) -> Any:
+    """The read of the user's ``n`` newest distinct items, newest first (by event time): the
+    result on a client, queued on a pipeline (the one way every reader asks for them)."""
+    return client.zrevrange(user_seq_key(user_id), 0, max(n, 1) - 1)
 
 
 def stats_of(user_hash: Mapping[str, str]) -> dict[str, str]:
@@ -374,13 +383,13 @@ class FeatureStore:
 
     async def recent_items(self, user_id: str, n: int = 50) -> list[str]:
         """The user's most recent distinct items, newest first (by event time)."""
-        return await self._redis.zrevrange(user_seq_key(user_id), 0, max(n, 1) - 1)
+        return await read_recent_items(self._redis, user_id, n)
 
     async def recent_items_many(self, user_ids: Sequence[str], n: int = 50) -> list[list[str]]:
         """``recent_items`` of several users in one round trip (the vectors consumer's read)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for user in user_ids:
-                pipe.zrevrange(user_seq_key(user), 0, max(n, 1) - 1)
+                read_recent_items(pipe, user, n)
             return await pipe.execute()
 
     async def seen_items(self, user_id: str) -> set[str]:

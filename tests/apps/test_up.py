@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from streamrec.apps.up import split_groups
+from streamrec.apps.up import default_consumer_processes, split_groups
 from streamrec.schemas.topics import DEFAULT_GROUPS, ConsumerGroup
 
 FEATURES, ARCHIVE, VECTORS, ONLINE_RL, RETRAIN = (
@@ -36,3 +38,11 @@ def test_without_vector_groups_the_first_process_takes_a_share() -> None:
     assert split_groups([FEATURES, ARCHIVE], 2) == [[FEATURES], [ARCHIVE]]
     assert split_groups([FEATURES], 3) == [[FEATURES]]
     assert split_groups([], 2) == [[]]  # `--groups none`: one process, no group
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (8, 2)])
+def test_the_vectors_group_has_a_process_of_its_own_given_two_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert default_consumer_processes() == expected

@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from streamrec.apps.up import default_consumer_processes
 from streamrec.core.addresses import (
     EmbeddedAddresses,
     VectorHostAddress,
@@ -165,11 +166,14 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
 def test_up_stops_every_process(start_up: Callable[[], Up], signum: signal.Signals) -> None:
     up = start_up()
     children = up.children()
-    assert set(children) == {"services", "consumers", "api", "api#2"}
+    # One consumers process per core up to two: the vectors group has its own on 2 cores.
+    consumers = ["consumers", "consumers-2"][: default_consumer_processes()]
+    roles = {"services", "api", "api#2", *(c.replace("-", "#") for c in consumers)}
+    assert set(children) == roles
     pids = up.every_process()
-    assert len(pids) >= 6  # supervisor, services, redis-server, consumers, two API workers
+    assert len(pids) >= 5 + len(consumers)  # supervisor, services, redis-server, two API workers
     banner = up.text()
-    for name in ("services", "consumers", "api-1", "api-2"):
+    for name in ("services", *consumers, "api-1", "api-2"):
         assert re.search(rf"{name}\s+pid \d+", banner), banner
 
     # A command beside it (`streamrec vectors publish`) finds the consumers' vector host.

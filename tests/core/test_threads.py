@@ -27,3 +27,16 @@ def test_a_process_is_made_nicer_never_less_nice() -> None:
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == ["5", "5", "5", "9", "9"]
+
+
+def test_threads_started_before_are_made_nicer_too() -> None:
+    """On Linux each thread has its own niceness: one started before the call (as libraries
+    start native threads when they load) is made as nice as the process."""
+    script = (
+        "import os, threading; from streamrec.core.threads import at_least_niceness as n; "
+        "stop = threading.Event(); t = threading.Thread(target=stop.wait); t.start(); "
+        "n(6); print(os.getpriority(os.PRIO_PROCESS, t.native_id)); stop.set(); t.join()"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["6"]

@@ -129,3 +129,22 @@ def test_event_times_within_bounds_are_accepted(frozen_clock: float) -> None:
     for ts in ("1970-01-01T00:00:00Z", "1997-09-20T03:05:10Z", "2026-06-01T01:00:00Z"):
         raw = f'{{"type": "click", "user_id": "x", "item_id": "y", "ts": "{ts}"}}'
         assert EventAdapter.validate_json(raw).ts.year in (1970, 1997, 2026)
+
+
+@pytest.mark.parametrize("value", ["true", '"0.5"'])
+def test_a_policy_log_takes_numbers_only(value: str) -> None:
+    """A logged state and its propensities are JSON numbers: booleans and numeric strings are
+    refused (pydantic's lax mode would read them as 1 and 0.5), integers are numbers."""
+    base = (
+        '{"type": "impression", "user_id": "u", "request_id": "r", "item_ids": ["a"], '
+        '"model": "mf", "policy": {"content_version": 1, "state": [0, %s], "propensities": [%s]}}'
+    )
+    with pytest.raises(ValidationError) as state_error:
+        EventAdapter.validate_json(base % (value, "1"))
+    assert "policy.state.1" in describe_validation_error(state_error.value)
+    with pytest.raises(ValidationError) as propensity_error:
+        EventAdapter.validate_json(base % ("1", value))
+    assert "policy.propensities.0" in describe_validation_error(propensity_error.value)
+    event = EventAdapter.validate_json(base % ("1", "1"))
+    assert isinstance(event, ImpressionEvent) and event.policy is not None
+    assert event.policy.state == [0.0, 1.0] and event.policy.propensities == [1.0]
