@@ -49,8 +49,8 @@ _CHUNK = 1000
 
 
 class IdRegistry:
-    """Get-or-create dense indices. Safe across processes on PostgreSQL (advisory lock) and
-    within one process on SQLite (a lock; SQLite has a single writer anyway).
+    """Get-or-create dense indices, safe across threads and processes (the archive and
+    vectors groups register ids from processes of their own): see ``_serialise_registrations``.
 
     Known mappings are cached in-process: the table is append-only, so a cached entry is
     never stale.
@@ -80,8 +80,7 @@ class IdRegistry:
         if not new:
             return known
         with self._lock, self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK[kind]})
+            _serialise_registrations(conn, kind)
             # Another process may have registered some of them since the lookup.
             for external_id, idx in self._select(conn, kind, new):
                 known[external_id] = idx
@@ -126,3 +125,15 @@ class IdRegistry:
             )
             found.extend((external_id, idx) for external_id, idx in rows)
         return found
+
+
+def _serialise_registrations(conn: Connection, kind: IdKind) -> None:
+    """Hold, until ``conn``'s transaction ends, the lock that orders registrations of ``kind``
+    between processes, so that reading the table's end and appending after it are one step:
+    PostgreSQL's advisory lock of the kind, or SQLite's one write lock (BEGIN IMMEDIATE; the
+    driver would begin only at the INSERT, after another process may have appended at the
+    same indices). Threads of one process are ordered by ``IdRegistry._lock`` before this."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK[kind]})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
