@@ -511,6 +511,9 @@ def cores_used(
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from streamrec.apps.up import default_consumer_processes
+
+    args.consumer_processes = args.consumer_processes or default_consumer_processes()
     var = Path(tempfile.mkdtemp(prefix="streamrec-serving-", dir=args.tmp_dir))
     up = Up(
         var,
@@ -624,7 +627,7 @@ def cli() -> None:
     parser.add_argument(
         "--consumer-processes",
         type=int,
-        default=min(2, len(os.sched_getaffinity(0))),
+        default=None,
         help="`up --consumer-processes`: the consumer groups over this many processes "
         "(default: up's, 2 given two cores or more)",
     )
