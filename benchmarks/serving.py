@@ -23,8 +23,11 @@ users, published by a process of its own) running throughout:
    candidates, seen set; the live pointer is remembered, as the API does), issued by
    `--clients` concurrent callers in a process of their own: the path without HTTP, FastAPI
    and the response;
-3. freshness: a click is published and the user's next recommendations polled (any worker)
-   until they come from state computed after the click (`state_age_ms`), `--clicks` times.
+3. freshness, `--clicks` times: the first item of a user's `model=mf` list is clicked and the
+   next answers polled (any worker) until it is gone from them (event → changed
+   recommendation, the target's figure); and at the same time `model=sasrec` answers polled
+   until one comes from a user vector computed after the click (`state_age_ms`: how fresh
+   the sequence model's vectors are, reported beside it).
 
 During each load, where the time goes: the CPU seconds (user + system) of each of `up`'s
 processes by role (API workers summed, consumers, services, the supervisor, the redis-server,
@@ -411,38 +414,70 @@ def http_empty(var: Path, workers: int, users: list[str], seconds: float, client
         server.wait(timeout=30)
 
 
-async def freshness(up: Up, users: list[str], items: list[str], clicks: int) -> list[float]:
-    """A click published → the first recommendation (``model=mf``, a new connection each
-    time, so any worker) served from state computed after it."""
+FRESH_CUTOFF_S = 10.0  # a click not seen within this long counts as never (inf)
+
+
+async def freshness(up: Up, users: list[str], clicks: int) -> tuple[list[float], list[float]]:
+    """Per click, two clocks from its publication (a new connection per request, so any worker
+    answers):
+
+    * changed recommendation: the user's first ``model=mf`` item is clicked, and the next
+      answers polled until that item is gone from them (the user state applied and the list
+      changed by it, whichever way the edge builds it);
+    * the SASRec user vector: ``model=sasrec`` answers polled until one comes from a user
+      vector computed after the click was published (``state_age_ms``; another event of the
+      same user from the background ingest may be what made it, so this clock is a lower
+      bound of the click's own).
+    """
     import httpx
 
     from streamrec.producers.publisher import EventPublisher
     from streamrec.schemas.events import ClickEvent
 
     rng = random.Random(7)
-    out: list[float] = []
+    changed: list[float] = []
+    vector: list[float] = []
     limits = httpx.Limits(max_keepalive_connections=0)  # a new connection: any worker answers
     async with (
         EventPublisher([up.addresses().kafka_bootstrap], client_id="bench-fresh") as publisher,
         httpx.AsyncClient(base_url=up.url, limits=limits, timeout=10) as http,
     ):
+
+        async def recommended(user: str, model: str) -> dict[str, Any]:
+            return (await http.get(f"/v1/users/{user}/recommendations?model={model}")).json()
+
+        async def until(check: Any, published: float) -> float:
+            while True:
+                now = time.time()
+                if await check(now):
+                    return (now - published) * 1000
+                if now - published > FRESH_CUTOFF_S:
+                    return float("inf")
+                await asyncio.sleep(0.005)
+
         for _ in range(clicks):
             user = rng.choice(users)
+            clicked = (await recommended(user, "mf"))["items"][0]["item_id"]
+
+            async def gone(_: float, user: str = user, clicked: str = clicked) -> bool:
+                body = await recommended(user, "mf")
+                return clicked not in {i["item_id"] for i in body["items"]}
+
             published = time.time()
-            await publisher.publish(ClickEvent(user_id=user, item_id=rng.choice(items)))
-            while True:
-                body = (await http.get(f"/v1/users/{user}/recommendations?model=mf")).json()
-                now = time.time()
+
+            async def recomputed(
+                now: float, user: str = user, published: float = published
+            ) -> bool:
+                body = await recommended(user, "sasrec")
                 age = body.get("state_age_ms")
-                if not body["fallback"] and age is not None and now - age / 1000 >= published:
-                    out.append((now - published) * 1000)
-                    break
-                if now - published > 10:
-                    out.append(float("inf"))
-                    break
-                await asyncio.sleep(0.005)
+                return not body["fallback"] and age is not None and now - age / 1000 >= published
+
+            await publisher.publish(ClickEvent(user_id=user, item_id=clicked))
+            found = await asyncio.gather(until(gone, published), until(recomputed, published))
+            changed.append(found[0])
+            vector.append(found[1])
             await asyncio.sleep(0.1)
-    return out
+    return changed, vector
 
 
 # -- where the time goes ------------------------------------------------------------------------
@@ -558,12 +593,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         figures["raw_redis_mf"].update(await backlog(up))
         before, started = cpu_seconds(up), time.perf_counter()
         with Ingest(bootstrap, args.ingest_rate, users, items) as ingest:
-            fresh = await freshness(up, users, items, args.clicks)
+            fresh, vector = await freshness(up, users, args.clicks)
         cores = cores_used(before, cpu_seconds(up), time.perf_counter() - started)
         figures["freshness_ms"] = {**percentiles(fresh), "n": len(fresh), "cores_used": cores}
         figures["freshness_ms"]["ingest_rate"] = round(ingest.result["rate"])
         figures["freshness_ms"].update(await backlog(up))
         figures["freshness_ms"]["beyond_10s"] = sum(f == float("inf") for f in fresh)
+        figures["sasrec_vector_freshness_ms"] = {
+            **percentiles(vector),
+            "n": len(vector),
+            "beyond_10s": sum(f == float("inf") for f in vector),
+        }
         figures["http_empty"] = http_empty(var, args.api_workers, users, args.seconds, args.clients)
     finally:
         up.stop()
@@ -582,8 +622,14 @@ def report(figures: dict[str, Any]) -> None:
         )
     fresh = figures["freshness_ms"]
     print(
-        f"event → changed recommendation: p50 {fresh['p50']:.0f} ms, p99 {fresh['p99']:.0f} ms, "
-        f"{fresh.get('beyond_10s', 0)} of {fresh['n']} clicks not seen fresh within 10 s"
+        f"event → changed recommendation (mf, the clicked item gone): p50 {fresh['p50']:.0f} ms, "
+        f"p99 {fresh['p99']:.0f} ms, {fresh.get('beyond_10s', 0)} of {fresh['n']} clicks not "
+        "seen within 10 s"
+    )
+    vector = figures["sasrec_vector_freshness_ms"]
+    print(
+        f"event → SASRec user vector recomputed: p50 {vector['p50']:.0f} ms, p99 "
+        f"{vector['p99']:.0f} ms, {vector['beyond_10s']} of {vector['n']} beyond 10 s"
     )
     cores = ", ".join(f"{r} {n:.2f}" for r, n in fresh.get("cores_used", {}).items())
     print(f"cores busy during it, by process: {cores}")

@@ -14,6 +14,11 @@ touched, for every model whose item vectors are published; and content vectors f
   may not have applied the batch yet). MF / NCF / Wide & Deep: the trained user row when the
   user is known to the model, else a fold-in (mean of the recent items' vectors). Content
   (Doc2Vec): always the fold-in.
+* A trained row is fixed: no event changes it until the next version, and the edge filters
+  what is seen at request time, so such a user is written once per version and process and
+  again only once their seen set has grown by a quarter of the list (``FixedVectorLists``),
+  not at every event; the entry says so (``Ranked.vector_fixed``) and the edge then reports
+  the user state's age.
 * Every model with vectors is followed (``schemas.models.VECTOR_MODELS``), by the key of its
   collections (the model's name; ``content`` for doc2vec).
 * Kept versions named in ``STREAMREC_VECTORS_KEPT_VERSIONS`` ("mf=1") are served the same
@@ -84,11 +89,12 @@ from streamrec.stores.vectors import (
     items_alias,
     parse_version,
 )
-from streamrec.trainer.candidates import CandidateIndex, SeenRows
+from streamrec.trainer.candidates import SEEN_USERS, CandidateIndex, SeenRows
 from streamrec.trainer.doc2vec import item_text, tokenize
 from streamrec.trainer.user_vectors import (
     DEFAULT_HISTORY,
     LoadedModel,
+    fixed_vector,
     load_model,
     merge_history,
     model_histories,
@@ -213,6 +219,42 @@ class ModelCache:
         return loaded
 
 
+class FixedVectorLists:
+    """Which users with a fixed vector (``trainer.user_vectors.fixed_vector``: MF, NCF and Wide &
+    Deep rows of the users a version was trained on, which no event changes) need their vector
+    and list written again.
+
+    Such a user's list changes only by what becomes seen, and the edge leaves out what is seen
+    at request time: so the group writes the user the first time this process meets them in a
+    version, and again once their seen set has grown by ``refresh_after`` items since (a
+    quarter of the list: at least three quarters are left for the edge's filter), not at every
+    event. Bounded like ``SeenRows``: the least recently written are forgotten, and are due
+    again when next met.
+    """
+
+    def __init__(self, refresh_after: int, capacity: int = SEEN_USERS) -> None:
+        self._refresh_after = max(1, refresh_after)
+        self._capacity = capacity
+        # (collection key, version, user index) -> seen items when last written
+        self._written: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+
+    def due(self, model: LoadedModel, user: int, seen: int) -> bool:
+        """Whether ``user`` (registry index), who has seen ``seen`` items, is to be written."""
+        if not fixed_vector(model, user):
+            return True
+        held = self._written.get((model.serving, model.version, user))
+        return held is None or seen - held >= self._refresh_after
+
+    def wrote(self, model: LoadedModel, user: int, seen: int) -> None:
+        if not fixed_vector(model, user):
+            return
+        key = (model.serving, model.version, user)
+        self._written[key] = seen
+        self._written.move_to_end(key)
+        while len(self._written) > self._capacity:
+            self._written.popitem(last=False)
+
+
 class VectorsUpdater:
     """The group's work, apart from Kafka: testable with plain lists of events."""
 
@@ -232,6 +274,7 @@ class VectorsUpdater:
         self._history = history
         self._candidates = candidates
         self._seen_rows = SeenRows(candidates, ids) if candidates is not None else None
+        self._fixed = FixedVectorLists(candidates.per_user // 4 if candidates is not None else 1)
         self._active_users: OrderedDict[str, None] = OrderedDict()
         # (collection key, version) -> that version's items for candidates (built on first
         # need; the live and kept versions of one model each have theirs).
@@ -390,7 +433,9 @@ class VectorsUpdater:
             model.serving,
             model.version,
             {
-                name: Ranked(found.items, found.scores, _updated_ms(record))
+                name: Ranked(
+                    found.items, found.scores, _updated_ms(record), fixed_vector(model, record.id)
+                )
                 for name, found, record in zip(names, ranked, records, strict=True)
             },
             keep_existing=True,  # an entry written meanwhile came from a fresher vector
@@ -434,6 +479,7 @@ class VectorsUpdater:
         self,
         model: LoadedModel,
         users: list[str],
+        indices: list[int],
         user_vectors: np.ndarray,
         seen: list[np.ndarray],
         updated_ms: int,
@@ -445,22 +491,26 @@ class VectorsUpdater:
             model.serving,
             model.version,
             {
-                user: Ranked(found.items, found.scores, updated_ms)
-                for user, found in zip(users, ranked, strict=True)
+                user: Ranked(found.items, found.scores, updated_ms, fixed_vector(model, index))
+                for user, index, found in zip(users, indices, ranked, strict=True)
             },
         )
 
     def _seen(
         self, users: list[str], histories: list[list[str]], item_idx: Mapping[str, int]
-    ) -> list[np.ndarray]:
+    ) -> tuple[list[np.ndarray], list[int]]:
         """What to leave out of each user's candidates, as registry indices: the feature
         store's seen set, plus the batch's items (the features group may not have applied them
-        yet). Read once per batch for every model."""
-        assert self._seen_rows is not None
-        return [
-            np.concatenate([held, np.asarray([item_idx[i] for i in h if i in item_idx], np.int64)])
-            for held, h in zip(self._seen_rows.rows_many(users), histories, strict=True)
+        yet); and the size of each feature-store seen set. Read once per batch for every
+        model."""
+        if self._seen_rows is None:  # no candidates to write: nothing to leave out
+            return [], [0] * len(users)
+        held = self._seen_rows.rows_many(users)
+        seen = [
+            np.concatenate([rows, np.asarray([item_idx[i] for i in h if i in item_idx], np.int64)])
+            for rows, h in zip(held, histories, strict=True)
         ]
+        return seen, [len(rows) for rows in held]
 
     def _write_items(self, events: list[ItemEvent]) -> int:
         """Upsert the items into the live content collection (see the module doc)."""
@@ -540,14 +590,16 @@ class VectorsUpdater:
         item_idx = self._ids.lookup(IdKind.ITEM, {i for h in histories for i in h})
         indices = [user_idx[u] for u in users]
         now_ms = int(time.time() * 1000)
-        seen = self._seen(users, histories, item_idx) if self._candidates is not None else []
+        seen, seen_sizes = self._seen(users, histories, item_idx)
         written = 0
         # A sequence model's forward is the batch's costliest step (SASRec: most of it): the
         # other models' users get their fresh lists without waiting for it.
         for model in sorted(models, key=lambda m: m.sequential):
+            due = [p for p, u in enumerate(indices) if self._fixed.due(model, u, seen_sizes[p])]
             limit = model.history_length(self._history)
-            mapped = model_histories(model, histories, item_idx, limit)
-            keep, vecs = query_vectors(model, indices, mapped)
+            mapped = model_histories(model, [histories[p] for p in due], item_idx, limit)
+            kept, vecs = query_vectors(model, [indices[p] for p in due], mapped)
+            keep = [due[k] for k in kept]
             if not keep:
                 continue
             payload = {"updated_ms": now_ms, "version": model.version}
@@ -561,8 +613,15 @@ class VectorsUpdater:
                 continue
             if self._candidates is not None:
                 self._write_candidates(
-                    model, [users[p] for p in keep], vecs, [seen[p] for p in keep], now_ms
+                    model,
+                    [users[p] for p in keep],
+                    [indices[p] for p in keep],
+                    vecs,
+                    [seen[p] for p in keep],
+                    now_ms,
                 )
+            for p in keep:
+                self._fixed.wrote(model, indices[p], seen_sizes[p])
             written += len(keep)
         return written
 

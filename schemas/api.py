@@ -138,8 +138,9 @@ class Recommendations(BaseModel):
     known_user: bool = Field(description="Whether the user has any events yet")
     state_age_ms: int | None = Field(
         None,
-        description="Age in ms of the user state used: the user vector for vector models, "
-        "the feature state for popular",
+        description="Age in ms of the user state used: the user vector for vector models "
+        "(the feature state when that vector is a trained row, which no event changes), the "
+        "feature state for popular",
     )
     reranked_by: RerankedBy | None = Field(
         None, description="Set when rerank=dqn re-ordered the base model's candidates"

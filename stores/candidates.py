@@ -6,8 +6,9 @@ fresh by the vectors group (``consumers.vectors``):
 
 ===========================  ======  ===============================================================
 ``sr:cand:{model}:v{N}``     hash    user id -> the user's top-C unseen items of version N, best
-                                     first, with their scores and the ``updated_ms`` of the user
-                                     vector they came from (``Ranked.encode``)
+                                     first, with their scores, the ``updated_ms`` of the user
+                                     vector they came from and whether that vector is fixed
+                                     (``Ranked.encode``)
 ``sr:nbr:{model}:v{N}``      hash    item id -> its top-K neighbour items of version N (itself
                                      left out), best first, with their scores
 ``sr:live:{model}``          string  the version the ``items_<model>`` alias points at, set right
@@ -68,11 +69,15 @@ def live_key(model: str) -> str:
 @dataclass(frozen=True)
 class Ranked:
     """Items best first with their scores; ``updated_ms``: when the user vector they were
-    ranked for was computed (None for an item's neighbours)."""
+    ranked for was computed (None for an item's neighbours); ``vector_fixed``: that vector is a
+    trained row (``trainer.user_vectors.fixed_vector``), which no event changes until the next
+    version, so the list filtered with the seen set as it is now is what a recomputation would
+    give: its state is the seen set's, not ``updated_ms``'s."""
 
     items: list[str]
     scores: list[float]
     updated_ms: int | None = None
+    vector_fixed: bool = False
 
     def encode(self) -> bytes:
         # orjson and a vectorised rounding: a tenth of the stdlib's cost, and the vectors group
@@ -83,12 +88,14 @@ class Ranked:
         }
         if self.updated_ms is not None:
             body["u"] = self.updated_ms
+        if self.vector_fixed:
+            body["f"] = 1
         return orjson.dumps(body)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Ranked:
         body = orjson.loads(raw)
-        return cls(body["i"], body["s"], body.get("u"))
+        return cls(body["i"], body["s"], body.get("u"), bool(body.get("f")))
 
 
 @dataclass(frozen=True)

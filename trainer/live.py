@@ -64,6 +64,7 @@ from streamrec.trainer.user_vectors import (
     DEFAULT_HISTORY,
     LoadedModel,
     all_user_vectors,
+    fixed_vector,
     load_model,
 )
 
@@ -260,8 +261,10 @@ def _with_candidates(
                 model.serving,
                 model.version,
                 {
-                    user: Ranked(found.items, found.scores, updated_ms)
-                    for user, found in zip(names, ranked, strict=True)
+                    user: Ranked(
+                        found.items, found.scores, updated_ms, fixed_vector(model, int(row))
+                    )
+                    for user, found, row in zip(names, ranked, user_rows, strict=True)
                 },
             )
         yield user_rows, user_vectors, payloads

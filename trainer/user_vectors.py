@@ -77,6 +77,13 @@ class LoadedModel:
         return int(self.net.config.max_len) if self.sequential else history
 
 
+def fixed_vector(model: LoadedModel, user_index: int) -> bool:
+    """Whether the user's vector in ``model`` is its trained row (MF, NCF, Wide & Deep, a user
+    the version was trained on), which no event changes until the next version; a sequence
+    model's vector and a fold-in change with every event of the user."""
+    return not model.sequential and user_index < model.n_users
+
+
 def load_model(models: ModelRegistry, name: str, serving: str, version: int) -> LoadedModel:
     """Version ``version`` of registry model ``name``, ready to compute user vectors into the
     collections of key ``serving`` (``schemas.models.ModelKind.collection``)."""
@@ -133,8 +140,8 @@ def query_vectors(
             seqs = pad_sequences([np.asarray(histories[p]) for p in keep], model.net.config.max_len)
             out = model.net.user_vectors(Query(torch.zeros(len(keep), dtype=torch.long), seqs))
             return keep, out.numpy().astype(np.float32)
-        trained = [p for p, u in enumerate(users) if u < model.n_users]
-        folded = [p for p, h in enumerate(histories) if h and users[p] >= model.n_users]
+        trained = [p for p, u in enumerate(users) if fixed_vector(model, u)]
+        folded = [p for p, h in enumerate(histories) if h and not fixed_vector(model, users[p])]
         rows: list[np.ndarray] = []
         if trained:
             query = Query(torch.as_tensor([users[p] for p in trained], dtype=torch.long))

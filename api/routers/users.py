@@ -10,6 +10,10 @@ popularity scores; a response says ``model`` = the vector model all the same. Wi
 candidates (the user's not computed yet, a pinned version without them, or
 ``exclude_seen=false``: the candidates left out what was seen when they were computed), the
 vector query serves, as it did before candidates existed.
+
+``state_age_ms`` is the age of the user vector the candidates came from, or, when that vector
+is fixed (a trained row, ``Ranked.vector_fixed``: the list is what a recomputation would give),
+the age of the user state, as for every other answer.
 """
 
 from __future__ import annotations
@@ -166,7 +170,9 @@ async def _base(
         collection = MODELS[model].collection  # the model's name; content for doc2vec
         if found is not None:
             ranked = await _from_candidates(runtime, features, user_id, found, n, wanted)
-            if found.ranked.updated_ms is not None:  # the user vector's age, as below
+            # The user vector's age, as below; a fixed vector (a trained row) is as current as
+            # the seen set the list was filtered with, whose age is the user state's.
+            if found.ranked.updated_ms is not None and not found.ranked.vector_fixed:
                 age = max(0, int(time.time() * 1000) - found.ranked.updated_ms)
             return _Served(model, found.version, ranked, age)
         seen = await features.seen_items(user_id) if exclude_seen else set()

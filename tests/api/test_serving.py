@@ -507,6 +507,22 @@ async def test_recommendations_from_candidates_never_query_vectors_nor_serve_see
     assert fake.calls == []
 
 
+async def test_a_fixed_vectors_list_is_as_old_as_the_user_state_it_is_filtered_with(
+    light: tuple[Any, Any, CountingVectors],
+) -> None:
+    """A trained row's list, written long ago, filtered with a seen set just changed: what a
+    recomputation would give now, so its age is the user state's, not the list's."""
+    runtime, client, _ = light
+    written = int(time.time() * 1000) - 600_000  # ten minutes ago
+    entry = Ranked(list(CANDIDATE_GENRES), [5.0, 4.0, 3.0, 2.0, 1.0], written, vector_fixed=True)
+    runtime.stores.candidates.write_candidates("mf", 3, {"u": entry})
+    click = ClickEvent(user_id="u", item_id="c2")
+    await runtime.features.apply_batch("test", [SourcedEvent(click, "streamrec.clicks", 0, 0)])
+    body = await _recs(client, "u", "mf", k=3)
+    assert [i["item_id"] for i in body["items"]] == ["c1", "c3", "c4"]
+    assert 0 <= body["state_age_ms"] < 60_000  # the click's state, not the ten-minute-old list
+
+
 async def test_a_genre_filter_leaving_fewer_than_k_is_filled_from_popular(
     light: tuple[Any, Any, CountingVectors],
 ) -> None:

@@ -12,16 +12,28 @@ import numpy as np
 import pytest
 
 from streamrec.consumers.app import build_consumer_broker
-from streamrec.consumers.vectors import ModelCache, VectorsUpdater, parse_kept_versions
+from streamrec.consumers.vectors import (
+    FixedVectorLists,
+    ModelCache,
+    VectorsUpdater,
+    parse_kept_versions,
+)
 from streamrec.core.datasets import synthetic
 from streamrec.core.db import create_db_engine
 from streamrec.core.errors import ConfigurationError
 from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.core.metrics import Metrics
+from streamrec.core.settings import Settings
 from streamrec.producers.publisher import EventPublisher
 from streamrec.schemas.events import ClickEvent, ItemEvent, SourcedEvent
 from streamrec.schemas.topics import ConsumerGroup
-from streamrec.stores.candidates import CandidateStore, Ranked, candidates_key, neighbours_key
+from streamrec.stores.candidates import (
+    CandidateStore,
+    Ranked,
+    candidates_key,
+    neighbours_key,
+)
+from streamrec.stores.candidates import sync_client as candidates_sync_client
 from streamrec.stores.factory import Stores
 from streamrec.stores.model_registry import ModelRegistry
 from streamrec.stores.schema import create_schema
@@ -30,6 +42,8 @@ from streamrec.trainer.data import build
 from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from streamrec.trainer.live import publish_version
 from streamrec.trainer.models import build_model
+from streamrec.trainer.models.mf import MF, MFConfig
+from streamrec.trainer.user_vectors import LoadedModel
 from tests.conftest import FakeClock, wait_until
 
 CATALOG = synthetic(n_users=10, n_items=12, n_events=80, n_genres=2, seed=4)
@@ -188,6 +202,51 @@ async def test_a_users_event_rewrites_their_candidates_from_the_new_vector(
     assert entry.items == [h.payload["item_id"] for h in hits]
 
 
+async def test_a_trained_users_list_is_written_again_only_once_their_seen_set_grew(
+    stores: Stores, settings: Settings
+) -> None:
+    """MF's row of a user it was trained on does not change with events, and the edge filters
+    what is seen at request time: the group writes such a user once per version and process,
+    then again only after a quarter of the list (here 2 of 8) may have become seen."""
+    await asyncio.to_thread(_publish_mf, stores)
+    sync = candidates_sync_client(stores.services.redis_url, settings)
+    writer = CandidateStore.writer(sync, settings.model_copy(update={"candidates_per_user": 8}))
+    cache = ModelCache(stores.models, stores.vectors)
+    updater = VectorsUpdater(stores.features, stores.ids, cache, stores.vectors, candidates=writer)
+    trained = stores.ids.external_ids(IdKind.USER)[0]  # index 0: a row of the model
+    newcomer = "newcomer"  # no trained row: a fold-in, recomputed at each event
+    items = sorted(CATALOG.items)
+    offset = 0
+
+    async def click(item: str) -> int:
+        """One click each for the trained user and the newcomer, applied to the feature
+        store first (as the features group would); returns the vectors written."""
+        nonlocal offset
+        events = [
+            SourcedEvent(ClickEvent(user_id=u, item_id=item), "streamrec.clicks", 0, offset + n)
+            for n, u in enumerate((trained, newcomer))
+        ]
+        offset += len(events)
+        await stores.features.apply_batch("test", events)
+        return await updater.handle(events)
+
+    async def entry(user: str) -> Ranked:
+        found, _ = await stores.candidates.user_candidates("mf", 1, user)
+        assert found is not None
+        return found
+
+    assert await click(items[0]) == 2  # first met: both written
+    first = await entry(trained)
+    assert first.vector_fixed and not (await entry(newcomer)).vector_fixed
+    assert await click(items[1]) == 1  # one more seen item: only the newcomer
+    assert await entry(trained) == first
+    assert await click(items[2]) == 2  # two more since the trained user's write
+    second = await entry(trained)
+    assert second.updated_ms is not None and first.updated_ms is not None
+    assert second.updated_ms >= first.updated_ms and not set(items[:3]) & set(second.items)
+    sync.close()
+
+
 async def test_a_kept_version_serves_a_new_user_too(stores: Stores, caplog: Any) -> None:
     """STREAMREC_VECTORS_KEPT_VERSIONS: version 1, no longer live, gets the vectors and
     candidates of users it never saw, as the live version 2 does; once its collections are
@@ -269,6 +328,7 @@ async def test_a_version_published_without_redis_is_backfilled_before_the_pointe
     record = next(r for r in with_vectors if users[r.id] != "u0")
     entry, seen = await candidates.user_candidates("mf", 1, users[record.id])
     assert entry is not None and entry.updated_ms == record.payload["updated_ms"]
+    assert entry.vector_fixed  # every user with a stored vector here is one mf was trained on
     exclude = list(stores.ids.lookup(IdKind.ITEM, seen).values())
     hits = stores.vectors.query("items_mf", record.vector, len(entry.items), exclude_ids=exclude)
     assert entry.items == [h.payload["item_id"] for h in hits]
@@ -386,3 +446,20 @@ def _publish_content_with(stores: Stores, candidates: Any) -> None:
     publish_version(
         stores.models, stores.vectors, stores.ids, stores.engine, "content", candidates=candidates
     )
+
+
+def test_fixed_vector_lists_are_due_when_first_met_and_when_the_seen_set_grew() -> None:
+    net = MF(MFConfig(n_users=5, n_items=3, dim=2))
+    mf = LoadedModel("mf", 1, net, np.zeros((3, 2)), "users_mf__v1")
+    lists = FixedVectorLists(refresh_after=3, capacity=2)
+    assert lists.due(mf, 4, seen=10)  # never written by this process
+    lists.wrote(mf, 4, seen=10)
+    assert not lists.due(mf, 4, seen=12) and lists.due(mf, 4, seen=13)
+    assert lists.due(mf, 5, seen=0)  # beyond the trained rows: a fold-in, always due
+    lists.wrote(mf, 5, seen=0)
+    assert lists.due(mf, 5, seen=0)
+    v2 = LoadedModel("mf", 2, mf.net, mf.items, "users_mf__v2")
+    assert lists.due(v2, 4, seen=10)  # another version: its own list
+    lists.wrote(mf, 1, seen=0)
+    lists.wrote(mf, 2, seen=0)  # past the capacity: the least recently written (4) goes
+    assert lists.due(mf, 4, seen=10) and not lists.due(mf, 2, seen=0)

@@ -22,6 +22,8 @@ def test_an_entry_survives_its_encoding() -> None:
     assert decoded.items == ranked.items and decoded.updated_ms == ranked.updated_ms
     assert decoded.scores == [3.25, 0.123457, -0.0]  # 6 decimals are kept
     assert Ranked.decode(Ranked(["a"], [1.0]).encode()).updated_ms is None
+    assert not decoded.vector_fixed
+    assert Ranked.decode(Ranked(["a"], [1.0], 5, vector_fixed=True).encode()).vector_fixed
 
 
 async def test_written_entries_are_read_per_version_with_the_seen_set(stores: Stores) -> None:

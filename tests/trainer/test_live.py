@@ -207,6 +207,7 @@ async def test_every_user_has_candidates_and_every_item_neighbours_before_the_sw
     raw = await redis.hget(candidates_key("mf", 1), first.user_id)
     entry = Ranked.decode(raw)
     assert entry.updated_ms == vector.payload["updated_ms"]
+    assert entry.vector_fixed  # a user mf was trained on: its row, until the next version
     assert len(entry.items) == min(candidates.per_user, 30 - 1)  # 30 items, i3 seen
     assert "i3" not in entry.items
     i3 = ids.lookup(IdKind.ITEM, ["i3"])["i3"]
