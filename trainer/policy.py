@@ -7,8 +7,13 @@ active at most every ``check_every_s`` seconds, so a snapshot published by the o
 cost no SQL at all. Loaded models are cached per name; an old model stays usable by requests
 that already hold it.
 
-Every method here is blocking (SQL, torch, gensim): routes call them through
-``asyncio.to_thread``, one hop per request.
+Every method here may block (SQL, torch, gensim): routes call them through
+``asyncio.to_thread``, one hop per request. Except ``RLServer.rerank_held``, the
+``rerank=dqn`` path of every recommendation: it serves from the versions held and their content
+rows (``ContentRows``: item id -> row, read from the id registry once per doc2vec version), so it
+does no I/O and runs on the event loop (numpy over ~50 vectors: cheaper than the thread hop);
+it answers None when a version check is due or a new version's rows are not read yet, and the
+route then calls ``rerank`` in a thread, which does both.
 """
 
 from __future__ import annotations
@@ -22,16 +27,16 @@ from typing import Any
 import numpy as np
 
 from streamrec.core.errors import ConfigurationError, InvalidInput, NotFound
-from streamrec.core.ids import IdRegistry
+from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.schemas.events import PolicyLog
 from streamrec.stores.model_registry import ModelRegistry
 from streamrec.trainer.doc2vec import Doc2VecModel
 from streamrec.trainer.models.dueling_dqn import DuelingDQN, FrozenDuelingDQN
 from streamrec.trainer.rl import (
+    STATE_RECENT_ITEMS,
     Exploration,
-    content_vectors,
     state_dim,
-    state_from_history,
+    user_state,
 )
 
 DQN = "dqn"
@@ -84,6 +89,16 @@ class ActiveModels:
             if slot.loaded is None:
                 raise NotFound(f"no {name} version is active: {_HOW_TO_ACTIVATE.get(name, '')}")
             return slot.loaded
+
+    def held(self, name: str) -> Loaded | None:
+        """``get`` without I/O: the version held when it was checked within the period, None
+        when a check is due (call ``get``, in a thread); NotFound when none was active then."""
+        slot = self._slots.get(name)
+        if slot is None or self._clock() - slot.checked_at >= self._check_every:
+            return None
+        if slot.loaded is None:
+            raise NotFound(f"no {name} version is active: {_HOW_TO_ACTIVATE.get(name, '')}")
+        return slot.loaded
 
     def _lock(self, name: str) -> threading.Lock:
         with self._guard:
@@ -138,17 +153,45 @@ class Reranked:
 
 
 @dataclass(frozen=True)
+class ContentRows:
+    """One doc2vec version's item vectors by external item id: the rows with a vector (items
+    registered before the version and with text; ``content_vectors``'s rule), so that a
+    request's vectors are dict lookups and one gather, with no id-registry lookup that could
+    reach SQL. Read once per version: one dict entry per item with text."""
+
+    version: int
+    table: np.ndarray  # (n_items, D), row = id-registry index
+    row_of: dict[str, int]
+
+    @classmethod
+    def read(cls, loaded: Loaded, ids: IdRegistry) -> ContentRows:
+        """The rows of the doc2vec version ``loaded`` (blocking: reads the id registry)."""
+        table = loaded.model.item_vectors()
+        external = ids.external_ids(IdKind.ITEM)[: table.shape[0]]
+        has_text = table[: len(external)].any(axis=1)  # all-zero: an item Doc2Vec never saw
+        rows = {item: row for row, item in enumerate(external) if has_text[row]}
+        return cls(loaded.version, table, rows)
+
+    def vectors(self, item_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The ids of ``item_ids`` that have a vector (in order) and their (n, D) vectors."""
+        found = [item for item in item_ids if item in self.row_of]
+        return found, self.table[[self.row_of[item] for item in found]]
+
+    def state(self, recent_item_ids: Sequence[str], stats: Mapping[str, str]) -> np.ndarray:
+        """(D + 5,) the user state (``trainer.rl.user_state``) of the user whose newest items
+        (newest first) and counters are given: ``state_from_history`` without the registry."""
+        _, recent = self.vectors(recent_item_ids[:STATE_RECENT_ITEMS])
+        return user_state(recent, stats, self.table.shape[1])
+
+
+@dataclass(frozen=True)
 class _Pair:
     """An active dqn and the doc2vec item table it was checked against."""
 
     dqn_version: int
     doc2vec_version: int
     dqn: FrozenDuelingDQN
-    table: np.ndarray
-
-    def q_values(self, state: np.ndarray, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """(C,) Q-values of the items of ``vectors`` (at least one), in their order."""
-        return self.dqn.q_values(state, np.stack(list(vectors.values())))
+    content: ContentRows
 
 
 class RLServer:
@@ -171,6 +214,7 @@ class RLServer:
         # vector", so inference runs one request at a time.
         self._infer_lock = threading.Lock()
         self._frozen: tuple[int, FrozenDuelingDQN] | None = None  # (dqn version, its copy)
+        self._content: ContentRows | None = None  # of the doc2vec version last served
 
     def _frozen_dqn(self, loaded: Loaded) -> FrozenDuelingDQN:
         """The numpy copy of the active dqn that slates are scored with, made once per version
@@ -179,6 +223,14 @@ class RLServer:
         if held is None or held[0] != loaded.version:
             held = self._frozen = (loaded.version, loaded.model.frozen())
         return held[1]
+
+    def _content_rows(self, loaded: Loaded) -> ContentRows:
+        """The content rows of doc2vec version ``loaded``, read once per version (two threads
+        may both read them for a new version: the same rows, harmless)."""
+        held = self._content
+        if held is None or held.version != loaded.version:
+            held = self._content = ContentRows.read(loaded, self._ids)
+        return held
 
     def q_values(
         self, user_embedding: Sequence[float], item_embeddings: Sequence[Sequence[float]]
@@ -211,17 +263,16 @@ class RLServer:
         and feature counters are given; 422 naming the candidates without a content vector."""
         pair = self._pair()
         candidates = list(dict.fromkeys(item_ids))
-        vectors = content_vectors(self._ids, pair.table, candidates)
-        missing = [i for i in candidates if i not in vectors]
-        if missing:
+        items, vectors = pair.content.vectors(candidates)
+        if len(items) < len(candidates):
+            missing = [i for i in candidates if i not in pair.content.row_of]
             raise InvalidInput(
                 f"no content vector in doc2vec v{pair.doc2vec_version} for "
                 f"{_name_some(missing)} (unknown item, newer than that version, or without "
                 "text): leave them out of item_ids or retrain doc2vec"
             )
-        state = state_from_history(self._ids, pair.table, recent_item_ids, stats)
-        q = pair.q_values(state, vectors)
-        items = list(vectors)
+        state = pair.content.state(recent_item_ids, stats)
+        q = pair.dqn.q_values(state, vectors)
         scored = [(items[i], float(q[i])) for i in np.argsort(-q, kind="stable")]
         return Ranked(pair.dqn_version, pair.doc2vec_version, scored)
 
@@ -239,43 +290,76 @@ class RLServer:
         still logged with its state, so the online learner can start from base-model traffic.
         NotFound when no doc2vec version is active."""
         d2v = self._models.get(DOC2VEC)
-        table = d2v.model.item_vectors()  # (n_items, D), row = id-registry index
-        state = state_from_history(self._ids, table, recent_item_ids, stats)
-        candidates = list(dict.fromkeys(item_ids))
+        content = self._content_rows(d2v)
         try:
-            dqn = self._models.get(DQN)
+            dqn: Loaded | None = self._models.get(DQN)
         except NotFound:
+            dqn = None
+        return self._rerank(content, dqn, item_ids, recent_item_ids, stats, k)
+
+    def rerank_held(
+        self,
+        item_ids: Sequence[str],
+        recent_item_ids: Sequence[str],
+        stats: Mapping[str, str],
+        k: int,
+    ) -> Reranked | None:
+        """``rerank`` from the versions held, with no I/O (see the module doc); None when that
+        needs a version check or a new version's content rows (call ``rerank``, in a thread)."""
+        d2v = self._models.held(DOC2VEC)
+        content = self._content
+        if d2v is None or content is None or content.version != d2v.version:
+            return None
+        try:
+            dqn = self._models.held(DQN)
+        except NotFound:
+            return self._rerank(content, None, item_ids, recent_item_ids, stats, k)
+        if dqn is None:
+            return None
+        return self._rerank(content, dqn, item_ids, recent_item_ids, stats, k)
+
+    def _rerank(
+        self,
+        content: ContentRows,
+        dqn: Loaded | None,
+        item_ids: Sequence[str],
+        recent_item_ids: Sequence[str],
+        stats: Mapping[str, str],
+        k: int,
+    ) -> Reranked:
+        state = content.state(recent_item_ids, stats)
+        candidates = list(dict.fromkeys(item_ids))
+        if dqn is None:
             slate = candidates[:k]
             return Reranked(
                 None,
-                d2v.version,
+                content.version,
                 [(i, None) for i in slate],
                 state,
                 Exploration(),
                 [1.0] * len(slate),
             )
-        _check_pair(dqn, d2v, table.shape[1])
-        pair = _Pair(dqn.version, d2v.version, self._frozen_dqn(dqn), table)
-        vectors = content_vectors(self._ids, table, candidates)
+        _check_pair(dqn, content.version, content.table.shape[1])
+        items, vectors = content.vectors(candidates)
         drawn: list[tuple[str, float | None]] = []
         propensities: list[float] = []
-        if vectors:
-            q = pair.q_values(state, vectors)
+        if items:
+            q = self._frozen_dqn(dqn).q_values(state, vectors)
             with self._rng_lock:
                 order, props = self.exploration.draw(q, k, self._rng)
-            items = list(vectors)
             drawn = [(items[i], float(q[i])) for i in order]
             propensities = [float(p) for p in props]
-        rest = [i for i in candidates if i not in vectors][: k - len(drawn)]
+        scored = set(items)
+        rest = [i for i in candidates if i not in scored][: k - len(drawn)]
         drawn.extend((i, None) for i in rest)
         propensities.extend([1.0] * len(rest))
-        return Reranked(dqn.version, d2v.version, drawn, state, self.exploration, propensities)
+        return Reranked(dqn.version, content.version, drawn, state, self.exploration, propensities)
 
     def _pair(self) -> _Pair:
         dqn_loaded, d2v_loaded = self._models.get(DQN), self._models.get(DOC2VEC)
-        table = d2v_loaded.model.item_vectors()  # (n_items, D), row = id-registry index
-        _check_pair(dqn_loaded, d2v_loaded, table.shape[1])
-        return _Pair(dqn_loaded.version, d2v_loaded.version, self._frozen_dqn(dqn_loaded), table)
+        content = self._content_rows(d2v_loaded)
+        _check_pair(dqn_loaded, d2v_loaded.version, content.table.shape[1])
+        return _Pair(dqn_loaded.version, d2v_loaded.version, self._frozen_dqn(dqn_loaded), content)
 
     def embed(self, texts: Sequence[str]) -> tuple[int, np.ndarray]:
         """(doc2vec version, (len(texts), D) vectors); row i equals the single inference."""
@@ -284,14 +368,14 @@ class RLServer:
             return loaded.version, loaded.model.infer_many(texts)
 
 
-def _check_pair(dqn: Loaded, doc2vec: Loaded, item_dim: int) -> None:
+def _check_pair(dqn: Loaded, doc2vec_version: int, item_dim: int) -> None:
     # The learner trains on doc2vec vectors: a size mismatch means the two were not deployed
     # together, which no request can fix.
     config = dqn.model.config
     if (config.item_dim, config.state_dim) != (item_dim, state_dim(item_dim)):
         raise ConfigurationError(
             f"dqn v{dqn.version} takes {config.state_dim}-d states and {config.item_dim}-d "
-            f"items but doc2vec v{doc2vec.version} gives {item_dim}-d vectors (states of "
+            f"items but doc2vec v{doc2vec_version} gives {item_dim}-d vectors (states of "
             f"{state_dim(item_dim)}): activate a matching pair"
         )
 

@@ -205,10 +205,12 @@ async def _rerank_dqn(
     exploration and its propensities) for the online learner."""
     if not ranked:  # e.g. no events yet: a slate (and its policy log) needs at least one item
         return _Reranked(ranked, note="the base model returned no candidates to re-rank")
+    candidates = [item for item, _ in ranked]
     try:
-        drawn = await asyncio.to_thread(
-            runtime.rl.rerank, [item for item, _ in ranked], recent, stats, k
-        )
+        # On the loop from the versions held (no I/O); in a thread when a check is due.
+        drawn = runtime.rl.rerank_held(candidates, recent, stats, k)
+        if drawn is None:
+            drawn = await asyncio.to_thread(runtime.rl.rerank, candidates, recent, stats, k)
     except NotFound as exc:
         return _Reranked(ranked[:k], note=str(exc))
     except ConfigurationError as exc:  # a mismatched dqn/doc2vec pair: an operator must act
