@@ -446,14 +446,14 @@ async def freshness(up: Up, users: list[str], clicks: int) -> tuple[list[float],
         async def recommended(user: str, model: str) -> dict[str, Any]:
             return (await http.get(f"/v1/users/{user}/recommendations?model={model}")).json()
 
-        async def until(check: Any, published: float) -> float:
+        async def until(check: Any, published: float, every_s: float) -> float:
             while True:
                 now = time.time()
                 if await check(now):
                     return (now - published) * 1000
                 if now - published > FRESH_CUTOFF_S:
                     return float("inf")
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(every_s)
 
         for _ in range(clicks):
             user = rng.choice(users)
@@ -473,7 +473,10 @@ async def freshness(up: Up, users: list[str], clicks: int) -> tuple[list[float],
                 return not body["fallback"] and age is not None and now - age / 1000 >= published
 
             await publisher.publish(ClickEvent(user_id=user, item_id=clicked))
-            found = await asyncio.gather(until(gone, published), until(recomputed, published))
+            # The vector's clock in seconds needs no 5 ms polls (each a connection and a request).
+            found = await asyncio.gather(
+                until(gone, published, 0.005), until(recomputed, published, 0.05)
+            )
             changed.append(found[0])
             vector.append(found[1])
             await asyncio.sleep(0.1)
@@ -521,7 +524,10 @@ def _role(proc: psutil.Process, root: psutil.Process, cmdline: list[str], redis:
     if any(redis in part for part in cmdline):
         return "redis"
     if "streamrec.apps.up_children" in cmdline:
-        return cmdline[cmdline.index("streamrec.apps.up_children") + 1]
+        role = cmdline[cmdline.index("streamrec.apps.up_children") + 1]
+        if role == "consumers" and "--groups" in cmdline:  # one role per consumers process
+            return f"consumers({cmdline[cmdline.index('--groups') + 1]})"
+        return role
     return "other"
 
 

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     rl_max_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
     # New transitions per gradient step: each transition is sampled ~batch_size/this times.
     rl_train_every: Annotated[int, Field(ge=1, le=10_000)] = 8
+    # The online learner's training thread takes at most this share of the wall time (it
+    # rests between gradient steps): its consumers process's other groups share its GIL.
+    rl_train_share: Annotated[float, Field(gt=0, le=1)] = 0.25
     rl_snapshot_every_updates: Annotated[int, Field(ge=1, le=10_000_000)] = 500
     rl_snapshot_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # The online learner's snapshots kept in the registry (older inactive ones are deleted).

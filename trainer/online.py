@@ -11,7 +11,9 @@ slates and the feedback on them.
   apart, so a click can be read before its impression).
 * ``OnlineLearner`` holds the replay buffer and the ``DQNLearner``, trains in a worker thread
   (never on the event loop), ``train_every`` new transitions per gradient step with a bounded
-  backlog, and publishes a policy snapshot to the model registry (activated) every
+  backlog, within a CPU budget (``train_share``: after each step it rests, so that the
+  consumer groups sharing its process, and its GIL, are not starved while it works off a
+  backlog), and publishes a policy snapshot to the model registry (activated) every
   ``snapshot_every_updates`` updates or ``snapshot_seconds``: the API and the simulator pick it
   up on a later request (``trainer.policy.ActiveModels``), without a restart.
 
@@ -311,6 +313,9 @@ class LearnerConfig:
     snapshot_every_updates: int = 500
     snapshot_seconds: float = 60.0
     keep_snapshots: int = 20  # the learner's older inactive versions are deleted
+    # Share of the wall time the training thread may take (1: no rest): after a gradient step
+    # of t seconds it rests t * (1 / train_share - 1).
+    train_share: float = 1.0
     seed: int = 0
 
     @classmethod
@@ -324,6 +329,7 @@ class LearnerConfig:
             snapshot_every_updates=settings.rl_snapshot_every_updates,
             snapshot_seconds=settings.rl_snapshot_seconds,
             keep_snapshots=settings.rl_keep_snapshots,
+            train_share=settings.rl_train_share,
         )
 
 
@@ -342,12 +348,14 @@ class OnlineLearner:
         ids: IdRegistry,
         config: LearnerConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rest: Callable[[float], None] = time.sleep,
     ) -> None:
         self._models = models
         self._registry = registry
         self._ids = ids
         self.config = config or LearnerConfig()
         self._clock = clock
+        self._rest = rest  # the training thread's pause between steps (``train_share``)
         self._lock = threading.Lock()  # buffer, counters
         self._train_lock = threading.Lock()  # one trainer; held while the content changes
         self.content_version: int | None = None
@@ -473,10 +481,14 @@ class OnlineLearner:
                         break
                     self.updates_due -= 1
                     sample = buffer.sample(batch_size)
+                began = time.perf_counter()
                 self.last_loss = learner.update(sample.to_batch(self._table))
                 steps += 1
                 self._since_snapshot += 1
                 self._snapshot_if_due()
+                if self.config.train_share < 1.0:
+                    took = time.perf_counter() - began
+                    self._rest(took * (1.0 / self.config.train_share - 1.0))
         return steps
 
     def _snapshot_if_due(self) -> None:

@@ -4,6 +4,7 @@ restart."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -248,6 +249,33 @@ async def test_learner_trains_off_the_stream_and_its_snapshot_is_served_next_req
     response = await client.post("/v1/rank", json={"user_id": "u1", "item_ids": items})
     assert response.status_code == 200, response.text
     assert response.json()["version"] == 4  # the newest snapshot, no restart
+
+
+async def test_training_rests_between_steps_within_its_share(
+    edge: tuple[Any, httpx.AsyncClient],  # noqa: F811
+) -> None:
+    """With ``train_share`` 0.25 the training thread rests 3x each step's time after it, so
+    the groups sharing its process get the GIL; with 1 it never rests."""
+    runtime, _ = edge
+    registry = _registry(runtime)
+    registry.register("doc2vec", _doc2vec(runtime), activate=True)
+    for share, expected_rests in ((0.25, 20), (1.0, 0)):
+        rests: list[float] = []
+        config = LearnerConfig(window_s=WINDOW, train_every=4, train_share=share)
+        learner = OnlineLearner(
+            ActiveModels(registry, check_every_s=0.0),
+            registry,
+            runtime.services.ids,
+            config,
+            rest=rests.append,
+        )
+        learner.observe(_real_slates(20, ["m0", "m1", "m2", "m3"]))
+        learner.flush()
+        began = time.perf_counter()
+        assert learner.train_due() == 20  # 80 transitions / 4
+        took = time.perf_counter() - began
+        assert len(rests) == expected_rests and all(r > 0 for r in rests)
+        assert sum(rests) <= 3 * took  # 3x the time of the steps, which took part of it
 
 
 async def test_only_the_newest_snapshots_are_kept(
