@@ -21,7 +21,7 @@ The ``streamrec-online-rl`` consumer group (``consumers/online_rl.py``) feeds th
 events it reads; the simulator (``apps/simulate.py``) runs the same learner.
 
 The state a transition is trained on is the one logged with the slate, i.e. exactly what the
-serving policy acted on (``trainer.rl.state_from_history``). Impressions without a policy log
+serving policy acted on (``trainer.policy.ContentRows.state``). Impressions without a policy log
 (lists not served through ``rerank=dqn``) carry no state and are skipped, as are slates built
 on another Doc2Vec version than the learner's.
 

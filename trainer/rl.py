@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamrec.core.errors import InvalidInput
-from streamrec.core.ids import IdKind, IdRegistry
 from streamrec.schemas.events import ExplorationMethod
 from streamrec.trainer.models.dueling_dqn import DuelingDQN, DuelingDQNConfig
 
@@ -30,9 +29,9 @@ RATING_MIN, RATING_MAX = 0.5, 5.0
 # feature store's user hash (stores/features.py), so ``user_stats()`` can be passed as is.
 STATE_COUNTERS = ("ratings", "clicks", "impressions", "mean_rating", "ctr")
 COUNT_SCALE = 1000.0  # a count of COUNT_SCALE (or more) maps to 1
-# Recent items averaged into the user state. The edge (/v1/rank, rerank=dqn) and the online
-# learner share it through ``state_from_history``: what the policy is trained on is what it
-# serves.
+# Recent items averaged into the user state. The edge computes it (/v1/rank, rerank=dqn:
+# ``trainer.policy.ContentRows.state``) and logs it with each slate, and the online learner
+# trains on that logged state: what the policy is trained on is what it served.
 STATE_RECENT_ITEMS = 50
 
 
@@ -74,36 +73,6 @@ def user_state(
     ctr = _clip(clicks / impressions, 0.0, 1.0) if impressions else 0.0
     extra = [_log_scale(ratings), _log_scale(clicks), _log_scale(impressions), mean_rating, ctr]
     return np.concatenate([mean, np.asarray(extra, np.float32)])
-
-
-def content_vectors(
-    ids: IdRegistry, table: np.ndarray, item_ids: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The Doc2Vec rows of the items that have one, in ``item_ids`` order. Left out: ids the
-    registry does not know, rows past the table (items newer than the model) and all-zero rows
-    (items without text, which Doc2Vec never saw)."""
-    index = ids.lookup(IdKind.ITEM, item_ids)
-    names = [name for name, row in index.items() if row < table.shape[0]]
-    if not names:
-        return {}
-    vectors = table[[index[name] for name in names]]  # (n, D), one gather for all
-    has_text = np.asarray(vectors.any(axis=1))  # (n,)
-    return {name: vectors[i] for i, name in enumerate(names) if has_text[i]}
-
-
-def state_from_history(
-    ids: IdRegistry,
-    table: np.ndarray,
-    recent_item_ids: Sequence[str],
-    counters: Mapping[str, float | str],
-) -> np.ndarray:
-    """(D + 5,) ``user_state`` of a user whose newest items (at most ``STATE_RECENT_ITEMS``,
-    newest first, as the feature store returns them) and counters are given; items without a
-    content vector in ``table`` are skipped."""
-    recent = content_vectors(ids, table, recent_item_ids[:STATE_RECENT_ITEMS])
-    dim = table.shape[1]
-    history = np.stack(list(recent.values())) if recent else np.zeros((0, dim), np.float32)
-    return user_state(history, counters, dim)
 
 
 def _counter(counters: Mapping[str, float | str], name: str) -> float:

@@ -13,7 +13,7 @@ from streamrec.core.ids import IdKind
 from streamrec.stores.factory import Stores
 from streamrec.trainer.doc2vec import Doc2VecConfig, Doc2VecModel
 from streamrec.trainer.policy import DOC2VEC, ActiveModels, ContentRows, Loaded, RLServer
-from streamrec.trainer.rl import Exploration, content_vectors, state_from_history
+from streamrec.trainer.rl import Exploration, user_state
 from tests.api.test_rl import DIM, ITEMS, RELOAD_S, _dqn
 from tests.conftest import FakeClock
 
@@ -31,16 +31,20 @@ def _refuse(*_: Any, **__: Any) -> NoReturn:
     raise AssertionError("I/O on the request path")
 
 
-def test_content_rows_hold_what_content_vectors_finds(stores: Stores) -> None:
+def test_content_rows_hold_the_items_with_a_vector_by_registry_index(stores: Stores) -> None:
+    """Left out: an item without text (an all-zero row), one registered after the version (no
+    row) and one the registry does not know; the state is the mean of the recent rows found."""
     d2v = _doc2vec(stores)
     stores.ids.assign(IdKind.ITEM, ["new1"])  # registered after the version: no row
     rows = ContentRows.read(Loaded(DOC2VEC, 1, d2v), stores.ids)
-    items, vectors = rows.vectors(CANDIDATES)
-    expected = content_vectors(stores.ids, d2v.item_vectors(), CANDIDATES)
-    assert items == list(expected) and "blank" not in items and "new1" not in items
-    np.testing.assert_array_equal(vectors, np.stack(list(expected.values())))
-    want = state_from_history(stores.ids, d2v.item_vectors(), RECENT, STATS)
-    np.testing.assert_array_equal(rows.state(RECENT, STATS), want)
+    items, vectors = rows.vectors([*CANDIDATES, "unknown"])
+    assert items == [i for i in CANDIDATES if i not in ("blank", "new1")]
+    index = stores.ids.lookup(IdKind.ITEM, items)
+    table = d2v.item_vectors()
+    np.testing.assert_array_equal(vectors, table[[index[i] for i in items]])
+    recent = stores.ids.lookup(IdKind.ITEM, ["m3", "m6"])  # RECENT's items with a vector
+    mean = table[[recent["m3"], recent["m6"]]]
+    np.testing.assert_array_equal(rows.state(RECENT, STATS), user_state(mean, STATS, DIM))
 
 
 def test_rerank_held_serves_what_rerank_serves_without_io(
