@@ -228,8 +228,9 @@ class FixedVectorLists:
     at request time: so the group writes the user the first time this process meets them in a
     version, and again once their seen set has grown by ``refresh_after`` items since (a
     quarter of the list: at least three quarters are left for the edge's filter), not at every
-    event. Bounded like ``SeenRows``: the least recently written are forgotten, and are due
-    again when next met.
+    event. Bounded like ``SeenRows``, in entries of a model version and a user (three fixed
+    models share the capacity): the least recently written are forgotten, and are due again
+    when next met.
     """
 
     def __init__(self, refresh_after: int, capacity: int = SEEN_USERS) -> None:
